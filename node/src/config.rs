@@ -1,0 +1,224 @@
+//! Node configuration: built-in defaults, then a TOML file, then `STROOM_`-prefixed environment
+//! variables (`STROOM_BUDGET__RHO_PER_PERIOD=2`). Relative paths are resolved against the folder
+//! of the config file, so a config and its data can move together.
+
+use policies::Period;
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// Provider id, e.g. `P01`. Named in every answer and in the node's certificate.
+    pub node_id: String,
+    /// `host:port`; port 0 picks a free port (printed at start-up).
+    pub listen: String,
+    pub catalog_dir: PathBuf,
+    pub data: DataConfig,
+    pub ledger: LedgerConfig,
+    pub budget: BudgetConfig,
+    pub tls: TlsConfig,
+    pub limits: LimitsConfig,
+    #[serde(default)]
+    pub testing: TestingConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataConfig {
+    /// Folder holding one `TABLE.parquet` (or `TABLE.csv`, or a `TABLE/` folder of Parquet files)
+    /// per data-model table.
+    pub dir: PathBuf,
+    /// The quarters the records cover; a run outside them is refused. Public, set by the operator.
+    pub coverage: Period,
+    /// Tables this node must serve; the others are registered empty.
+    pub tables: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LedgerConfig {
+    pub path: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BudgetPeriod {
+    Year,
+    Quarter,
+    /// One budget for the node's whole life.
+    Lifetime,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BudgetConfig {
+    /// ρ (zCDP) this node releases per budget period, per youth.
+    pub rho_per_period: f64,
+    pub period: BudgetPeriod,
+    /// δ used to state the spent ρ as (ε, δ)-DP.
+    pub delta: f64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// CA whose certificates may connect as clients; when set, clients without one are refused.
+    pub client_ca: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    pub max_body_bytes: usize,
+}
+
+/// Fault injection for tests of the crash-safety of the ledger. Never set in production.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TestingConfig {
+    /// Sleep this long after the spend is recorded and before noise is drawn.
+    pub pause_after_spend_ms: Option<u64>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config file {file}: {message}")]
+    Load { file: PathBuf, message: String },
+    #[error("config file {file}: key '{key}': {message}")]
+    Invalid {
+        file: PathBuf,
+        key: &'static str,
+        message: String,
+    },
+}
+
+pub const DEFAULT_TABLES: &[&str] = &[
+    "youth",
+    "stay",
+    "move",
+    "restrictive_measure",
+    "incident",
+    "unit",
+    "care_plan",
+    "education",
+];
+
+const DEFAULTS: &str = r#"
+listen = "127.0.0.1:7443"
+catalog_dir = "catalog"
+[data]
+dir = "data"
+tables = ["youth", "stay", "move", "restrictive_measure", "incident", "unit", "care_plan", "education"]
+[ledger]
+path = "ledger.sqlite"
+[budget]
+rho_per_period = 5.0
+period = "year"
+delta = 1e-6
+[tls]
+cert = "node.crt"
+key = "node.key"
+[limits]
+max_body_bytes = 65536
+"#;
+
+impl NodeConfig {
+    pub fn load(file: &Path) -> Result<NodeConfig, ConfigError> {
+        let load_err = |message: String| ConfigError::Load {
+            file: file.to_path_buf(),
+            message,
+        };
+        if !file.is_file() {
+            return Err(load_err("no such file".into()));
+        }
+        let built = config::Config::builder()
+            .add_source(config::File::from_str(DEFAULTS, config::FileFormat::Toml))
+            .add_source(config::File::from(file).format(config::FileFormat::Toml))
+            .add_source(
+                config::Environment::with_prefix("STROOM")
+                    .prefix_separator("_")
+                    .separator("__")
+                    .try_parsing(true)
+                    .list_separator(",")
+                    .with_list_parse_key("data.tables"),
+            )
+            .build()
+            .map_err(|e| load_err(e.to_string()))?;
+        let mut cfg: NodeConfig = built.try_deserialize().map_err(|e| load_err(e.to_string()))?;
+        let base = file.parent().unwrap_or(Path::new("."));
+        cfg.resolve_paths(base);
+        cfg.validate(file)?;
+        Ok(cfg)
+    }
+
+    fn resolve_paths(&mut self, base: &Path) {
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        fix(&mut self.catalog_dir);
+        fix(&mut self.data.dir);
+        fix(&mut self.ledger.path);
+        fix(&mut self.tls.cert);
+        fix(&mut self.tls.key);
+        if let Some(ca) = &mut self.tls.client_ca {
+            fix(ca);
+        }
+    }
+
+    fn validate(&self, file: &Path) -> Result<(), ConfigError> {
+        let invalid = |key, message: String| ConfigError::Invalid {
+            file: file.to_path_buf(),
+            key,
+            message,
+        };
+        if self.node_id.is_empty()
+            || !self
+                .node_id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err(invalid(
+                "node_id",
+                format!("'{}' must be non-empty letters, digits, '-' or '_'", self.node_id),
+            ));
+        }
+        if !(self.budget.rho_per_period.is_finite() && self.budget.rho_per_period > 0.0) {
+            return Err(invalid(
+                "budget.rho_per_period",
+                format!("must be a positive number, found {}", self.budget.rho_per_period),
+            ));
+        }
+        if !(self.budget.delta > 0.0 && self.budget.delta < 1.0) {
+            return Err(invalid(
+                "budget.delta",
+                format!("must lie strictly between 0 and 1, found {}", self.budget.delta),
+            ));
+        }
+        if self.limits.max_body_bytes < 256 {
+            return Err(invalid(
+                "limits.max_body_bytes",
+                format!("must be at least 256, found {}", self.limits.max_body_bytes),
+            ));
+        }
+        for t in &self.data.tables {
+            if policies::cdm::table(t).is_none() {
+                return Err(invalid(
+                    "data.tables",
+                    format!("'{t}' is not a table of the data model"),
+                ));
+            }
+        }
+        if self.listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err(invalid(
+                "listen",
+                format!("'{}' is not an address like 127.0.0.1:7443", self.listen),
+            ));
+        }
+        Ok(())
+    }
+}

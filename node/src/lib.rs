@@ -1,0 +1,144 @@
+//! A provider node: DataFusion over the provider's own records, answering approved indicators only
+//! as differentially private aggregates, within its own durable privacy budget.
+
+pub mod clock;
+pub mod config;
+pub mod evaluate;
+pub mod ledger;
+pub mod metrics;
+pub mod noise;
+pub mod rank;
+pub mod release;
+pub mod server;
+pub mod tables;
+pub mod tls;
+
+use crate::clock::{Clock, SystemClock};
+use crate::config::{BudgetPeriod, NodeConfig};
+use crate::ledger::Ledger;
+use crate::metrics::Metrics;
+use crate::tables::Tables;
+use policies::Catalog;
+use policies::wire::BudgetStatus;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    #[error("catalog {dir}: {source}")]
+    Catalog {
+        dir: std::path::PathBuf,
+        source: policies::CatalogError,
+    },
+    #[error(transparent)]
+    Data(#[from] tables::DataError),
+    #[error("indicator '{id}' cannot run on this node's tables: {source}")]
+    Indicator {
+        id: String,
+        source: policies::contract::ContractError,
+    },
+    #[error(transparent)]
+    Ledger(#[from] ledger::LedgerError),
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    #[error("server: {0}")]
+    Server(String),
+}
+
+pub struct Node {
+    pub config: NodeConfig,
+    pub catalog: Catalog,
+    pub tables: Tables,
+    pub ledger: Mutex<Ledger>,
+    pub metrics: Metrics,
+    pub clock: Arc<dyn Clock>,
+    key_locks: tokio::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl Node {
+    /// Load catalog and data, validate both, open the ledger. Serves nothing yet.
+    pub async fn open(config: NodeConfig) -> Result<Node, NodeError> {
+        Self::open_with_clock(config, Arc::new(SystemClock)).await
+    }
+
+    pub async fn open_with_clock(config: NodeConfig, clock: Arc<dyn Clock>) -> Result<Node, NodeError> {
+        let catalog = Catalog::load(&config.catalog_dir)
+            .await
+            .map_err(|source| NodeError::Catalog {
+                dir: config.catalog_dir.clone(),
+                source,
+            })?;
+        let tables = Tables::open(&config.data.dir, &config.data.tables).await?;
+        // Every approved query must also plan against this node's actual tables.
+        let ctx = tables.session(&config.data.coverage)?;
+        for ind in catalog.indicators.values() {
+            if let Some(q) = ind.query() {
+                policies::contract::plan(&ctx, q)
+                    .await
+                    .map_err(|source| NodeError::Indicator {
+                        id: ind.id.clone(),
+                        source,
+                    })?;
+            }
+        }
+        let ledger = Ledger::open(&config.ledger.path)?;
+        Ok(Node {
+            config,
+            catalog,
+            tables,
+            ledger: Mutex::new(ledger),
+            metrics: Metrics::default(),
+            clock,
+            key_locks: tokio::sync::Mutex::new(HashMap::new()),
+        })
+    }
+
+    async fn key_lock(&self, key: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.key_locks.lock().await;
+        locks.retain(|_, l| Arc::strong_count(l) > 1);
+        locks
+            .entry(key.to_string())
+            .or_insert_with(|| Arc::new(tokio::sync::Mutex::new(())))
+            .clone()
+    }
+
+    /// The budget period a spend made now is charged to.
+    pub fn budget_period(&self) -> String {
+        let now = self.clock.now().date_naive();
+        match self.config.budget.period {
+            BudgetPeriod::Year => chrono::Datelike::year(&now).to_string(),
+            BudgetPeriod::Quarter => policies::Quarter::of_date(now).to_string(),
+            BudgetPeriod::Lifetime => "lifetime".to_string(),
+        }
+    }
+
+    pub fn budget(&self) -> Result<BudgetStatus, ledger::LedgerError> {
+        let period = self.budget_period();
+        let (spent_nano, releases) = self
+            .ledger
+            .lock()
+            .map_err(|_| ledger::LedgerError::Sql {
+                path: self.config.ledger.path.clone(),
+                source: rusqlite::Error::InvalidQuery,
+            })?
+            .spent(&period)?;
+        let spent = ledger::from_nano(spent_nano);
+        let budget = self.config.budget.rho_per_period;
+        Ok(BudgetStatus {
+            node_id: self.config.node_id.clone(),
+            budget_period: period,
+            rho_budget: budget,
+            rho_spent: spent,
+            rho_remaining: (budget - spent).max(0.0),
+            releases,
+            delta: self.config.budget.delta,
+            epsilon_spent: if spent > 0.0 {
+                policies::sensitivity::zcdp_to_epsilon(spent, self.config.budget.delta)
+            } else {
+                0.0
+            },
+        })
+    }
+}

@@ -1,0 +1,284 @@
+//! One release, start to finish: check the request against the node's own policy, compute the
+//! bounded cells, record the spend durably, add noise, store the answer, hand it out. Identical
+//! requests (same indicator content, period and data snapshot) get the stored answer back.
+
+use crate::evaluate::{self, Bounding, EvalError};
+use crate::ledger::{Entry, LedgerError, NewRelease};
+use crate::metrics::Metrics;
+use crate::noise::{self, NoiseError};
+use crate::Node;
+use datafusion::arrow::array::{ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray};
+use datafusion::arrow::datatypes::{DataType, Field, Schema};
+use policies::sensitivity::Measure;
+use policies::wire::{self, AnswerMeta, EvaluateRequest, MeasureNoise};
+use policies::{Indicator, Period};
+use sha2::{Digest, Sha256};
+use std::sync::Arc;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReleaseError {
+    #[error("unknown indicator '{0}': it is not in this node's approved catalog")]
+    UnknownIndicator(String),
+    #[error("indicator '{0}' is derived from other indicators; ask for those instead")]
+    Derived(String),
+    #[error("indicator '{id}' has content hash {found} here; the request expects {expected}")]
+    HashMismatch {
+        id: String,
+        expected: String,
+        found: String,
+    },
+    #[error("period {period} lies outside the data this node holds ({coverage})")]
+    PeriodOutsideData { period: String, coverage: String },
+    #[error(transparent)]
+    Budget(LedgerError),
+    #[error(transparent)]
+    Ledger(LedgerError),
+    #[error("evaluation failed: {0}")]
+    Eval(#[from] EvalError),
+    #[error("noise: {0}")]
+    Noise(#[from] NoiseError),
+    #[error("internal: {0}")]
+    Internal(String),
+}
+
+impl ReleaseError {
+    /// Stable machine-readable code for the error body.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ReleaseError::UnknownIndicator(_) => "unknown_indicator",
+            ReleaseError::Derived(_) => "derived_indicator",
+            ReleaseError::HashMismatch { .. } => "content_hash_mismatch",
+            ReleaseError::PeriodOutsideData { .. } => "period_outside_data",
+            ReleaseError::Budget(_) => "budget_exhausted",
+            ReleaseError::Ledger(_) => "ledger_error",
+            ReleaseError::Eval(_) => "evaluation_failed",
+            ReleaseError::Noise(_) => "noise_failed",
+            ReleaseError::Internal(_) => "internal",
+        }
+    }
+}
+
+pub struct Released {
+    pub bytes: Vec<u8>,
+    pub replayed: bool,
+}
+
+/// The identity of a release: indicator content, period and data snapshot.
+pub fn release_key(ind: &Indicator, period: &Period, snapshot: &str) -> String {
+    let mut h = Sha256::new();
+    for part in [
+        ind.id.as_str(),
+        ind.content_hash.as_str(),
+        &period.to_string(),
+        snapshot,
+    ] {
+        h.update((part.len() as u64).to_le_bytes());
+        h.update(part.as_bytes());
+    }
+    hex::encode(h.finalize())
+}
+
+async fn ledger_call<T: Send + 'static>(
+    node: &Arc<Node>,
+    f: impl FnOnce(&mut crate::ledger::Ledger) -> Result<T, LedgerError> + Send + 'static,
+) -> Result<T, ReleaseError> {
+    let node = node.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut l = node
+            .ledger
+            .lock()
+            .map_err(|_| ReleaseError::Internal("ledger lock poisoned".into()))?;
+        f(&mut l).map_err(|e| match e {
+            e @ LedgerError::Exhausted { .. } => ReleaseError::Budget(e),
+            e => ReleaseError::Ledger(e),
+        })
+    })
+    .await
+    .map_err(|e| ReleaseError::Internal(e.to_string()))?
+}
+
+pub async fn evaluate(node: &Arc<Node>, req: &EvaluateRequest) -> Result<Released, ReleaseError> {
+    let result = evaluate_inner(node, req).await;
+    let m = &node.metrics;
+    match &result {
+        Ok(r) if r.replayed => Metrics::inc(&m.replayed),
+        Ok(_) => Metrics::inc(&m.released),
+        Err(ReleaseError::Budget(_)) => Metrics::inc(&m.refused_budget),
+        Err(
+            ReleaseError::UnknownIndicator(_)
+            | ReleaseError::Derived(_)
+            | ReleaseError::HashMismatch { .. }
+            | ReleaseError::PeriodOutsideData { .. },
+        ) => Metrics::inc(&m.rejected),
+        Err(_) => Metrics::inc(&m.failed),
+    }
+    result
+}
+
+async fn evaluate_inner(node: &Arc<Node>, req: &EvaluateRequest) -> Result<Released, ReleaseError> {
+    let ind = node
+        .catalog
+        .get(&req.indicator)
+        .ok_or_else(|| ReleaseError::UnknownIndicator(req.indicator.clone()))?
+        .clone();
+    let query = ind
+        .query()
+        .ok_or_else(|| ReleaseError::Derived(ind.id.clone()))?
+        .clone();
+    if let Some(expected) = &req.content_hash
+        && expected != &ind.content_hash
+    {
+        return Err(ReleaseError::HashMismatch {
+            id: ind.id.clone(),
+            expected: expected.clone(),
+            found: ind.content_hash.clone(),
+        });
+    }
+    let coverage = node.config.data.coverage;
+    if !coverage.contains(&req.period) {
+        return Err(ReleaseError::PeriodOutsideData {
+            period: req.period.to_string(),
+            coverage: coverage.to_string(),
+        });
+    }
+    let snapshot = node.tables.snapshot.clone();
+    let key = release_key(&ind, &req.period, &snapshot);
+
+    // One computation per release key at a time: two concurrent identical requests must not draw
+    // two independent noises.
+    let key_lock = node.key_lock(&key).await;
+    let _guard = key_lock.lock().await;
+
+    let k = key.clone();
+    if let Some(Entry::Released { answer }) = ledger_call(node, move |l| l.lookup(&k)).await? {
+        return Ok(Released {
+            bytes: answer,
+            replayed: true,
+        });
+    }
+
+    let cells = evaluate::cells(&node.tables, &query, &req.period, Bounding::Bounded).await?;
+    let measures = query.measures(req.period.quarters().len());
+    let rho = query.cost.rho();
+    let budget_period = node.budget_period();
+    {
+        let new = OwnedRelease {
+            key: key.clone(),
+            budget_period: budget_period.clone(),
+            indicator: ind.id.clone(),
+            content_hash: ind.content_hash.clone(),
+            period: req.period.to_string(),
+            snapshot: snapshot.clone(),
+            rho,
+        };
+        let budget = node.config.budget.rho_per_period;
+        // An existing reservation (a crash came between spend and answer) is already paid for:
+        // no answer left the node, so one fresh release under it is still a single release.
+        ledger_call(node, move |l| l.reserve(&new.as_new(), budget)).await?;
+    }
+    tracing::info!(indicator = %ind.id, period = %req.period, rho, "spend recorded");
+    if let Some(ms) = node.config.testing.pause_after_spend_ms {
+        tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+    }
+
+    let noisy = {
+        let measures = measures.clone();
+        let cells = cells.clone();
+        tokio::task::spawn_blocking(move || -> Result<Vec<Vec<i64>>, NoiseError> {
+            measures
+                .iter()
+                .map(|m| {
+                    let exact = cells.measure(&m.name).unwrap_or_default();
+                    noise::add_noise(m, exact)
+                })
+                .collect()
+        })
+        .await
+        .map_err(|e| ReleaseError::Internal(e.to_string()))??
+    };
+
+    let meta = AnswerMeta {
+        node_id: node.config.node_id.clone(),
+        indicator: ind.id.clone(),
+        content_hash: ind.content_hash.clone(),
+        period: req.period,
+        snapshot,
+        release_key: key.clone(),
+        aggregate: query.aggregate.kind().to_string(),
+        group_columns: cells.group_columns.clone(),
+        measures: measures.iter().map(noise_meta).collect(),
+        rho,
+        budget_period,
+        released_at: node.clock.now().to_rfc3339(),
+    };
+    let batch = answer_batch(&cells, &measures, &noisy)?;
+    let bytes = wire::encode_answer(&batch, &meta).map_err(|e| ReleaseError::Internal(e.to_string()))?;
+    let stored = bytes.clone();
+    let k = key.clone();
+    ledger_call(node, move |l| l.complete(&k, &stored)).await?;
+    Ok(Released {
+        bytes,
+        replayed: false,
+    })
+}
+
+struct OwnedRelease {
+    key: String,
+    budget_period: String,
+    indicator: String,
+    content_hash: String,
+    period: String,
+    snapshot: String,
+    rho: f64,
+}
+
+impl OwnedRelease {
+    fn as_new(&self) -> NewRelease<'_> {
+        NewRelease {
+            key: &self.key,
+            budget_period: &self.budget_period,
+            indicator: &self.indicator,
+            content_hash: &self.content_hash,
+            period: &self.period,
+            snapshot: &self.snapshot,
+            rho: self.rho,
+        }
+    }
+}
+
+pub fn noise_meta(m: &Measure) -> MeasureNoise {
+    MeasureNoise {
+        column: m.name.clone(),
+        mechanism: m.mechanism().to_string(),
+        scale: m.scale(),
+        variance: m.variance(),
+        per_cell_bound: m.per_cell,
+        cells_per_unit: m.cells_per_unit,
+        l1_bound: m.l1(),
+        l2_bound: m.l2(),
+    }
+}
+
+/// Group columns, then per measure its noisy integers and the (public) noise scale of each cell.
+pub fn answer_batch(
+    cells: &evaluate::Cells,
+    measures: &[Measure],
+    noisy: &[Vec<i64>],
+) -> Result<RecordBatch, ReleaseError> {
+    let mut fields = Vec::new();
+    let mut cols: Vec<ArrayRef> = Vec::new();
+    for (i, name) in cells.group_columns.iter().enumerate() {
+        fields.push(Field::new(name, DataType::Utf8, false));
+        cols.push(Arc::new(StringArray::from_iter_values(
+            cells.keys.iter().map(|k| k[i].as_str()),
+        )));
+    }
+    for (m, values) in measures.iter().zip(noisy) {
+        fields.push(Field::new(&m.name, DataType::Int64, false));
+        cols.push(Arc::new(Int64Array::from(values.clone())));
+        fields.push(Field::new(format!("{}_scale", m.name), DataType::Float64, false));
+        cols.push(Arc::new(Float64Array::from(vec![m.scale(); values.len()])));
+    }
+    RecordBatch::try_new(Arc::new(Schema::new(fields)), cols)
+        .map_err(|e| ReleaseError::Internal(e.to_string()))
+}

@@ -1,0 +1,194 @@
+//! The node's HTTPS API (axum over rustls): `POST /v1/evaluate`, `GET /v1/budget`, `GET /healthz`,
+//! `GET /metrics`. Every response carries an `x-request-id`; every error is a JSON body with a
+//! stable `error` code and a readable `message`.
+
+use crate::release::{self, ReleaseError};
+use crate::{Node, NodeError};
+use axum::Router;
+use axum::body::Body;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderValue, Request, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Json;
+use policies::wire::{ARROW_STREAM_MIME, ErrorBody, EvaluateRequest};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+
+pub fn error_response(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
+    (
+        status,
+        Json(ErrorBody {
+            error: code.to_string(),
+            message: message.into(),
+        }),
+    )
+        .into_response()
+}
+
+fn release_error(e: &ReleaseError) -> Response {
+    let status = match e {
+        ReleaseError::UnknownIndicator(_) => StatusCode::NOT_FOUND,
+        ReleaseError::Derived(_) | ReleaseError::PeriodOutsideData { .. } => {
+            StatusCode::UNPROCESSABLE_ENTITY
+        }
+        ReleaseError::HashMismatch { .. } => StatusCode::CONFLICT,
+        ReleaseError::Budget(_) => StatusCode::FORBIDDEN,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    error_response(status, e.code(), e.to_string())
+}
+
+async fn evaluate(
+    State(node): State<Arc<Node>>,
+    body: Result<Json<EvaluateRequest>, JsonRejection>,
+) -> Response {
+    let Json(req) = match body {
+        Ok(b) => b,
+        Err(rejection) => {
+            let status = rejection.status();
+            let code = if status == StatusCode::PAYLOAD_TOO_LARGE {
+                "body_too_large"
+            } else {
+                "bad_request"
+            };
+            let message = if status == StatusCode::PAYLOAD_TOO_LARGE {
+                format!(
+                    "request body exceeds this node's limit of {} bytes",
+                    node.config.limits.max_body_bytes
+                )
+            } else {
+                rejection.body_text()
+            };
+            crate::metrics::Metrics::inc(&node.metrics.rejected);
+            return error_response(status, code, message);
+        }
+    };
+    match release::evaluate(&node, &req).await {
+        Ok(r) => {
+            let mut resp = Response::new(Body::from(r.bytes));
+            let h = resp.headers_mut();
+            h.insert(header::CONTENT_TYPE, HeaderValue::from_static(ARROW_STREAM_MIME));
+            h.insert(
+                "x-stroom-replayed",
+                HeaderValue::from_static(if r.replayed { "true" } else { "false" }),
+            );
+            resp
+        }
+        Err(e) => {
+            if matches!(e, ReleaseError::Budget(_)) {
+                tracing::warn!(indicator = %req.indicator, period = %req.period, "{e}");
+            } else {
+                tracing::info!(indicator = %req.indicator, period = %req.period, "refused: {e}");
+            }
+            release_error(&e)
+        }
+    }
+}
+
+async fn budget(State(node): State<Arc<Node>>) -> Response {
+    let n = node.clone();
+    match tokio::task::spawn_blocking(move || n.budget()).await {
+        Ok(Ok(b)) => Json(b).into_response(),
+        Ok(Err(e)) => error_response(StatusCode::INTERNAL_SERVER_ERROR, "ledger_error", e.to_string()),
+        Err(e) => error_response(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()),
+    }
+}
+
+async fn healthz(State(node): State<Arc<Node>>) -> Response {
+    Json(serde_json::json!({ "status": "ok", "node_id": node.config.node_id })).into_response()
+}
+
+async fn metrics(State(node): State<Arc<Node>>) -> Response {
+    let n = node.clone();
+    let budget = tokio::task::spawn_blocking(move || n.budget()).await;
+    let spent = match budget {
+        Ok(Ok(b)) => b.rho_spent,
+        _ => f64::NAN,
+    };
+    let text = node
+        .metrics
+        .render(&node.config.node_id, spent, node.config.budget.rho_per_period);
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        text,
+    )
+        .into_response()
+}
+
+async fn not_found() -> Response {
+    error_response(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+}
+
+pub fn router(node: Arc<Node>) -> Router {
+    let limit = node.config.limits.max_body_bytes;
+    let counted = node.clone();
+    Router::new()
+        .route("/v1/evaluate", post(evaluate))
+        .route("/v1/budget", get(budget))
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(node)
+        .layer(axum::middleware::from_fn(
+            move |req: Request<Body>, next: axum::middleware::Next| {
+                crate::metrics::Metrics::inc(&counted.metrics.http_requests);
+                next.run(req)
+            },
+        ))
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(TraceLayer::new_for_http().make_span_with(|req: &Request<Body>| {
+            let id = req
+                .headers()
+                .get("x-request-id")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("-");
+            tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id)
+        }))
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+}
+
+/// A running HTTPS server; dropping the handle does not stop it, `shutdown` does.
+pub struct Running {
+    pub addr: SocketAddr,
+    pub handle: axum_server::Handle<SocketAddr>,
+    pub task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Running {
+    pub async fn shutdown(self) {
+        self.handle.graceful_shutdown(Some(std::time::Duration::from_secs(5)));
+        let _ = self.task.await;
+    }
+}
+
+/// Bind the configured address (port 0 picks one) and serve over TLS in the background.
+pub async fn start(node: Arc<Node>) -> Result<Running, NodeError> {
+    let tls = crate::tls::server_config(
+        &node.config.tls.cert,
+        &node.config.tls.key,
+        node.config.tls.client_ca.as_deref(),
+    )?;
+    let listener = std::net::TcpListener::bind(&node.config.listen)
+        .map_err(|e| NodeError::Server(format!("cannot listen on {}: {e}", node.config.listen)))?;
+    listener
+        .set_nonblocking(true)
+        .map_err(|e| NodeError::Server(e.to_string()))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| NodeError::Server(e.to_string()))?;
+    let handle = axum_server::Handle::new();
+    let server = axum_server::from_tcp_rustls(
+        listener,
+        axum_server::tls_rustls::RustlsConfig::from_config(Arc::new(tls)),
+    )
+    .map_err(|e| NodeError::Server(e.to_string()))?
+    .handle(handle.clone());
+    let app = router(node);
+    let task = tokio::spawn(async move { server.serve(app.into_make_service()).await });
+    Ok(Running { addr, handle, task })
+}

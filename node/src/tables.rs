@@ -1,0 +1,383 @@
+//! The provider's records as DataFusion tables, validated against the data model before anything
+//! is served. A node whose files do not match refuses to start and says which table and column.
+
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::catalog::TableProvider;
+use datafusion::datasource::MemTable;
+use datafusion::prelude::{CsvReadOptions, ParquetReadOptions, SessionContext};
+use policies::cdm::{self, TableDef};
+use policies::contract;
+use policies::period::Period;
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DataError {
+    #[error("table '{table}': no {table}.parquet, {table}.csv or {table}/ folder in {dir}")]
+    MissingTable { table: String, dir: PathBuf },
+    #[error("table '{table}' ({file}): column '{column}' is missing; expected type {expected}")]
+    MissingColumn {
+        table: String,
+        file: PathBuf,
+        column: String,
+        expected: String,
+    },
+    #[error("table '{table}' ({file}): column '{column}' has type {found}; expected {expected}")]
+    WrongType {
+        table: String,
+        file: PathBuf,
+        column: String,
+        expected: String,
+        found: String,
+    },
+    #[error("table '{table}' ({file}): column '{column}' holds {count} empty value(s) but may not be empty")]
+    Nulls {
+        table: String,
+        file: PathBuf,
+        column: String,
+        count: i64,
+    },
+    #[error(
+        "table '{table}' ({file}): column '{column}' holds {count} value(s) outside its code list, e.g. '{example}'; allowed: {allowed}"
+    )]
+    BadCodes {
+        table: String,
+        file: PathBuf,
+        column: String,
+        count: i64,
+        example: String,
+        allowed: String,
+    },
+    #[error("table '{table}' ({file}) cannot be read: {message}")]
+    Read {
+        table: String,
+        file: PathBuf,
+        message: String,
+    },
+    #[error("cannot read {file}: {source}")]
+    Io {
+        file: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("query engine: {0}")]
+    Engine(String),
+}
+
+fn engine(e: datafusion::error::DataFusionError) -> DataError {
+    DataError::Engine(e.strip_backtrace())
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TableReport {
+    pub table: String,
+    /// Where the rows come from; `None` when the node does not serve this table.
+    pub source: Option<PathBuf>,
+    pub rows: u64,
+}
+
+/// Validated, registered tables, plus a digest of the files behind them (the data snapshot).
+pub struct Tables {
+    providers: Vec<(String, Arc<dyn TableProvider>)>,
+    pub report: Vec<TableReport>,
+    pub snapshot: String,
+}
+
+enum Source {
+    Parquet(PathBuf),
+    Csv(PathBuf),
+}
+
+impl Source {
+    fn path(&self) -> &Path {
+        match self {
+            Source::Parquet(p) | Source::Csv(p) => p,
+        }
+    }
+}
+
+fn find_source(dir: &Path, table: &str) -> Option<Source> {
+    let parquet = dir.join(format!("{table}.parquet"));
+    if parquet.is_file() {
+        return Some(Source::Parquet(parquet));
+    }
+    let folder = dir.join(table);
+    if folder.is_dir() {
+        return Some(Source::Parquet(folder));
+    }
+    let csv = dir.join(format!("{table}.csv"));
+    csv.is_file().then_some(Source::Csv(csv))
+}
+
+impl Tables {
+    pub async fn open(dir: &Path, served: &[String]) -> Result<Tables, DataError> {
+        let ctx = SessionContext::new();
+        let mut providers = Vec::new();
+        let mut report = Vec::new();
+        let mut snapshot = Sha256::new();
+        for def in cdm::tables() {
+            let wanted = served.iter().any(|t| t == def.name);
+            let source = if wanted { find_source(dir, def.name) } else { None };
+            let Some(source) = source else {
+                if wanted {
+                    return Err(DataError::MissingTable {
+                        table: def.name.to_string(),
+                        dir: dir.to_path_buf(),
+                    });
+                }
+                let empty = MemTable::try_new(def.schema(), vec![vec![]]).map_err(engine)?;
+                providers.push((def.name.to_string(), Arc::new(empty) as Arc<dyn TableProvider>));
+                report.push(TableReport {
+                    table: def.name.to_string(),
+                    source: None,
+                    rows: 0,
+                });
+                continue;
+            };
+            let file = source.path().to_path_buf();
+            let read_err = |e: datafusion::error::DataFusionError| DataError::Read {
+                table: def.name.to_string(),
+                file: file.clone(),
+                message: e.strip_backtrace(),
+            };
+            let path = file.to_string_lossy().to_string();
+            match &source {
+                Source::Parquet(_) => ctx
+                    .register_parquet(def.name, &path, ParquetReadOptions::default())
+                    .await
+                    .map_err(read_err)?,
+                Source::Csv(_) => {
+                    check_csv_header(&def, &file)?;
+                    let schema = def.schema();
+                    ctx.register_csv(
+                        def.name,
+                        &path,
+                        CsvReadOptions::new().has_header(true).schema(&schema),
+                    )
+                    .await
+                    .map_err(read_err)?
+                }
+            }
+            let provider = ctx.table_provider(def.name).await.map_err(read_err)?;
+            check_schema(&def, &file, &provider.schema())?;
+            let rows = check_values(&ctx, &def, &file).await?;
+            digest_files(&mut snapshot, def.name, &file)?;
+            providers.push((def.name.to_string(), provider));
+            report.push(TableReport {
+                table: def.name.to_string(),
+                source: Some(file),
+                rows,
+            });
+        }
+        Ok(Tables {
+            providers,
+            report,
+            snapshot: hex::encode(snapshot.finalize()),
+        })
+    }
+
+    /// A fresh session over these tables plus the public `quarters` table of `period`.
+    pub fn session(&self, period: &Period) -> Result<SessionContext, DataError> {
+        let ctx = SessionContext::new();
+        for (name, p) in &self.providers {
+            ctx.register_table(name.as_str(), p.clone()).map_err(engine)?;
+        }
+        let quarters = contract::quarters_table(Some(period)).map_err(engine)?;
+        ctx.register_table(contract::QUARTERS_TABLE, Arc::new(quarters))
+            .map_err(engine)?;
+        Ok(ctx)
+    }
+}
+
+fn check_schema(def: &TableDef, file: &Path, found: &SchemaRef) -> Result<(), DataError> {
+    for c in &def.columns {
+        match found.field_with_name(c.name) {
+            Err(_) => {
+                return Err(DataError::MissingColumn {
+                    table: def.name.to_string(),
+                    file: file.to_path_buf(),
+                    column: c.name.to_string(),
+                    expected: c.ty.arrow().to_string(),
+                });
+            }
+            Ok(f) if !c.ty.accepts(f.data_type()) => {
+                return Err(DataError::WrongType {
+                    table: def.name.to_string(),
+                    file: file.to_path_buf(),
+                    column: c.name.to_string(),
+                    expected: c.ty.arrow().to_string(),
+                    found: f.data_type().to_string(),
+                });
+            }
+            Ok(_) => {}
+        }
+    }
+    Ok(())
+}
+
+fn check_csv_header(def: &TableDef, file: &Path) -> Result<(), DataError> {
+    use std::io::BufRead;
+    let f = std::fs::File::open(file).map_err(|source| DataError::Io {
+        file: file.to_path_buf(),
+        source,
+    })?;
+    let mut line = String::new();
+    std::io::BufReader::new(f)
+        .read_line(&mut line)
+        .map_err(|source| DataError::Io {
+            file: file.to_path_buf(),
+            source,
+        })?;
+    let header: Vec<&str> = line.trim_end().split(',').map(|h| h.trim()).collect();
+    for c in &def.columns {
+        if !header.contains(&c.name) {
+            return Err(DataError::MissingColumn {
+                table: def.name.to_string(),
+                file: file.to_path_buf(),
+                column: c.name.to_string(),
+                expected: c.ty.arrow().to_string(),
+            });
+        }
+    }
+    if header.len() != def.columns.len() {
+        return Err(DataError::Read {
+            table: def.name.to_string(),
+            file: file.to_path_buf(),
+            message: format!(
+                "CSV header has {} columns; the data model has {} ({})",
+                header.len(),
+                def.columns.len(),
+                def.columns.iter().map(|c| c.name).collect::<Vec<_>>().join(",")
+            ),
+        });
+    }
+    Ok(())
+}
+
+fn quote_ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+fn quote_lit(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+/// One scan per table: row count, empty values in required columns, values outside code lists.
+async fn check_values(ctx: &SessionContext, def: &TableDef, file: &Path) -> Result<u64, DataError> {
+    let mut exprs = vec!["COUNT(*) AS n".to_string()];
+    let mut checks = Vec::new();
+    for c in &def.columns {
+        let id = quote_ident(c.name);
+        if !c.nullable {
+            exprs.push(format!(
+                "SUM(CASE WHEN {id} IS NULL THEN 1 ELSE 0 END) AS {}",
+                quote_ident(&format!("null_{}", c.name))
+            ));
+            checks.push((c, false));
+        }
+        if !c.codes.is_empty() {
+            let list = c.codes.iter().map(|s| quote_lit(s)).collect::<Vec<_>>().join(",");
+            exprs.push(format!(
+                "SUM(CASE WHEN {id} IS NOT NULL AND {id} NOT IN ({list}) THEN 1 ELSE 0 END) AS {}",
+                quote_ident(&format!("bad_{}", c.name))
+            ));
+            exprs.push(format!(
+                "MIN(CASE WHEN {id} NOT IN ({list}) THEN {id} END) AS {}",
+                quote_ident(&format!("example_{}", c.name))
+            ));
+            checks.push((c, true));
+        }
+    }
+    let sql = format!("SELECT {} FROM {}", exprs.join(", "), quote_ident(def.name));
+    let read_err = |e: datafusion::error::DataFusionError| DataError::Read {
+        table: def.name.to_string(),
+        file: file.to_path_buf(),
+        message: e.strip_backtrace(),
+    };
+    let batches = ctx
+        .sql(&sql)
+        .await
+        .map_err(read_err)?
+        .collect()
+        .await
+        .map_err(read_err)?;
+    let Some(batch) = batches.first() else {
+        return Ok(0);
+    };
+    use datafusion::arrow::array::{Array, AsArray};
+    use datafusion::arrow::compute::cast;
+    use datafusion::arrow::datatypes::{DataType, Int64Type};
+    let int = |name: &str| -> i64 {
+        batch
+            .column_by_name(name)
+            .and_then(|a| cast(a, &DataType::Int64).ok())
+            .map(|a| {
+                let a = a.as_primitive::<Int64Type>();
+                if a.is_null(0) { 0 } else { a.value(0) }
+            })
+            .unwrap_or(0)
+    };
+    for (c, is_codes) in checks {
+        if !is_codes {
+            let count = int(&format!("null_{}", c.name));
+            if count > 0 {
+                return Err(DataError::Nulls {
+                    table: def.name.to_string(),
+                    file: file.to_path_buf(),
+                    column: c.name.to_string(),
+                    count,
+                });
+            }
+        } else {
+            let count = int(&format!("bad_{}", c.name));
+            if count > 0 {
+                let example = batch
+                    .column_by_name(&format!("example_{}", c.name))
+                    .and_then(|a| cast(a, &DataType::Utf8).ok())
+                    .map(|a| a.as_string::<i32>().value(0).to_string())
+                    .unwrap_or_default();
+                return Err(DataError::BadCodes {
+                    table: def.name.to_string(),
+                    file: file.to_path_buf(),
+                    column: c.name.to_string(),
+                    count,
+                    example,
+                    allowed: c.codes.join(", "),
+                });
+            }
+        }
+    }
+    Ok(int("n").max(0) as u64)
+}
+
+/// Feed the table name, and the name, size and content of every file behind it, into the digest.
+fn digest_files(h: &mut Sha256, table: &str, path: &Path) -> Result<(), DataError> {
+    let io = |source| DataError::Io {
+        file: path.to_path_buf(),
+        source,
+    };
+    let mut files = if path.is_dir() {
+        std::fs::read_dir(path)
+            .map_err(io)?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.is_file())
+            .collect::<Vec<_>>()
+    } else {
+        vec![path.to_path_buf()]
+    };
+    files.sort();
+    h.update(table.as_bytes());
+    for f in files {
+        let mut file = std::fs::File::open(&f).map_err(|source| DataError::Io {
+            file: f.clone(),
+            source,
+        })?;
+        h.update(f.file_name().map(|n| n.as_encoded_bytes()).unwrap_or_default());
+        let n = std::io::copy(&mut file, h).map_err(|source| DataError::Io {
+            file: f.clone(),
+            source,
+        })?;
+        h.update(n.to_le_bytes());
+    }
+    Ok(())
+}

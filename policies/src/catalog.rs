@@ -1,0 +1,190 @@
+//! A catalog is a folder of indicator files. Loading it checks every file, then the references
+//! between them, then plans every query against the (empty) data model.
+
+use crate::cdm;
+use crate::contract;
+use crate::indicator::{self, Aggregate, Body, Derived, Domain, Indicator};
+use crate::period::Period;
+use crate::problem::{Problem, Problems};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone)]
+pub struct Catalog {
+    pub dir: PathBuf,
+    pub indicators: BTreeMap<String, Indicator>,
+    /// File each indicator came from, to name it in later problems.
+    pub files: BTreeMap<String, PathBuf>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    #[error("cannot read catalog folder {dir}: {source}")]
+    Io {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("catalog folder {0} holds no indicator (*.toml) files")]
+    Empty(PathBuf),
+    #[error("{} problem(s) in the catalog:\n{}", .0.len(), join(.0))]
+    Invalid(Vec<Problem>),
+}
+
+fn join(ps: &[Problem]) -> String {
+    ps.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("\n")
+}
+
+impl Catalog {
+    /// Read and check every `*.toml` file in `dir` (not recursive). All problems are reported.
+    pub async fn load(dir: &Path) -> Result<Catalog, CatalogError> {
+        let io = |source| CatalogError::Io {
+            dir: dir.to_path_buf(),
+            source,
+        };
+        let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+            .map_err(io)?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+            .collect();
+        files.sort();
+        if files.is_empty() {
+            return Err(CatalogError::Empty(dir.to_path_buf()));
+        }
+        let mut sources = Vec::new();
+        for f in files {
+            let text = std::fs::read_to_string(&f).map_err(io)?;
+            sources.push((f, text));
+        }
+        Self::from_sources(dir, &sources).await
+    }
+
+    /// Check a set of (file, text) pairs as one catalog.
+    pub async fn from_sources(dir: &Path, sources: &[(PathBuf, String)]) -> Result<Catalog, CatalogError> {
+        let mut problems = Vec::new();
+        let mut indicators = BTreeMap::new();
+        let mut files: BTreeMap<String, PathBuf> = BTreeMap::new();
+        for (file, text) in sources {
+            match indicator::parse(file, text) {
+                Ok(ind) => {
+                    if let Some(prev) = files.get(&ind.id) {
+                        let mut p = Problems::new(file);
+                        p.push(
+                            "id",
+                            format!("id '{}' is already used by {}", ind.id, prev.display()),
+                        );
+                        problems.extend(p.items);
+                        continue;
+                    }
+                    files.insert(ind.id.clone(), file.clone());
+                    indicators.insert(ind.id.clone(), ind);
+                }
+                Err(p) => problems.extend(p.items),
+            }
+        }
+        let catalog = Catalog {
+            dir: dir.to_path_buf(),
+            indicators,
+            files,
+        };
+        problems.extend(catalog.check_references());
+        problems.extend(catalog.check_sql().await);
+        if problems.is_empty() {
+            Ok(catalog)
+        } else {
+            Err(CatalogError::Invalid(problems))
+        }
+    }
+
+    fn file(&self, id: &str) -> PathBuf {
+        self.files.get(id).cloned().unwrap_or_else(|| PathBuf::from(id))
+    }
+
+    fn check_references(&self) -> Vec<Problem> {
+        let mut out = Vec::new();
+        for ind in self.indicators.values() {
+            let Body::Derived(d) = &ind.body else { continue };
+            let mut p = Problems::new(&self.file(&ind.id));
+            let query_of = |id: &str| self.indicators.get(id).and_then(|i| i.query());
+            match d {
+                Derived::Ratio {
+                    numerator,
+                    denominator,
+                    ..
+                } => {
+                    for (field, id) in [("derived.numerator", numerator), ("derived.denominator", denominator)] {
+                        if query_of(id).is_none() {
+                            p.push(field, format!("'{id}' is not a query indicator in this catalog"));
+                        }
+                    }
+                    if let (Some(n), Some(d)) = (query_of(numerator), query_of(denominator)) {
+                        for g in &d.group_by {
+                            if !n.group_by.iter().any(|k| k == g) {
+                                p.push(
+                                    "derived.denominator",
+                                    format!(
+                                        "denominator group key '{}' is not a group key of the numerator with the same domain",
+                                        g.column
+                                    ),
+                                );
+                            }
+                        }
+                    }
+                }
+                Derived::Quantile { histogram, .. } => match query_of(histogram) {
+                    Some(q) if matches!(q.aggregate, Aggregate::Histogram { .. }) => {}
+                    _ => p.push(
+                        "derived.histogram",
+                        format!("'{histogram}' is not a histogram indicator in this catalog"),
+                    ),
+                },
+            }
+            out.extend(p.items);
+        }
+        out
+    }
+
+    async fn check_sql(&self) -> Vec<Problem> {
+        let ctx = match contract::planning_context() {
+            Ok(c) => c,
+            Err(e) => {
+                let mut p = Problems::new(&self.dir);
+                p.push("(catalog)", format!("cannot build the planning context: {e}"));
+                return p.items;
+            }
+        };
+        let mut out = Vec::new();
+        for ind in self.indicators.values() {
+            let Some(q) = ind.query() else { continue };
+            if let Err(e) = contract::plan(&ctx, q).await {
+                let mut p = Problems::new(&self.file(&ind.id));
+                p.push("sql", e.to_string());
+                out.extend(p.items);
+            }
+        }
+        out
+    }
+
+    pub fn get(&self, id: &str) -> Option<&Indicator> {
+        self.indicators.get(id)
+    }
+}
+
+/// Number of values in a public domain for a run of `quarters` quarters.
+pub fn domain_len(domain: &Domain, quarters: usize) -> usize {
+    match domain {
+        Domain::Period => quarters,
+        Domain::Codes { reference } => cdm::codes(reference).map(|c| c.len()).unwrap_or(0),
+        Domain::Values { values } => values.len(),
+    }
+}
+
+/// The public values of a domain for a run over `period`, in their published order.
+pub fn domain_values(domain: &Domain, period: &Period) -> Vec<String> {
+    match domain {
+        Domain::Period => period.quarters().iter().map(|q| q.to_string()).collect(),
+        Domain::Codes { reference } => cdm::codes(reference)
+            .map(|c| c.iter().map(|s| s.to_string()).collect())
+            .unwrap_or_default(),
+        Domain::Values { values } => values.clone(),
+    }
+}

@@ -1,0 +1,199 @@
+//! Quarters ("2024Q1") and periods ("2023Q1:2024Q4"): the public time domain of every run.
+
+use chrono::NaiveDate;
+use std::fmt;
+use std::str::FromStr;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Quarter {
+    pub year: i32,
+    /// 1 to 4.
+    pub q: u8,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PeriodError {
+    #[error("'{0}' is not a quarter; expected YYYYQn, e.g. 2024Q1")]
+    BadQuarter(String),
+    #[error("'{0}' is not a period; expected YYYYQn or YYYYQn:YYYYQn, e.g. 2023Q1:2024Q4")]
+    BadPeriod(String),
+    #[error("period {0} ends before it starts")]
+    Reversed(String),
+    #[error("period {period} spans {quarters} quarters; at most {max} are allowed")]
+    TooLong {
+        period: String,
+        quarters: usize,
+        max: usize,
+    },
+}
+
+impl Quarter {
+    pub fn new(year: i32, q: u8) -> Option<Self> {
+        ((1..=4).contains(&q) && (1900..=2999).contains(&year)).then_some(Quarter { year, q })
+    }
+
+    pub fn of_date(d: NaiveDate) -> Self {
+        use chrono::Datelike;
+        Quarter {
+            year: d.year(),
+            q: ((d.month0() / 3) + 1) as u8,
+        }
+    }
+
+    pub fn first_day(self) -> NaiveDate {
+        NaiveDate::from_ymd_opt(self.year, (self.q as u32 - 1) * 3 + 1, 1)
+            .unwrap_or(NaiveDate::MIN)
+    }
+
+    pub fn next(self) -> Self {
+        if self.q == 4 {
+            Quarter {
+                year: self.year + 1,
+                q: 1,
+            }
+        } else {
+            Quarter {
+                year: self.year,
+                q: self.q + 1,
+            }
+        }
+    }
+
+    pub fn last_day(self) -> NaiveDate {
+        self.next().first_day().pred_opt().unwrap_or(NaiveDate::MAX)
+    }
+
+    pub fn days(self) -> i64 {
+        (self.last_day() - self.first_day()).num_days() + 1
+    }
+}
+
+impl fmt::Display for Quarter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}Q{}", self.year, self.q)
+    }
+}
+
+impl FromStr for Quarter {
+    type Err = PeriodError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || PeriodError::BadQuarter(s.to_string());
+        let (y, q) = s.trim().split_once(['Q', 'q']).ok_or_else(bad)?;
+        if y.len() != 4 || q.len() != 1 {
+            return Err(bad());
+        }
+        let year: i32 = y.parse().map_err(|_| bad())?;
+        let q: u8 = q.parse().map_err(|_| bad())?;
+        Quarter::new(year, q).ok_or_else(bad)
+    }
+}
+
+/// An inclusive range of quarters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Period {
+    pub first: Quarter,
+    pub last: Quarter,
+}
+
+/// Longest period a single run may cover (ten years): keeps the public key set small.
+pub const MAX_QUARTERS: usize = 40;
+
+impl Period {
+    pub fn quarters(&self) -> Vec<Quarter> {
+        let mut out = Vec::new();
+        let mut q = self.first;
+        while q <= self.last {
+            out.push(q);
+            q = q.next();
+        }
+        out
+    }
+
+    pub fn contains(&self, other: &Period) -> bool {
+        self.first <= other.first && other.last <= self.last
+    }
+}
+
+impl fmt::Display for Period {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.first == self.last {
+            write!(f, "{}", self.first)
+        } else {
+            write!(f, "{}:{}", self.first, self.last)
+        }
+    }
+}
+
+impl FromStr for Period {
+    type Err = PeriodError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (a, b) = match s.split_once(':') {
+            Some((a, b)) => (a, b),
+            None => (s, s),
+        };
+        let first: Quarter = a
+            .parse()
+            .map_err(|_| PeriodError::BadPeriod(s.to_string()))?;
+        let last: Quarter = b
+            .parse()
+            .map_err(|_| PeriodError::BadPeriod(s.to_string()))?;
+        if last < first {
+            return Err(PeriodError::Reversed(s.to_string()));
+        }
+        let p = Period { first, last };
+        let n = p.quarters().len();
+        if n > MAX_QUARTERS {
+            return Err(PeriodError::TooLong {
+                period: s.to_string(),
+                quarters: n,
+                max: MAX_QUARTERS,
+            });
+        }
+        Ok(p)
+    }
+}
+
+impl serde::Serialize for Period {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Period {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_and_prints_quarters_and_periods() {
+        let p: Period = "2023Q3:2024Q2".parse().unwrap();
+        let qs: Vec<String> = p.quarters().iter().map(|q| q.to_string()).collect();
+        assert_eq!(qs, ["2023Q3", "2023Q4", "2024Q1", "2024Q2"]);
+        assert_eq!(p.to_string(), "2023Q3:2024Q2");
+        assert_eq!("2024Q1".parse::<Period>().unwrap().quarters().len(), 1);
+        let q: Quarter = "2024Q1".parse().unwrap();
+        assert_eq!(q.first_day().to_string(), "2024-01-01");
+        assert_eq!(q.last_day().to_string(), "2024-03-31");
+        assert_eq!(q.days(), 91);
+    }
+
+    #[test]
+    fn rejects_bad_periods_with_specific_errors() {
+        assert!(matches!("2024Q5".parse::<Period>(), Err(PeriodError::BadPeriod(_))));
+        assert!(matches!("24Q1".parse::<Quarter>(), Err(PeriodError::BadQuarter(_))));
+        assert!(matches!(
+            "2024Q2:2024Q1".parse::<Period>(),
+            Err(PeriodError::Reversed(_))
+        ));
+        assert!(matches!(
+            "2000Q1:2024Q1".parse::<Period>(),
+            Err(PeriodError::TooLong { .. })
+        ));
+    }
+}
