@@ -1,1 +1,210 @@
-fn main() {}
+//! `stroom`: the one binary of the federation.
+
+mod certs;
+mod synth;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+#[derive(Parser)]
+#[command(name = "stroom", version, about = "Privacy-preserving federated indicators for Dutch secure youth care")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Check indicator catalogs.
+    Policy {
+        #[command(subcommand)]
+        action: PolicyAction,
+    },
+    /// Generate deterministic synthetic records per provider (Parquet), plus panel responses.
+    Synth {
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value_t = 11)]
+        providers: usize,
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// Multiply volumes (e.g. 1000 for benchmarks).
+        #[arg(long, default_value_t = 1.0)]
+        scale: f64,
+    },
+    /// Make a federation CA and certificates for the coordinator and each node.
+    Certs {
+        #[arg(long)]
+        out: PathBuf,
+        /// Comma-separated provider ids, e.g. P01,P02,P03.
+        #[arg(long, value_delimiter = ',', required = true)]
+        nodes: Vec<String>,
+    },
+    /// Run a provider node (HTTPS), or check its configuration and data with `node check`.
+    Node {
+        #[command(subcommand)]
+        action: Option<NodeAction>,
+        #[arg(long, global = true)]
+        config: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum PolicyAction {
+    /// Validate every indicator file in DIR (default: the shipped catalog); exit 1 on any problem.
+    Check { dir: Option<PathBuf> },
+}
+
+#[derive(Subcommand)]
+enum NodeAction {
+    /// Validate configuration, catalog and data; print row counts; start nothing.
+    Check,
+}
+
+fn default_catalog() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("policies/catalog")
+}
+
+fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("STROOM_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<std::process::ExitCode> {
+    match cli.command {
+        Command::Policy {
+            action: PolicyAction::Check { dir },
+        } => policy_check(dir.unwrap_or_else(default_catalog)).await,
+        Command::Synth {
+            out,
+            providers,
+            seed,
+            scale,
+        } => {
+            let opts = synth::SynthOptions {
+                out: out.clone(),
+                providers,
+                seed,
+                scale,
+            };
+            let started = std::time::Instant::now();
+            let manifest = tokio::task::spawn_blocking(move || {
+                synth::generate(&opts, |line| eprintln!("  {line}"))
+            })
+            .await??;
+            println!(
+                "wrote {} providers and the panel to {} in {:.1}s (coverage {}, seed {}, scale {})",
+                manifest.providers.len(),
+                out.display(),
+                started.elapsed().as_secs_f64(),
+                manifest.coverage,
+                manifest.seed,
+                manifest.scale
+            );
+            Ok(std::process::ExitCode::SUCCESS)
+        }
+        Command::Certs { out, nodes } => {
+            certs::generate(&out, &nodes)?;
+            println!(
+                "wrote ca.crt, coordinator.crt and {} node certificate(s) with keys to {}",
+                nodes.len(),
+                out.display()
+            );
+            Ok(std::process::ExitCode::SUCCESS)
+        }
+        Command::Node { action, config } => {
+            let config = config.context("--config FILE is required")?;
+            let cfg = node::config::NodeConfig::load(&config)?;
+            match action {
+                Some(NodeAction::Check) => node_check(cfg).await,
+                None => node_serve(cfg).await,
+            }
+        }
+    }
+}
+
+async fn policy_check(dir: PathBuf) -> Result<std::process::ExitCode> {
+    match policies::Catalog::load(&dir).await {
+        Ok(c) => {
+            let queries = c.indicators.values().filter(|i| i.query().is_some()).count();
+            println!(
+                "{}: {} indicators OK ({} queries, {} derived)",
+                dir.display(),
+                c.indicators.len(),
+                queries,
+                c.indicators.len() - queries
+            );
+            Ok(std::process::ExitCode::SUCCESS)
+        }
+        Err(policies::CatalogError::Invalid(problems)) => {
+            for p in &problems {
+                println!("{p}");
+            }
+            println!("{} problem(s) found in {}", problems.len(), dir.display());
+            Ok(std::process::ExitCode::FAILURE)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn node_check(cfg: node::config::NodeConfig) -> Result<std::process::ExitCode> {
+    let node = node::Node::open(cfg).await?;
+    println!("node {}: configuration, catalog and data are valid", node.config.node_id);
+    println!("  data snapshot {}", node.tables.snapshot);
+    println!("  coverage {}", node.config.data.coverage);
+    for t in &node.tables.report {
+        match &t.source {
+            Some(src) => println!("  {:<22} {:>12} rows  {}", t.table, t.rows, src.display()),
+            None => println!("  {:<22} {:>12}       (not served)", t.table, "-"),
+        }
+    }
+    let b = node.budget()?;
+    println!(
+        "  budget {}: ρ {:.4} spent of {:.4} ({} releases)",
+        b.budget_period, b.rho_spent, b.rho_budget, b.releases
+    );
+    println!(
+        "  catalog: {} approved indicators from {}",
+        node.catalog.indicators.len(),
+        node.catalog.dir.display()
+    );
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+async fn node_serve(cfg: node::config::NodeConfig) -> Result<std::process::ExitCode> {
+    let id = cfg.node_id.clone();
+    let node = Arc::new(node::Node::open(cfg).await?);
+    let running = node::server::start(node).await?;
+    // Printed on stdout for scripts and tests that start a node on port 0.
+    println!("node {id} listening on https://{}", running.addr);
+    tracing::info!(node = %id, addr = %running.addr, "serving");
+    tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
+    tracing::info!("shutting down");
+    running.shutdown().await;
+    Ok(std::process::ExitCode::SUCCESS)
+}

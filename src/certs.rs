@@ -1,0 +1,79 @@
+//! `stroom certs`: a federation CA and certificates for the coordinator and every node. A node's
+//! certificate names its provider id (common name and a `<id>.node.stroom` DNS name) so the
+//! coordinator can check it is talking to the provider it meant.
+
+use anyhow::{Context, Result};
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType,
+};
+use std::path::Path;
+
+fn write(path: &Path, text: &str, private: bool) -> Result<()> {
+    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
+    #[cfg(unix)]
+    if private {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+            .with_context(|| format!("restricting {}", path.display()))?;
+    }
+    let _ = private;
+    Ok(())
+}
+
+fn leaf(common_name: &str, extra_dns: Option<String>) -> Result<CertificateParams> {
+    let mut names = vec!["localhost".to_string()];
+    names.extend(extra_dns);
+    let mut p = CertificateParams::new(names)?;
+    p.subject_alt_names
+        .push(SanType::IpAddress(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)));
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, common_name);
+    dn.push(DnType::OrganizationName, "Stroom federation");
+    p.distinguished_name = dn;
+    p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    p.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    Ok(p)
+}
+
+pub fn node_dns_name(node_id: &str) -> String {
+    format!("{}.node.stroom", node_id.to_ascii_lowercase())
+}
+
+/// Write `ca.crt`, `ca.key`, `coordinator.crt/.key` and `<NODE>.crt/.key` for each node into `out`.
+pub fn generate(out: &Path, nodes: &[String]) -> Result<()> {
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    for n in nodes {
+        anyhow::ensure!(
+            !n.is_empty() && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'),
+            "node id '{n}' must be letters, digits, '-' or '_'"
+        );
+    }
+    let ca_key = KeyPair::generate()?;
+    let mut ca = CertificateParams::new(Vec::<String>::new())?;
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, "Stroom federation CA");
+    ca.distinguished_name = dn;
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let ca_cert = ca.self_signed(&ca_key)?;
+    write(&out.join("ca.crt"), &ca_cert.pem(), false)?;
+    write(&out.join("ca.key"), &ca_key.serialize_pem(), true)?;
+    let issuer = Issuer::new(ca, ca_key);
+
+    let issue = |name: &str, params: CertificateParams| -> Result<()> {
+        let key = KeyPair::generate()?;
+        let cert = params.signed_by(&key, &issuer)?;
+        write(&out.join(format!("{name}.crt")), &cert.pem(), false)?;
+        write(&out.join(format!("{name}.key")), &key.serialize_pem(), true)?;
+        Ok(())
+    };
+    issue("coordinator", leaf("coordinator", Some("coordinator.stroom".into()))?)?;
+    for n in nodes {
+        issue(n, leaf(n, Some(node_dns_name(n)))?)?;
+    }
+    Ok(())
+}
