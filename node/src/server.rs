@@ -53,7 +53,7 @@ async fn evaluate(
             let code = if status == StatusCode::PAYLOAD_TOO_LARGE {
                 "body_too_large"
             } else {
-                "bad_request"
+                "invalid_request"
             };
             let message = if status == StatusCode::PAYLOAD_TOO_LARGE {
                 format!(
