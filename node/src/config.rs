@@ -125,6 +125,24 @@ key = "node.key"
 max_body_bytes = 65536
 "#;
 
+/// Top-level keys of the node's configuration.
+const KEYS: &[&str] = &[
+    "node_id", "listen", "catalog_dir", "data", "ledger", "budget", "tls", "limits", "testing",
+];
+
+/// The `STROOM_` environment variables that address this configuration. Others with the same
+/// prefix (`STROOM_LOG`, `STROOM_TOKEN`) belong to other parts of the program and are left out.
+fn config_env() -> config::Map<String, String> {
+    std::env::vars()
+        .filter(|(k, _)| {
+            k.strip_prefix("STROOM_").is_some_and(|rest| {
+                let first = rest.split("__").next().unwrap_or("").to_ascii_lowercase();
+                KEYS.contains(&first.as_str())
+            })
+        })
+        .collect()
+}
+
 impl NodeConfig {
     pub fn load(file: &Path) -> Result<NodeConfig, ConfigError> {
         let load_err = |message: String| ConfigError::Load {
@@ -139,6 +157,7 @@ impl NodeConfig {
             .add_source(config::File::from(file).format(config::FileFormat::Toml))
             .add_source(
                 config::Environment::with_prefix("STROOM")
+                    .source(Some(config_env()))
                     .prefix_separator("_")
                     .separator("__")
                     .try_parsing(true)

@@ -1,0 +1,137 @@
+#![allow(dead_code)]
+//! End-to-end helpers: run the real `stroom` binary, start real node processes over HTTPS on
+//! 127.0.0.1 (port 0), talk to them with a real TLS client.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn stroom() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_stroom"))
+}
+
+pub fn run(args: &[&str]) -> Output {
+    let out = stroom().args(args).output().expect("run stroom");
+    out
+}
+
+pub fn catalog_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("policies/catalog")
+}
+
+/// Synthetic data for `providers` providers and certificates for them, in a fresh temp dir.
+pub fn federation_fixture(providers: usize) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path().to_str().expect("utf8 path");
+    let out = run(&["synth", "--out", d, "--providers", &providers.to_string(), "--seed", "7"]);
+    assert!(out.status.success(), "synth: {}", String::from_utf8_lossy(&out.stderr));
+    let ids: Vec<String> = (1..=providers).map(|i| format!("P{i:02}")).collect();
+    let certs = dir.path().join("certs");
+    let out = run(&["certs", "--out", certs.to_str().unwrap(), "--nodes", &ids.join(",")]);
+    assert!(out.status.success(), "certs: {}", String::from_utf8_lossy(&out.stderr));
+    dir
+}
+
+/// Write `DIR/<id>.toml` for a node serving `DIR/<id>/`, with extra TOML appended.
+pub fn node_config(dir: &Path, id: &str, budget: f64, extra: &str) -> PathBuf {
+    let path = dir.join(format!("{id}.toml"));
+    let text = format!(
+        r#"node_id = "{id}"
+listen = "127.0.0.1:0"
+catalog_dir = "{catalog}"
+[data]
+dir = "{id}"
+coverage = "2022Q1:2024Q4"
+[ledger]
+path = "ledger-{id}.sqlite"
+[budget]
+rho_per_period = {budget}
+period = "year"
+delta = 1e-6
+[tls]
+cert = "certs/{id}.crt"
+key = "certs/{id}.key"
+{extra}
+"#,
+        catalog = catalog_dir().display()
+    );
+    std::fs::write(&path, text).expect("write config");
+    path
+}
+
+pub struct NodeProcess {
+    pub child: Child,
+    pub url: String,
+}
+
+impl NodeProcess {
+    pub fn start(config: &Path) -> NodeProcess {
+        let mut child = stroom()
+            .args(["node", "--config", config.to_str().unwrap()])
+            .env("STROOM_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn node");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            assert!(Instant::now() < deadline, "node did not start in time");
+            match lines.next() {
+                Some(Ok(line)) => {
+                    if let Some(i) = line.find("https://") {
+                        let url = line[i..].trim().to_string();
+                        // Keep draining stdout so the node never blocks on a full pipe.
+                        std::thread::spawn(move || for _ in lines {});
+                        return NodeProcess { child, url };
+                    }
+                }
+                _ => {
+                    let status = child.wait().expect("wait");
+                    panic!("node exited before listening: {status}");
+                }
+            }
+        }
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill(); // SIGKILL on Unix
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+pub fn client(dir: &Path) -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let ca = std::fs::read(dir.join("certs/ca.crt")).expect("ca");
+    reqwest::Client::builder()
+        .tls_certs_only([reqwest::Certificate::from_pem(&ca).expect("pem")])
+        .timeout(Duration::from_secs(120))
+        .build()
+        .expect("client")
+}
+
+pub async fn evaluate(c: &reqwest::Client, url: &str, indicator: &str, period: &str) -> reqwest::Response {
+    c.post(format!("{url}/v1/evaluate"))
+        .json(&serde_json::json!({ "indicator": indicator, "period": period }))
+        .send()
+        .await
+        .expect("request")
+}
+
+pub async fn budget(c: &reqwest::Client, url: &str) -> serde_json::Value {
+    c.get(format!("{url}/v1/budget"))
+        .send()
+        .await
+        .expect("budget")
+        .json()
+        .await
+        .expect("json")
+}
