@@ -26,7 +26,9 @@ fn leaf(common_name: &str, extra_dns: Option<String>) -> Result<CertificateParam
     names.extend(extra_dns);
     let mut p = CertificateParams::new(names)?;
     p.subject_alt_names
-        .push(SanType::IpAddress(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)));
+        .push(SanType::IpAddress(std::net::IpAddr::V4(
+            std::net::Ipv4Addr::LOCALHOST,
+        )));
     let mut dn = DistinguishedName::new();
     dn.push(DnType::CommonName, common_name);
     dn.push(DnType::OrganizationName, "Stroom federation");
@@ -48,7 +50,9 @@ pub fn generate(out: &Path, nodes: &[String]) -> Result<()> {
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     for n in nodes {
         anyhow::ensure!(
-            !n.is_empty() && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'),
+            !n.is_empty()
+                && n.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'),
             "node id '{n}' must be letters, digits, '-' or '_'"
         );
     }
@@ -71,7 +75,10 @@ pub fn generate(out: &Path, nodes: &[String]) -> Result<()> {
         write(&out.join(format!("{name}.key")), &key.serialize_pem(), true)?;
         Ok(())
     };
-    issue("coordinator", leaf("coordinator", Some("coordinator.stroom".into()))?)?;
+    issue(
+        "coordinator",
+        leaf("coordinator", Some("coordinator.stroom".into()))?,
+    )?;
     for n in nodes {
         issue(n, leaf(n, Some(node_dns_name(n)))?)?;
     }

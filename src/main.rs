@@ -9,7 +9,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 #[derive(Parser)]
-#[command(name = "stroom", version, about = "Privacy-preserving federated indicators for Dutch secure youth care")]
+#[command(
+    name = "stroom",
+    version,
+    about = "Privacy-preserving federated indicators for Dutch secure youth care"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -80,7 +84,10 @@ fn init_tracing() {
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     init_tracing();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -152,7 +159,11 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode> {
 async fn policy_check(dir: PathBuf) -> Result<std::process::ExitCode> {
     match policies::Catalog::load(&dir).await {
         Ok(c) => {
-            let queries = c.indicators.values().filter(|i| i.query().is_some()).count();
+            let queries = c
+                .indicators
+                .values()
+                .filter(|i| i.query().is_some())
+                .count();
             println!(
                 "{}: {} indicators OK ({} queries, {} derived)",
                 dir.display(),
@@ -175,7 +186,10 @@ async fn policy_check(dir: PathBuf) -> Result<std::process::ExitCode> {
 
 async fn node_check(cfg: node::config::NodeConfig) -> Result<std::process::ExitCode> {
     let node = node::Node::open(cfg).await?;
-    println!("node {}: configuration, catalog and data are valid", node.config.node_id);
+    println!(
+        "node {}: configuration, catalog and data are valid",
+        node.config.node_id
+    );
     println!("  data snapshot {}", node.tables.snapshot);
     println!("  coverage {}", node.config.data.coverage);
     for t in &node.tables.report {
@@ -204,7 +218,9 @@ async fn node_serve(cfg: node::config::NodeConfig) -> Result<std::process::ExitC
     // Printed on stdout for scripts and tests that start a node on port 0.
     println!("node {id} listening on https://{}", running.addr);
     tracing::info!(node = %id, addr = %running.addr, "serving");
-    tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
+    tokio::signal::ctrl_c()
+        .await
+        .context("waiting for Ctrl-C")?;
     tracing::info!("shutting down");
     running.shutdown().await;
     Ok(std::process::ExitCode::SUCCESS)

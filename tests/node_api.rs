@@ -14,7 +14,10 @@ async fn evaluate_answers_arrow_with_scales_and_spend_and_repeats_are_idempotent
 
     let first = evaluate(&c, &node.url, "measures.youths_by_type", "2024Q1:2024Q2").await;
     assert_eq!(first.status(), 200);
-    assert_eq!(first.headers()["content-type"], "application/vnd.apache.arrow.stream");
+    assert_eq!(
+        first.headers()["content-type"],
+        "application/vnd.apache.arrow.stream"
+    );
     assert_eq!(first.headers()["x-stroom-replayed"], "false");
     assert!(first.headers().contains_key("x-request-id"));
     let bytes = first.bytes().await.unwrap();
@@ -24,7 +27,12 @@ async fn evaluate_answers_arrow_with_scales_and_spend_and_repeats_are_idempotent
     assert_eq!(meta.group_columns, ["quarter", "measure_type"]);
     // Every public key: 2 quarters × 14 measure types, and nothing else.
     assert_eq!(batch.num_rows(), 2 * 14);
-    let names: Vec<_> = batch.schema().fields().iter().map(|f| f.name().clone()).collect();
+    let names: Vec<_> = batch
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.name().clone())
+        .collect();
     assert_eq!(names, ["quarter", "measure_type", "count", "count_scale"]);
     let m = &meta.measures[0];
     assert_eq!(m.mechanism, "discrete_gaussian");
@@ -56,14 +64,21 @@ async fn a_request_beyond_the_budget_is_refused_and_releases_nothing() {
     let node = NodeProcess::start(&cfg);
     let c = client(dir.path());
     for ind in ["care.unique_youths", "care.youth_days"] {
-        assert_eq!(evaluate(&c, &node.url, ind, "2024Q1").await.status(), 200, "{ind}");
+        assert_eq!(
+            evaluate(&c, &node.url, ind, "2024Q1").await.status(),
+            200,
+            "{ind}"
+        );
     }
     let refused = evaluate(&c, &node.url, "discharge.count", "2024Q1").await;
     assert_eq!(refused.status(), 403);
     let body: serde_json::Value = refused.json().await.unwrap();
     assert_eq!(body["error"], "budget_exhausted");
     let msg = body["message"].as_str().unwrap();
-    assert!(msg.contains("costs ρ=0.05") && msg.contains("nothing was released"), "{msg}");
+    assert!(
+        msg.contains("costs ρ=0.05") && msg.contains("nothing was released"),
+        "{msg}"
+    );
     let b = budget(&c, &node.url).await;
     assert_eq!(b["releases"], 2);
     assert!((b["rho_spent"].as_f64().unwrap() - 0.10).abs() < 1e-9);
@@ -93,23 +108,68 @@ async fn bad_requests_get_specific_errors_and_change_nothing() {
                 .unwrap();
             let status = r.status().as_u16();
             let v: serde_json::Value = r.json().await.unwrap();
-            (status, v["error"].as_str().unwrap().to_string(), v["message"].as_str().unwrap().to_string())
+            (
+                status,
+                v["error"].as_str().unwrap().to_string(),
+                v["message"].as_str().unwrap().to_string(),
+            )
         }
     };
     let cases = [
-        (r#"{"indicator":"no.such","period":"2024Q1"}"#.to_string(), 404, "unknown_indicator", "no.such"),
-        (r#"{"indicator":"care.unique_youths","period":"2019Q1"}"#.into(), 422, "period_outside_data", "2022Q1:2024Q4"),
-        (r#"{"indicator":"care.unique_youths","period":"2024Q7"}"#.into(), 422, "invalid_request", "2024Q7"),
-        (r#"{"indicator":"seclusion.rate_per_1000_days","period":"2024Q1"}"#.into(), 422, "derived_indicator", "derived"),
-        (r#"{"indicator":"care.unique_youths","period":"2024Q1","content_hash":"abc"}"#.into(), 409, "content_hash_mismatch", "abc"),
-        (r#"{"indicator":"care.unique_youths","period":"2024Q1","sql":"SELECT *"}"#.into(), 422, "invalid_request", "unknown field"),
+        (
+            r#"{"indicator":"no.such","period":"2024Q1"}"#.to_string(),
+            404,
+            "unknown_indicator",
+            "no.such",
+        ),
+        (
+            r#"{"indicator":"care.unique_youths","period":"2019Q1"}"#.into(),
+            422,
+            "period_outside_data",
+            "2022Q1:2024Q4",
+        ),
+        (
+            r#"{"indicator":"care.unique_youths","period":"2024Q7"}"#.into(),
+            422,
+            "invalid_request",
+            "2024Q7",
+        ),
+        (
+            r#"{"indicator":"seclusion.rate_per_1000_days","period":"2024Q1"}"#.into(),
+            422,
+            "derived_indicator",
+            "derived",
+        ),
+        (
+            r#"{"indicator":"care.unique_youths","period":"2024Q1","content_hash":"abc"}"#.into(),
+            409,
+            "content_hash_mismatch",
+            "abc",
+        ),
+        (
+            r#"{"indicator":"care.unique_youths","period":"2024Q1","sql":"SELECT *"}"#.into(),
+            422,
+            "invalid_request",
+            "unknown field",
+        ),
         ("{not json".into(), 400, "invalid_request", "JSON"),
-        (format!(r#"{{"indicator":"care.unique_youths","period":"2024Q1","content_hash":"{}"}}"#, "a".repeat(70_000)), 413, "body_too_large", "65536"),
+        (
+            format!(
+                r#"{{"indicator":"care.unique_youths","period":"2024Q1","content_hash":"{}"}}"#,
+                "a".repeat(70_000)
+            ),
+            413,
+            "body_too_large",
+            "65536",
+        ),
     ];
     for (body, status, code, mention) in cases {
         let (s, e, m) = post(body).await;
         assert_eq!((s, e.as_str()), (status, code), "{m}");
-        assert!(m.contains(mention), "message {m:?} should mention {mention:?}");
+        assert!(
+            m.contains(mention),
+            "message {m:?} should mention {mention:?}"
+        );
     }
     let b = budget(&c, &node.url).await;
     assert_eq!(b["releases"], 0);
@@ -127,11 +187,23 @@ async fn no_row_leaves_the_node() {
     // Every youth pseudonym of the provider.
     let ctx = datafusion::prelude::SessionContext::new();
     let youth = dir.path().join("P01/youth.parquet");
-    ctx.register_parquet("youth", youth.to_str().unwrap(), Default::default()).await.unwrap();
-    let batches = ctx.sql("SELECT youth_pid FROM youth").await.unwrap().collect().await.unwrap();
+    ctx.register_parquet("youth", youth.to_str().unwrap(), Default::default())
+        .await
+        .unwrap();
+    let batches = ctx
+        .sql("SELECT youth_pid FROM youth")
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
     let mut pids = Vec::new();
     for b in &batches {
-        let col = datafusion::arrow::compute::cast(b.column(0), &datafusion::arrow::datatypes::DataType::Utf8).unwrap();
+        let col = datafusion::arrow::compute::cast(
+            b.column(0),
+            &datafusion::arrow::datatypes::DataType::Utf8,
+        )
+        .unwrap();
         let a = datafusion::arrow::array::AsArray::as_string::<i32>(&col);
         pids.extend(a.iter().flatten().map(String::from));
     }
@@ -145,10 +217,19 @@ async fn no_row_leaves_the_node() {
         let q = ind.query().unwrap();
         // Only public keys and noisy aggregates: exactly one row per public key.
         assert_eq!(batch.num_rows() as i64, q.cell_count(4), "{}", ind.id);
-        assert!(!meta.group_columns.iter().any(|c| c == "youth_pid" || c == "respondent_pid"));
+        assert!(
+            !meta
+                .group_columns
+                .iter()
+                .any(|c| c == "youth_pid" || c == "respondent_pid")
+        );
         let text = String::from_utf8_lossy(&bytes);
         for pid in &pids {
-            assert!(!text.contains(pid.as_str()), "{} leaked a pseudonym", ind.id);
+            assert!(
+                !text.contains(pid.as_str()),
+                "{} leaked a pseudonym",
+                ind.id
+            );
         }
     }
 }
@@ -159,10 +240,30 @@ async fn health_and_metrics_are_served() {
     let cfg = node_config(dir.path(), "P01", 5.0, "");
     let node = NodeProcess::start(&cfg);
     let c = client(dir.path());
-    let h: serde_json::Value = c.get(format!("{}/healthz", node.url)).send().await.unwrap().json().await.unwrap();
+    let h: serde_json::Value = c
+        .get(format!("{}/healthz", node.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(h["status"], "ok");
     evaluate(&c, &node.url, "care.unique_youths", "2024Q1").await;
-    let m = c.get(format!("{}/metrics", node.url)).send().await.unwrap().text().await.unwrap();
-    assert!(m.contains("stroom_node_evaluations_total{node=\"P01\",outcome=\"released\"} 1"), "{m}");
-    assert!(m.contains("stroom_node_rho_spent{node=\"P01\"} 0.05"), "{m}");
+    let m = c
+        .get(format!("{}/metrics", node.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        m.contains("stroom_node_evaluations_total{node=\"P01\",outcome=\"released\"} 1"),
+        "{m}"
+    );
+    assert!(
+        m.contains("stroom_node_rho_spent{node=\"P01\"} 0.05"),
+        "{m}"
+    );
 }

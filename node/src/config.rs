@@ -127,7 +127,15 @@ max_body_bytes = 65536
 
 /// Top-level keys of the node's configuration.
 const KEYS: &[&str] = &[
-    "node_id", "listen", "catalog_dir", "data", "ledger", "budget", "tls", "limits", "testing",
+    "node_id",
+    "listen",
+    "catalog_dir",
+    "data",
+    "ledger",
+    "budget",
+    "tls",
+    "limits",
+    "testing",
 ];
 
 /// The `STROOM_` environment variables that address this configuration. Others with the same
@@ -166,7 +174,9 @@ impl NodeConfig {
             )
             .build()
             .map_err(|e| load_err(e.to_string()))?;
-        let mut cfg: NodeConfig = built.try_deserialize().map_err(|e| load_err(e.to_string()))?;
+        let mut cfg: NodeConfig = built
+            .try_deserialize()
+            .map_err(|e| load_err(e.to_string()))?;
         let base = file.parent().unwrap_or(Path::new("."));
         cfg.resolve_paths(base);
         cfg.validate(file)?;
@@ -203,19 +213,28 @@ impl NodeConfig {
         {
             return Err(invalid(
                 "node_id",
-                format!("'{}' must be non-empty letters, digits, '-' or '_'", self.node_id),
+                format!(
+                    "'{}' must be non-empty letters, digits, '-' or '_'",
+                    self.node_id
+                ),
             ));
         }
         if !(self.budget.rho_per_period.is_finite() && self.budget.rho_per_period > 0.0) {
             return Err(invalid(
                 "budget.rho_per_period",
-                format!("must be a positive number, found {}", self.budget.rho_per_period),
+                format!(
+                    "must be a positive number, found {}",
+                    self.budget.rho_per_period
+                ),
             ));
         }
         if !(self.budget.delta > 0.0 && self.budget.delta < 1.0) {
             return Err(invalid(
                 "budget.delta",
-                format!("must lie strictly between 0 and 1, found {}", self.budget.delta),
+                format!(
+                    "must lie strictly between 0 and 1, found {}",
+                    self.budget.delta
+                ),
             ));
         }
         if self.limits.max_body_bytes < 256 {

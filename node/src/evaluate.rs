@@ -186,10 +186,7 @@ pub async fn plan_cells(
             };
             (vec![count(lit(1i64)).alias("__n")], c)
         }
-        (
-            Aggregate::Sum { lower, upper, .. } | Aggregate::Mean { lower, upper, .. },
-            b,
-        ) => {
+        (Aggregate::Sum { lower, upper, .. } | Aggregate::Mean { lower, upper, .. }, b) => {
             let s = ident("__s");
             let c = if b == Bounding::Bounded {
                 clamp(s, *lower, *upper)
@@ -252,7 +249,8 @@ pub async fn cells(
         Aggregate::Sum { .. } => vec!["sum"],
         _ => vec!["count"],
     };
-    let index: HashMap<&Vec<String>, usize> = keys.iter().enumerate().map(|(i, k)| (k, i)).collect();
+    let index: HashMap<&Vec<String>, usize> =
+        keys.iter().enumerate().map(|(i, k)| (k, i)).collect();
     let mut values = vec![vec![0i64; keys.len()]; measure_names.len()];
     for b in &batches {
         let key_cols: Vec<_> = (0..n_groups)
@@ -265,7 +263,8 @@ pub async fn cells(
                 b.column_by_name(m)
                     .ok_or_else(|| EvalError::Internal(format!("no column {m}")))
                     .and_then(|a| {
-                        arrow_cast(a, &DataType::Int64).map_err(|e| EvalError::Engine(e.to_string()))
+                        arrow_cast(a, &DataType::Int64)
+                            .map_err(|e| EvalError::Engine(e.to_string()))
                     })
             })
             .collect::<Result<_, _>>()?;

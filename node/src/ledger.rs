@@ -45,7 +45,10 @@ pub enum LedgerError {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Entry {
     /// Spend recorded, answer not stored: a crash (or failure) came in between.
-    Reserved { rho_nano: i64, budget_period: String },
+    Reserved {
+        rho_nano: i64,
+        budget_period: String,
+    },
     /// The stored answer, to be returned as is.
     Released { answer: Vec<u8> },
 }
@@ -74,12 +77,16 @@ impl Ledger {
         if let Some(dir) = path.parent()
             && !dir.as_os_str().is_empty()
         {
-            std::fs::create_dir_all(dir).map_err(|e| err(rusqlite::Error::ToSqlConversionFailure(Box::new(e))))?;
+            std::fs::create_dir_all(dir)
+                .map_err(|e| err(rusqlite::Error::ToSqlConversionFailure(Box::new(e))))?;
         }
         let conn = Connection::open(path).map_err(err)?;
-        conn.pragma_update(None, "journal_mode", "WAL").map_err(err)?;
-        conn.pragma_update(None, "synchronous", "FULL").map_err(err)?;
-        conn.busy_timeout(std::time::Duration::from_secs(10)).map_err(err)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(err)?;
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(err)?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))
+            .map_err(err)?;
         conn.execute_batch(
             "CREATE TABLE IF NOT EXISTS releases (
                 release_key   TEXT PRIMARY KEY,

@@ -66,13 +66,17 @@ impl Node {
         Self::open_with_clock(config, Arc::new(SystemClock)).await
     }
 
-    pub async fn open_with_clock(config: NodeConfig, clock: Arc<dyn Clock>) -> Result<Node, NodeError> {
-        let catalog = Catalog::load(&config.catalog_dir)
-            .await
-            .map_err(|source| NodeError::Catalog {
-                dir: config.catalog_dir.clone(),
-                source,
-            })?;
+    pub async fn open_with_clock(
+        config: NodeConfig,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Node, NodeError> {
+        let catalog =
+            Catalog::load(&config.catalog_dir)
+                .await
+                .map_err(|source| NodeError::Catalog {
+                    dir: config.catalog_dir.clone(),
+                    source,
+                })?;
         let tables = Tables::open(&config.data.dir, &config.data.tables).await?;
         // Every approved query must also plan against this node's actual tables.
         let ctx = tables.session(&config.data.coverage)?;

@@ -21,10 +21,20 @@ impl Metrics {
     pub fn render(&self, node_id: &str, rho_spent: f64, rho_budget: f64) -> String {
         let mut s = String::new();
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        let _ = writeln!(s, "# HELP stroom_node_http_requests_total HTTP requests received.");
+        let _ = writeln!(
+            s,
+            "# HELP stroom_node_http_requests_total HTTP requests received."
+        );
         let _ = writeln!(s, "# TYPE stroom_node_http_requests_total counter");
-        let _ = writeln!(s, "stroom_node_http_requests_total{{node=\"{node_id}\"}} {}", get(&self.http_requests));
-        let _ = writeln!(s, "# HELP stroom_node_evaluations_total Evaluate requests by outcome.");
+        let _ = writeln!(
+            s,
+            "stroom_node_http_requests_total{{node=\"{node_id}\"}} {}",
+            get(&self.http_requests)
+        );
+        let _ = writeln!(
+            s,
+            "# HELP stroom_node_evaluations_total Evaluate requests by outcome."
+        );
         let _ = writeln!(s, "# TYPE stroom_node_evaluations_total counter");
         for (outcome, c) in [
             ("released", &self.released),
@@ -39,12 +49,21 @@ impl Metrics {
                 get(c)
             );
         }
-        let _ = writeln!(s, "# HELP stroom_node_rho_spent zCDP rho spent in the current budget period.");
+        let _ = writeln!(
+            s,
+            "# HELP stroom_node_rho_spent zCDP rho spent in the current budget period."
+        );
         let _ = writeln!(s, "# TYPE stroom_node_rho_spent gauge");
         let _ = writeln!(s, "stroom_node_rho_spent{{node=\"{node_id}\"}} {rho_spent}");
-        let _ = writeln!(s, "# HELP stroom_node_rho_budget zCDP rho available per budget period.");
+        let _ = writeln!(
+            s,
+            "# HELP stroom_node_rho_budget zCDP rho available per budget period."
+        );
         let _ = writeln!(s, "# TYPE stroom_node_rho_budget gauge");
-        let _ = writeln!(s, "stroom_node_rho_budget{{node=\"{node_id}\"}} {rho_budget}");
+        let _ = writeln!(
+            s,
+            "stroom_node_rho_budget{{node=\"{node_id}\"}} {rho_budget}"
+        );
         s
     }
 }

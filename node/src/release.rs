@@ -2,11 +2,11 @@
 //! bounded cells, record the spend durably, add noise, store the answer, hand it out. Identical
 //! requests (same indicator content, period and data snapshot) get the stored answer back.
 
+use crate::Node;
 use crate::evaluate::{self, Bounding, EvalError};
 use crate::ledger::{Entry, LedgerError, NewRelease};
 use crate::metrics::Metrics;
 use crate::noise::{self, NoiseError};
-use crate::Node;
 use datafusion::arrow::array::{ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray};
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use policies::sensitivity::Measure;
@@ -212,7 +212,8 @@ async fn evaluate_inner(node: &Arc<Node>, req: &EvaluateRequest) -> Result<Relea
         released_at: node.clock.now().to_rfc3339(),
     };
     let batch = answer_batch(&cells, &measures, &noisy)?;
-    let bytes = wire::encode_answer(&batch, &meta).map_err(|e| ReleaseError::Internal(e.to_string()))?;
+    let bytes =
+        wire::encode_answer(&batch, &meta).map_err(|e| ReleaseError::Internal(e.to_string()))?;
     let stored = bytes.clone();
     let k = key.clone();
     ledger_call(node, move |l| l.complete(&k, &stored)).await?;
@@ -276,7 +277,11 @@ pub fn answer_batch(
     for (m, values) in measures.iter().zip(noisy) {
         fields.push(Field::new(&m.name, DataType::Int64, false));
         cols.push(Arc::new(Int64Array::from(values.clone())));
-        fields.push(Field::new(format!("{}_scale", m.name), DataType::Float64, false));
+        fields.push(Field::new(
+            format!("{}_scale", m.name),
+            DataType::Float64,
+            false,
+        ));
         cols.push(Arc::new(Float64Array::from(vec![m.scale(); values.len()])));
     }
     RecordBatch::try_new(Arc::new(Schema::new(fields)), cols)

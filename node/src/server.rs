@@ -4,6 +4,7 @@
 
 use crate::release::{self, ReleaseError};
 use crate::{Node, NodeError};
+use axum::Json;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::rejection::JsonRejection;
@@ -11,7 +12,6 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderValue, Request, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::Json;
 use policies::wire::{ARROW_STREAM_MIME, ErrorBody, EvaluateRequest};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -71,7 +71,10 @@ async fn evaluate(
         Ok(r) => {
             let mut resp = Response::new(Body::from(r.bytes));
             let h = resp.headers_mut();
-            h.insert(header::CONTENT_TYPE, HeaderValue::from_static(ARROW_STREAM_MIME));
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(ARROW_STREAM_MIME),
+            );
             h.insert(
                 "x-stroom-replayed",
                 HeaderValue::from_static(if r.replayed { "true" } else { "false" }),
@@ -93,7 +96,11 @@ async fn budget(State(node): State<Arc<Node>>) -> Response {
     let n = node.clone();
     match tokio::task::spawn_blocking(move || n.budget()).await {
         Ok(Ok(b)) => Json(b).into_response(),
-        Ok(Err(e)) => error_response(StatusCode::INTERNAL_SERVER_ERROR, "ledger_error", e.to_string()),
+        Ok(Err(e)) => error_response(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "ledger_error",
+            e.to_string(),
+        ),
         Err(e) => error_response(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()),
     }
 }
@@ -109,14 +116,12 @@ async fn metrics(State(node): State<Arc<Node>>) -> Response {
         Ok(Ok(b)) => b.rho_spent,
         _ => f64::NAN,
     };
-    let text = node
-        .metrics
-        .render(&node.config.node_id, spent, node.config.budget.rho_per_period);
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        text,
-    )
-        .into_response()
+    let text = node.metrics.render(
+        &node.config.node_id,
+        spent,
+        node.config.budget.rho_per_period,
+    );
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
 async fn not_found() -> Response {
@@ -161,7 +166,8 @@ pub struct Running {
 
 impl Running {
     pub async fn shutdown(self) {
-        self.handle.graceful_shutdown(Some(std::time::Duration::from_secs(5)));
+        self.handle
+            .graceful_shutdown(Some(std::time::Duration::from_secs(5)));
         let _ = self.task.await;
     }
 }

@@ -31,7 +31,9 @@ pub enum DataError {
         expected: String,
         found: String,
     },
-    #[error("table '{table}' ({file}): column '{column}' holds {count} empty value(s) but may not be empty")]
+    #[error(
+        "table '{table}' ({file}): column '{column}' holds {count} empty value(s) but may not be empty"
+    )]
     Nulls {
         table: String,
         file: PathBuf,
@@ -117,7 +119,11 @@ impl Tables {
         let mut snapshot = Sha256::new();
         for def in cdm::tables() {
             let wanted = served.iter().any(|t| t == def.name);
-            let source = if wanted { find_source(dir, def.name) } else { None };
+            let source = if wanted {
+                find_source(dir, def.name)
+            } else {
+                None
+            };
             let Some(source) = source else {
                 if wanted {
                     return Err(DataError::MissingTable {
@@ -126,7 +132,10 @@ impl Tables {
                     });
                 }
                 let empty = MemTable::try_new(def.schema(), vec![vec![]]).map_err(engine)?;
-                providers.push((def.name.to_string(), Arc::new(empty) as Arc<dyn TableProvider>));
+                providers.push((
+                    def.name.to_string(),
+                    Arc::new(empty) as Arc<dyn TableProvider>,
+                ));
                 report.push(TableReport {
                     table: def.name.to_string(),
                     source: None,
@@ -190,12 +199,16 @@ impl Tables {
                 .filter(|(n, _)| *n == def.name)
                 .map(|(_, b)| b.clone())
                 .collect();
-            let schema = mine.first().map(|b| b.schema()).unwrap_or_else(|| def.schema());
+            let schema = mine
+                .first()
+                .map(|b| b.schema())
+                .unwrap_or_else(|| def.schema());
             let file = PathBuf::from(format!("<memory:{}>", def.name));
             check_schema(&def, &file, &schema)?;
             let rows = mine.iter().map(|b| b.num_rows() as u64).sum();
             let table = MemTable::try_new(schema, vec![mine]).map_err(engine)?;
-            ctx.register_table(def.name, Arc::new(table)).map_err(engine)?;
+            ctx.register_table(def.name, Arc::new(table))
+                .map_err(engine)?;
             check_values(&ctx, &def, &file).await?;
             let provider = ctx.table_provider(def.name).await.map_err(engine)?;
             providers.push((def.name.to_string(), provider));
@@ -216,7 +229,8 @@ impl Tables {
     pub fn session(&self, period: &Period) -> Result<SessionContext, DataError> {
         let ctx = SessionContext::new();
         for (name, p) in &self.providers {
-            ctx.register_table(name.as_str(), p.clone()).map_err(engine)?;
+            ctx.register_table(name.as_str(), p.clone())
+                .map_err(engine)?;
         }
         let quarters = contract::quarters_table(Some(period)).map_err(engine)?;
         ctx.register_table(contract::QUARTERS_TABLE, Arc::new(quarters))
@@ -283,7 +297,11 @@ fn check_csv_header(def: &TableDef, file: &Path) -> Result<(), DataError> {
                 "CSV header has {} columns; the data model has {} ({})",
                 header.len(),
                 def.columns.len(),
-                def.columns.iter().map(|c| c.name).collect::<Vec<_>>().join(",")
+                def.columns
+                    .iter()
+                    .map(|c| c.name)
+                    .collect::<Vec<_>>()
+                    .join(",")
             ),
         });
     }
@@ -312,7 +330,12 @@ async fn check_values(ctx: &SessionContext, def: &TableDef, file: &Path) -> Resu
             checks.push((c, false));
         }
         if !c.codes.is_empty() {
-            let list = c.codes.iter().map(|s| quote_lit(s)).collect::<Vec<_>>().join(",");
+            let list = c
+                .codes
+                .iter()
+                .map(|s| quote_lit(s))
+                .collect::<Vec<_>>()
+                .join(",");
             exprs.push(format!(
                 "SUM(CASE WHEN {id} IS NOT NULL AND {id} NOT IN ({list}) THEN 1 ELSE 0 END) AS {}",
                 quote_ident(&format!("bad_{}", c.name))
@@ -408,7 +431,11 @@ fn digest_files(h: &mut Sha256, table: &str, path: &Path) -> Result<(), DataErro
             file: f.clone(),
             source,
         })?;
-        h.update(f.file_name().map(|n| n.as_encoded_bytes()).unwrap_or_default());
+        h.update(
+            f.file_name()
+                .map(|n| n.as_encoded_bytes())
+                .unwrap_or_default(),
+        );
         let n = std::io::copy(&mut file, h).map_err(|source| DataError::Io {
             file: f.clone(),
             source,

@@ -44,14 +44,20 @@ fn discrete_gaussian_spread_matches_the_declared_scale() {
             "ρ={rho}: empirical variance {var:.1} vs declared σ²={declared:.1}"
         );
         // The mean is unbiased: |mean| within six standard errors σ/√N.
-        assert!(mean.abs() < 6.0 * (declared / N as f64).sqrt(), "ρ={rho}: mean {mean}");
+        assert!(
+            mean.abs() < 6.0 * (declared / N as f64).sqrt(),
+            "ρ={rho}: mean {mean}"
+        );
         // Gaussian tails, not Laplace ones (kurtosis 3 vs 6).
         assert!((kurtosis - 3.0).abs() < 0.3, "ρ={rho}: kurtosis {kurtosis}");
         // σ is Δ₂/√(2ρ), and OpenDP certifies exactly the declared ρ (to float precision).
         let expected_sigma = m.l2() / (2.0 * rho).sqrt();
         assert!((m.scale() / expected_sigma - 1.0).abs() < 1e-6);
         let loss = certified_loss(&m).expect("map");
-        assert!(loss <= rho && loss > rho * (1.0 - 1e-6), "ρ={rho}: OpenDP map {loss}");
+        assert!(
+            loss <= rho && loss > rho * (1.0 - 1e-6),
+            "ρ={rho}: OpenDP map {loss}"
+        );
     }
 }
 
@@ -69,10 +75,19 @@ fn discrete_laplace_spread_matches_the_declared_scale() {
             ((var / declared) - 1.0).abs() < 6.0 * rel_se,
             "ε={eps}: empirical variance {var:.2} vs declared {declared:.2}"
         );
-        assert!(mean.abs() < 6.0 * (declared / N as f64).sqrt(), "ε={eps}: mean {mean}");
-        assert!(kurtosis > 4.5, "ε={eps}: kurtosis {kurtosis} is not Laplace-like");
+        assert!(
+            mean.abs() < 6.0 * (declared / N as f64).sqrt(),
+            "ε={eps}: mean {mean}"
+        );
+        assert!(
+            kurtosis > 4.5,
+            "ε={eps}: kurtosis {kurtosis} is not Laplace-like"
+        );
         let loss = certified_loss(&m).expect("map");
-        assert!(loss <= eps && loss > eps * (1.0 - 1e-6), "ε={eps}: OpenDP map {loss}");
+        assert!(
+            loss <= eps && loss > eps * (1.0 - 1e-6),
+            "ε={eps}: OpenDP map {loss}"
+        );
     }
 }
 

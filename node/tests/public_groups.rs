@@ -23,18 +23,29 @@ async fn answers_cover_exactly_the_public_key_set_with_zeros() {
     let t = panel_tables(&rows).await;
     for (kind, ind) in all_kinds() {
         let q = query(&ind);
-        let c = cells(&t, &q, &period(), Bounding::Bounded).await.expect(kind);
+        let c = cells(&t, &q, &period(), Bounding::Bounded)
+            .await
+            .expect(kind);
         let bins = q.bins().len().max(1);
-        assert_eq!(c.keys.len(), 4 * 4 * bins, "{kind}: every quarter × question (× bin)");
+        assert_eq!(
+            c.keys.len(),
+            4 * 4 * bins,
+            "{kind}: every quarter × question (× bin)"
+        );
         for key in &c.keys {
             assert!(key[0].starts_with("2024Q"), "{kind}: {key:?}");
             assert_ne!(key[1], "Q9", "{kind}: {key:?}");
         }
         let zeros = c.measures[0].1.iter().filter(|v| **v == 0).count();
-        assert!(zeros >= c.keys.len() - 2 * bins, "{kind}: empty groups are present as zeros");
+        assert!(
+            zeros >= c.keys.len() - 2 * bins,
+            "{kind}: empty groups are present as zeros"
+        );
     }
     let count_units = query(&all_kinds()[0].1);
-    let c = cells(&t, &count_units, &period(), Bounding::Bounded).await.unwrap();
+    let c = cells(&t, &count_units, &period(), Bounding::Bounded)
+        .await
+        .unwrap();
     let at = |q: &str, k: &str| {
         let i = c.keys.iter().position(|x| x[0] == q && x[1] == k).unwrap();
         c.measures[0].1[i]
@@ -58,19 +69,39 @@ async fn bounds_clamp_rows_values_and_groups_per_unit() {
     let total = |c: &node::evaluate::Cells, m: &str| c.measure(m).unwrap().iter().sum::<i64>();
 
     let count_rows = query(&kinds[1].1);
-    let exact = cells(&t, &count_rows, &period(), Bounding::Exact).await.unwrap();
-    let bounded = cells(&t, &count_rows, &period(), Bounding::Bounded).await.unwrap();
+    let exact = cells(&t, &count_rows, &period(), Bounding::Exact)
+        .await
+        .unwrap();
+    let bounded = cells(&t, &count_rows, &period(), Bounding::Bounded)
+        .await
+        .unwrap();
     assert_eq!(total(&exact, "count"), 13);
     // At most 3 cells, each at most 2 rows.
     assert!(total(&bounded, "count") <= 6, "{bounded:?}");
-    assert_eq!(bounded.measure("count").unwrap().iter().filter(|v| **v > 0).count(), 3);
+    assert_eq!(
+        bounded
+            .measure("count")
+            .unwrap()
+            .iter()
+            .filter(|v| **v > 0)
+            .count(),
+        3
+    );
 
     let sum = query(&kinds[2].1);
     let exact = cells(&t, &sum, &period(), Bounding::Exact).await.unwrap();
     let bounded = cells(&t, &sum, &period(), Bounding::Bounded).await.unwrap();
     assert_eq!(total(&exact, "sum"), 508);
     assert!(bounded.measure("sum").unwrap().iter().all(|v| *v <= 10));
-    assert_eq!(bounded.measure("sum").unwrap().iter().filter(|v| **v != 0).count(), 3);
+    assert_eq!(
+        bounded
+            .measure("sum")
+            .unwrap()
+            .iter()
+            .filter(|v| **v != 0)
+            .count(),
+        3
+    );
 }
 
 #[tokio::test]
@@ -83,13 +114,31 @@ async fn the_cells_a_unit_keeps_depend_only_on_its_own_rows() {
     }
     let ind = &all_kinds()[0].1;
     let q = query(ind);
-    let alone = cells(&panel_tables(&unit_a).await, &q, &period(), Bounding::Bounded).await.unwrap();
+    let alone = cells(
+        &panel_tables(&unit_a).await,
+        &q,
+        &period(),
+        Bounding::Bounded,
+    )
+    .await
+    .unwrap();
     let mut crowd = unit_a.clone();
     for i in 0..30 {
         crowd.push(r(&format!("o{i}"), "2024Q3", "Q4", 1));
     }
-    let with_others = cells(&panel_tables(&crowd).await, &q, &period(), Bounding::Bounded).await.unwrap();
-    let others_cell = with_others.keys.iter().position(|k| k[0] == "2024Q3" && k[1] == "Q4").unwrap();
+    let with_others = cells(
+        &panel_tables(&crowd).await,
+        &q,
+        &period(),
+        Bounding::Bounded,
+    )
+    .await
+    .unwrap();
+    let others_cell = with_others
+        .keys
+        .iter()
+        .position(|k| k[0] == "2024Q3" && k[1] == "Q4")
+        .unwrap();
     let mut expected = alone.measure("count").unwrap().to_vec();
     expected[others_cell] += 30;
     assert_eq!(with_others.measure("count").unwrap(), expected.as_slice());

@@ -58,12 +58,26 @@ fn check(base: &[Row], adversary: &[Row]) -> Result<(), TestCaseError> {
         for m in q.measures(period.quarters().len()) {
             let a = before.measure(&m.name).unwrap_or_default();
             let b = after.measure(&m.name).unwrap_or_default();
-            let diffs: Vec<i128> = a.iter().zip(b).map(|(x, y)| *y as i128 - *x as i128).collect();
+            let diffs: Vec<i128> = a
+                .iter()
+                .zip(b)
+                .map(|(x, y)| *y as i128 - *x as i128)
+                .collect();
             let max = diffs.iter().map(|d| d.abs()).max().unwrap_or(0);
             let l1: i128 = diffs.iter().map(|d| d.abs()).sum();
             let l2 = (diffs.iter().map(|d| (d * d) as f64).sum::<f64>()).sqrt();
-            prop_assert!(max <= m.per_cell as i128, "{kind}/{}: cell moved by {max} > {}", m.name, m.per_cell);
-            prop_assert!(l1 <= m.l1() as i128, "{kind}/{}: L1 {l1} > {}", m.name, m.l1());
+            prop_assert!(
+                max <= m.per_cell as i128,
+                "{kind}/{}: cell moved by {max} > {}",
+                m.name,
+                m.per_cell
+            );
+            prop_assert!(
+                l1 <= m.l1() as i128,
+                "{kind}/{}: L1 {l1} > {}",
+                m.name,
+                m.l1()
+            );
             prop_assert!(l2 <= m.l2(), "{kind}/{}: L2 {l2} > {}", m.name, m.l2());
         }
     }

@@ -31,7 +31,10 @@ pub enum CatalogError {
 }
 
 fn join(ps: &[Problem]) -> String {
-    ps.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("\n")
+    ps.iter()
+        .map(|p| p.to_string())
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 impl Catalog {
@@ -59,7 +62,10 @@ impl Catalog {
     }
 
     /// Check a set of (file, text) pairs as one catalog.
-    pub async fn from_sources(dir: &Path, sources: &[(PathBuf, String)]) -> Result<Catalog, CatalogError> {
+    pub async fn from_sources(
+        dir: &Path,
+        sources: &[(PathBuf, String)],
+    ) -> Result<Catalog, CatalogError> {
         let mut problems = Vec::new();
         let mut indicators = BTreeMap::new();
         let mut files: BTreeMap<String, PathBuf> = BTreeMap::new();
@@ -96,13 +102,18 @@ impl Catalog {
     }
 
     fn file(&self, id: &str) -> PathBuf {
-        self.files.get(id).cloned().unwrap_or_else(|| PathBuf::from(id))
+        self.files
+            .get(id)
+            .cloned()
+            .unwrap_or_else(|| PathBuf::from(id))
     }
 
     fn check_references(&self) -> Vec<Problem> {
         let mut out = Vec::new();
         for ind in self.indicators.values() {
-            let Body::Derived(d) = &ind.body else { continue };
+            let Body::Derived(d) = &ind.body else {
+                continue;
+            };
             let mut p = Problems::new(&self.file(&ind.id));
             let query_of = |id: &str| self.indicators.get(id).and_then(|i| i.query());
             match d {
@@ -111,9 +122,15 @@ impl Catalog {
                     denominator,
                     ..
                 } => {
-                    for (field, id) in [("derived.numerator", numerator), ("derived.denominator", denominator)] {
+                    for (field, id) in [
+                        ("derived.numerator", numerator),
+                        ("derived.denominator", denominator),
+                    ] {
                         if query_of(id).is_none() {
-                            p.push(field, format!("'{id}' is not a query indicator in this catalog"));
+                            p.push(
+                                field,
+                                format!("'{id}' is not a query indicator in this catalog"),
+                            );
                         }
                     }
                     if let (Some(n), Some(d)) = (query_of(numerator), query_of(denominator)) {
@@ -148,7 +165,10 @@ impl Catalog {
             Ok(c) => c,
             Err(e) => {
                 let mut p = Problems::new(&self.dir);
-                p.push("(catalog)", format!("cannot build the planning context: {e}"));
+                p.push(
+                    "(catalog)",
+                    format!("cannot build the planning context: {e}"),
+                );
                 return p.items;
             }
         };

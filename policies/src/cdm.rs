@@ -88,7 +88,11 @@ pub const JEUGDREGIO: &[&str] = &[
     "JZ25", "JZ26", "JZ27", "JZ28", "JZ29", "JZ30", "JZ31", "JZ32", "JZ33", "JZ34", "JZ35", "JZ36",
     "JZ37", "JZ38", "JZ39", "JZ40", "JZ41", "JZ42",
 ];
-pub const LEGAL_BASIS: &[&str] = &["machtiging", "spoedmachtiging", "voorwaardelijke_machtiging"];
+pub const LEGAL_BASIS: &[&str] = &[
+    "machtiging",
+    "spoedmachtiging",
+    "voorwaardelijke_machtiging",
+];
 /// CBS "reden beëindiging jeugdhulp" 01–05.
 pub const DISCHARGE_REASON: &[&str] = &["01", "02", "03", "04", "05"];
 pub const DISCHARGE_DESTINATION: &[&str] = &[
@@ -125,7 +129,12 @@ pub const SECLUSION_TYPES: &[&str] = &[
     "afzondering_ruimte",
 ];
 pub const ROUTE: &[&str] = &["hulpverleningsplan", "noodsituatie"];
-pub const ROOM_TYPE: &[&str] = &["eigen_kamer", "afzonderingsruimte", "time_out_ruimte", "geen"];
+pub const ROOM_TYPE: &[&str] = &[
+    "eigen_kamer",
+    "afzonderingsruimte",
+    "time_out_ruimte",
+    "geen",
+];
 pub const REASON: &[&str] = &[
     "gevaar_zelf",
     "gevaar_ander",
@@ -300,7 +309,10 @@ mod tests {
 
     #[test]
     fn code_lists_resolve() {
-        assert_eq!(codes("restrictive_measure.measure_type").map(|c| c.len()), Some(14));
+        assert_eq!(
+            codes("restrictive_measure.measure_type").map(|c| c.len()),
+            Some(14)
+        );
         assert!(codes("restrictive_measure.start_ts").is_none());
         assert!(codes("nope.x").is_none());
     }

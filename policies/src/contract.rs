@@ -54,8 +54,8 @@ pub fn check_sql_shape(sql: &str) -> Result<(), ContractError> {
     if sql.trim().is_empty() {
         return Err(ContractError::Empty);
     }
-    let statements =
-        Parser::parse_sql(&GenericDialect {}, sql).map_err(|e| ContractError::Syntax(e.to_string()))?;
+    let statements = Parser::parse_sql(&GenericDialect {}, sql)
+        .map_err(|e| ContractError::Syntax(e.to_string()))?;
     match statements.as_slice() {
         [Statement::Query(_)] => Ok(()),
         [] => Err(ContractError::Empty),
@@ -85,12 +85,34 @@ pub fn check_output(schema: &DFSchema, query: &Query) -> Result<(), ContractErro
     let value = query.aggregate.value_column();
     let mut seen = std::collections::HashSet::new();
     for f in schema.fields() {
-        let name = f.name().as_str();
-        if !seen.insert(name.to_string()) {
+        if !seen.insert(f.name().as_str()) {
             return Err(ContractError::Duplicate {
-                column: name.to_string(),
+                column: f.name().to_string(),
             });
         }
+    }
+    // Missing columns first: the most telling problem when an indicator is being written.
+    if !seen.contains(query.privacy_unit.as_str()) {
+        return Err(ContractError::MissingUnit(query.privacy_unit.clone()));
+    }
+    for g in &query.group_by {
+        if !seen.contains(g.column.as_str()) {
+            return Err(ContractError::MissingColumn {
+                role: "group",
+                column: g.column.clone(),
+            });
+        }
+    }
+    if let Some(v) = value
+        && !seen.contains(v)
+    {
+        return Err(ContractError::MissingColumn {
+            role: "value",
+            column: v.to_string(),
+        });
+    }
+    for f in schema.fields() {
+        let name = f.name().as_str();
         let (role, ok, expected) = if name == query.privacy_unit {
             ("privacy unit", is_text(f.data_type()), "text")
         } else if query.group_by.iter().any(|g| g.column == name) {
@@ -108,25 +130,6 @@ pub fn check_output(schema: &DFSchema, query: &Query) -> Result<(), ContractErro
                 found: f.data_type().to_string(),
             });
         }
-    }
-    if !seen.contains(&query.privacy_unit) {
-        return Err(ContractError::MissingUnit(query.privacy_unit.clone()));
-    }
-    for g in &query.group_by {
-        if !seen.contains(&g.column) {
-            return Err(ContractError::MissingColumn {
-                role: "group",
-                column: g.column.clone(),
-            });
-        }
-    }
-    if let Some(v) = value
-        && !seen.contains(v)
-    {
-        return Err(ContractError::MissingColumn {
-            role: "value",
-            column: v.to_string(),
-        });
     }
     debug_assert!(!seen.contains(BIN_COLUMN));
     Ok(())
@@ -161,7 +164,9 @@ pub fn quarters_schema() -> Arc<Schema> {
 }
 
 /// The public `quarters` table for a run: one row per quarter of the period.
-pub fn quarters_table(period: Option<&Period>) -> Result<MemTable, datafusion::error::DataFusionError> {
+pub fn quarters_table(
+    period: Option<&Period>,
+) -> Result<MemTable, datafusion::error::DataFusionError> {
     let schema = quarters_schema();
     let qs = period.map(|p| p.quarters()).unwrap_or_default();
     let epoch = chrono::NaiveDate::from_ymd_opt(1970, 1, 1).unwrap_or_default();
@@ -169,9 +174,15 @@ pub fn quarters_table(period: Option<&Period>) -> Result<MemTable, datafusion::e
     let batch = RecordBatch::try_new(
         schema.clone(),
         vec![
-            Arc::new(StringArray::from_iter_values(qs.iter().map(|q| q.to_string()))),
-            Arc::new(Date32Array::from_iter_values(qs.iter().map(|q| day(q.first_day())))),
-            Arc::new(Date32Array::from_iter_values(qs.iter().map(|q| day(q.last_day())))),
+            Arc::new(StringArray::from_iter_values(
+                qs.iter().map(|q| q.to_string()),
+            )),
+            Arc::new(Date32Array::from_iter_values(
+                qs.iter().map(|q| day(q.first_day())),
+            )),
+            Arc::new(Date32Array::from_iter_values(
+                qs.iter().map(|q| day(q.last_day())),
+            )),
             Arc::new(Int64Array::from_iter_values(qs.iter().map(|q| q.days()))),
         ],
     )?;
@@ -206,6 +217,9 @@ mod tests {
             check_sql_shape("SELECT 1; SELECT 2"),
             Err(ContractError::Multiple(2))
         ));
-        assert!(matches!(check_sql_shape("SELEC 1"), Err(ContractError::Syntax(_))));
+        assert!(matches!(
+            check_sql_shape("SELEC 1"),
+            Err(ContractError::Syntax(_))
+        ));
     }
 }

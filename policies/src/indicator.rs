@@ -228,21 +228,21 @@ pub fn parse(file: &Path, text: &str) -> Result<Indicator, Problems> {
     if let Some(t) = &theme
         && !THEMES.contains(&t.as_str())
     {
-        r.problem("theme", format!("unknown theme '{t}'; expected one of {THEMES:?}"));
+        r.problem(
+            "theme",
+            format!("unknown theme '{t}'; expected one of {THEMES:?}"),
+        );
     }
     let notes = r.opt_string(&table, "notes");
     let publish = r.publish(&table);
     let derived = table.get("derived");
     let body = if let Some(d) = derived {
-        for k in [
-            "sql",
-            "group_by",
-            "aggregate",
-            "cost",
-            "privacy_unit",
-        ] {
+        for k in ["sql", "group_by", "aggregate", "cost", "privacy_unit"] {
             if table.contains_key(k) {
-                r.problem(k, "a derived indicator has no query; remove this field".into());
+                r.problem(
+                    k,
+                    "a derived indicator has no query; remove this field".into(),
+                );
             }
         }
         r.derived(d).map(Body::Derived)
@@ -272,7 +272,10 @@ pub fn parse(file: &Path, text: &str) -> Result<Indicator, Problems> {
         && file.extension().is_some()
         && stem != id
     {
-        r.problem("id", format!("id '{id}' does not match the file name '{stem}.toml'"));
+        r.problem(
+            "id",
+            format!("id '{id}' does not match the file name '{stem}.toml'"),
+        );
     }
     if let Some(id) = &id
         && !valid_id(id)
@@ -432,7 +435,10 @@ impl Reader<'_> {
             });
         };
         let Value::Table(inner) = v else {
-            self.problem("publish", format!("must be a table, found {}", v.type_str()));
+            self.problem(
+                "publish",
+                format!("must be a table, found {}", v.type_str()),
+            );
             return None;
         };
         self.unknown_keys(inner, "publish", &["min_estimate", "round_to"]);
@@ -461,14 +467,21 @@ impl Reader<'_> {
 
     fn derived(&mut self, v: &Value) -> Option<Derived> {
         let Value::Table(t) = v else {
-            self.problem("derived", format!("must be a table, found {}", v.type_str()));
+            self.problem(
+                "derived",
+                format!("must be a table, found {}", v.type_str()),
+            );
             return None;
         };
         let mut r = self.nested("derived");
         let kind = r.string(t, "kind")?;
         match kind.as_str() {
             "ratio" => {
-                self.unknown_keys(t, "derived", &["kind", "numerator", "denominator", "multiplier"]);
+                self.unknown_keys(
+                    t,
+                    "derived",
+                    &["kind", "numerator", "denominator", "multiplier"],
+                );
                 let mut r = self.nested("derived");
                 let numerator = r.string(t, "numerator");
                 let denominator = r.string(t, "denominator");
@@ -623,7 +636,10 @@ impl Reader<'_> {
                     }
                     let unique: std::collections::HashSet<_> = values.iter().collect();
                     if values.is_empty() || unique.len() != values.len() {
-                        self.problem(&field, "values must be a non-empty list without repeats".into());
+                        self.problem(
+                            &field,
+                            "values must be a non-empty list without repeats".into(),
+                        );
                         None
                     } else {
                         Some(Domain::Values { values })
@@ -646,7 +662,10 @@ impl Reader<'_> {
             }
         }
         if periods > 1 {
-            self.problem("group_by", "at most one key may use the \"period\" domain".into());
+            self.problem(
+                "group_by",
+                "at most one key may use the \"period\" domain".into(),
+            );
             ok = false;
         }
         ok.then_some(keys)
@@ -660,8 +679,21 @@ impl Reader<'_> {
             "count_units" => &["kind", "max_groups_per_unit"],
             "count_rows" => &["kind", "max_groups_per_unit", "max_rows_per_group"],
             "sum" => &["kind", "value", "lower", "upper", "max_groups_per_unit"],
-            "mean" => &["kind", "value", "lower", "upper", "max_groups_per_unit", "sum_share"],
-            "histogram" => &["kind", "value", "edges", "max_groups_per_unit", "max_rows_per_group"],
+            "mean" => &[
+                "kind",
+                "value",
+                "lower",
+                "upper",
+                "max_groups_per_unit",
+                "sum_share",
+            ],
+            "histogram" => &[
+                "kind",
+                "value",
+                "edges",
+                "max_groups_per_unit",
+                "max_rows_per_group",
+            ],
             other => {
                 r.problem(
                     "kind",
@@ -715,7 +747,10 @@ impl Reader<'_> {
                         Some(v) => r.number(v, "sum_share").filter(|s| {
                             let ok = *s > 0.0 && *s < 1.0;
                             if !ok {
-                                r.problem("sum_share", format!("must lie strictly between 0 and 1, found {s}"));
+                                r.problem(
+                                    "sum_share",
+                                    format!("must lie strictly between 0 and 1, found {s}"),
+                                );
                             }
                             ok
                         }),
@@ -774,7 +809,10 @@ impl Reader<'_> {
             let v = inner.get(key)?;
             let x = r.number(v, key)?;
             if !(x > 0.0 && x <= MAX_COST) {
-                r.problem(key, format!("must be positive and at most {MAX_COST}, found {x}"));
+                r.problem(
+                    key,
+                    format!("must be positive and at most {MAX_COST}, found {x}"),
+                );
                 return None;
             }
             Some(x)
@@ -783,11 +821,17 @@ impl Reader<'_> {
             (true, false) => pick(&mut r, "rho").map(Cost::Rho),
             (false, true) => pick(&mut r, "epsilon").map(Cost::Epsilon),
             (true, true) => {
-                r.problem("rho", "give either rho (zCDP) or epsilon (pure DP), not both".into());
+                r.problem(
+                    "rho",
+                    "give either rho (zCDP) or epsilon (pure DP), not both".into(),
+                );
                 None
             }
             (false, false) => {
-                r.problem("rho", "missing: give rho (zCDP) or epsilon (pure DP)".into());
+                r.problem(
+                    "rho",
+                    "missing: give rho (zCDP) or epsilon (pure DP)".into(),
+                );
                 None
             }
         }

@@ -41,8 +41,7 @@ impl Quarter {
     }
 
     pub fn first_day(self) -> NaiveDate {
-        NaiveDate::from_ymd_opt(self.year, (self.q as u32 - 1) * 3 + 1, 1)
-            .unwrap_or(NaiveDate::MIN)
+        NaiveDate::from_ymd_opt(self.year, (self.q as u32 - 1) * 3 + 1, 1).unwrap_or(NaiveDate::MIN)
     }
 
     pub fn next(self) -> Self {
@@ -185,8 +184,14 @@ mod tests {
 
     #[test]
     fn rejects_bad_periods_with_specific_errors() {
-        assert!(matches!("2024Q5".parse::<Period>(), Err(PeriodError::BadPeriod(_))));
-        assert!(matches!("24Q1".parse::<Quarter>(), Err(PeriodError::BadQuarter(_))));
+        assert!(matches!(
+            "2024Q5".parse::<Period>(),
+            Err(PeriodError::BadPeriod(_))
+        ));
+        assert!(matches!(
+            "24Q1".parse::<Quarter>(),
+            Err(PeriodError::BadQuarter(_))
+        ));
         assert!(matches!(
             "2024Q2:2024Q1".parse::<Period>(),
             Err(PeriodError::Reversed(_))

@@ -93,10 +93,9 @@ pub fn encode_answer(batch: &RecordBatch, meta: &AnswerMeta) -> Result<Vec<u8>, 
 pub fn decode_answer(bytes: &[u8]) -> Result<(RecordBatch, AnswerMeta), ArrowError> {
     let reader = StreamReader::try_new(std::io::Cursor::new(bytes), None)?;
     let schema = reader.schema();
-    let meta_json = schema
-        .metadata()
-        .get(ANSWER_METADATA_KEY)
-        .ok_or_else(|| ArrowError::SchemaError(format!("answer lacks {ANSWER_METADATA_KEY} metadata")))?;
+    let meta_json = schema.metadata().get(ANSWER_METADATA_KEY).ok_or_else(|| {
+        ArrowError::SchemaError(format!("answer lacks {ANSWER_METADATA_KEY} metadata"))
+    })?;
     let meta: AnswerMeta =
         serde_json::from_str(meta_json).map_err(|e| ArrowError::ExternalError(Box::new(e)))?;
     let batches: Vec<RecordBatch> = reader.collect::<Result<_, _>>()?;

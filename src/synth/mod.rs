@@ -10,8 +10,8 @@ mod writer;
 
 use anyhow::{Context, Result};
 use chrono::NaiveDate;
-use policies::cdm;
 use policies::Period;
+use policies::cdm;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Gamma, LogNormal, Poisson};
@@ -83,7 +83,9 @@ fn poisson<R: Rng>(rng: &mut R, lambda: f64) -> u64 {
     if lambda <= 0.0 {
         return 0;
     }
-    Poisson::new(lambda).map(|p| p.sample(rng) as u64).unwrap_or(0)
+    Poisson::new(lambda)
+        .map(|p| p.sample(rng) as u64)
+        .unwrap_or(0)
 }
 
 /// Negative binomial via its gamma–Poisson mixture: mean `mean`, dispersion `k` (small k = skewed).
@@ -91,7 +93,9 @@ fn neg_binomial<R: Rng>(rng: &mut R, mean: f64, k: f64) -> u64 {
     if mean <= 0.0 {
         return 0;
     }
-    let lambda = Gamma::new(k, mean / k).map(|g| g.sample(rng)).unwrap_or(0.0);
+    let lambda = Gamma::new(k, mean / k)
+        .map(|g| g.sample(rng))
+        .unwrap_or(0.0);
     poisson(rng, lambda)
 }
 
@@ -166,9 +170,16 @@ fn seclusions_per_month(day: i32) -> f64 {
     (3.0 - 2.4 * t) / 6.4
 }
 
-fn generate_provider(dir: &Path, provider: &str, index: usize, seed: u64, scale: f64) -> Result<BTreeMap<String, u64>> {
+fn generate_provider(
+    dir: &Path,
+    provider: &str,
+    index: usize,
+    seed: u64,
+    scale: f64,
+) -> Result<BTreeMap<String, u64>> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ ((index as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15)));
+    let mut rng =
+        ChaCha8Rng::seed_from_u64(seed ^ ((index as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15)));
     let mut w = Writers::create(dir)?;
     let size = 0.6 + 0.8 * rng.random::<f64>();
 
@@ -176,7 +187,15 @@ fn generate_provider(dir: &Path, provider: &str, index: usize, seed: u64, scale:
     let mut units = Vec::new();
     for u in 0..n_units {
         let id = format!("{provider}-U{}", u + 1);
-        let unit_type = pick(&mut rng, &[("groep", 0.5), ("kleinschalig", 0.25), ("crisis", 0.1), ("intensief", 0.15)]);
+        let unit_type = pick(
+            &mut rng,
+            &[
+                ("groep", 0.5),
+                ("kleinschalig", 0.25),
+                ("crisis", 0.1),
+                ("intensief", 0.15),
+            ],
+        );
         let max = match unit_type {
             "kleinschalig" => rng.random_range(3..=6),
             "intensief" => rng.random_range(3..=6),
@@ -184,16 +203,25 @@ fn generate_provider(dir: &Path, provider: &str, index: usize, seed: u64, scale:
             _ => rng.random_range(7..=10),
         };
         let safe_room = rng.random::<f64>() < 0.7;
-        w.unit.row(&[V::S(&id), V::S(unit_type), V::I(max), V::B(safe_room)])?;
+        w.unit
+            .row(&[V::S(&id), V::S(unit_type), V::I(max), V::B(safe_room)])?;
         units.push(Unit { id });
     }
 
     let sim_start = epoch_days(SIM_START.0, SIM_START.1, SIM_START.2);
     let sim_end = epoch_days(SIM_END.0, SIM_END.1, SIM_END.2);
     let years = (sim_end - sim_start) as f64 / 365.25;
-    let youths = (ADMISSIONS_PER_YEAR * size * scale * years / (1.0 + READMISSION_SHARE)).round() as u64;
+    let youths =
+        (ADMISSIONS_PER_YEAR * size * scale * years / (1.0 + READMISSION_SHARE)).round() as u64;
     let stay_months = LogNormal::new(1.30, 1.06).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let ages = [(12, 0.03), (13, 0.10), (14, 0.22), (15, 0.25), (16, 0.23), (17, 0.17)];
+    let ages = [
+        (12, 0.03),
+        (13, 0.10),
+        (14, 0.22),
+        (15, 0.25),
+        (16, 0.23),
+        (17, 0.17),
+    ];
     let mut counters = [0u64; 6];
     let mut next_id = |i: usize, prefix: &str| {
         counters[i] += 1;
@@ -223,9 +251,12 @@ fn generate_provider(dir: &Path, provider: &str, index: usize, seed: u64, scale:
         )
         .unwrap_or(adm_date);
         let birth_days = (birth - date_of(0)).num_days() as i32;
-        w.youth.row(&[V::S(&pid), V::D(birth_days), V::S(sex), V::S(region)])?;
+        w.youth
+            .row(&[V::S(&pid), V::D(birth_days), V::S(sex), V::S(region)])?;
         // Per-youth propensity: the same youth tends to be secluded across stays.
-        let propensity = Gamma::new(0.2, 1.0 / 0.2).map(|g| g.sample(&mut rng)).unwrap_or(1.0);
+        let propensity = Gamma::new(0.2, 1.0 / 0.2)
+            .map(|g| g.sample(&mut rng))
+            .unwrap_or(1.0);
 
         loop {
             let months: f64 = stay_months.sample(&mut rng);
@@ -236,7 +267,14 @@ fn generate_provider(dir: &Path, provider: &str, index: usize, seed: u64, scale:
             let months_in_care = (last_day - admission + 1) as f64 / 30.44;
             let stay_id = next_id(0, "S");
             let unit = &units[rng.random_range(0..units.len())];
-            let legal = pick(&mut rng, &[("machtiging", 0.75), ("spoedmachtiging", 0.2), ("voorwaardelijke_machtiging", 0.05)]);
+            let legal = pick(
+                &mut rng,
+                &[
+                    ("machtiging", 0.75),
+                    ("spoedmachtiging", 0.2),
+                    ("voorwaardelijke_machtiging", 0.05),
+                ],
+            );
             let crisis = rng.random::<f64>() < 0.2;
             let tls = (rng.random::<f64>() < 0.8).then(|| admission - rng.random_range(7..60));
             let reason = discharged.then(|| cdm::DISCHARGE_REASON[rng.random_range(0..5)]);
@@ -277,8 +315,18 @@ fn generate_provider(dir: &Path, provider: &str, index: usize, seed: u64, scale:
             // Moves.
             for _ in 0..poisson(&mut rng, 0.12 * months_in_care) {
                 let move_id = next_id(1, "M");
-                let kind = pick(&mut rng, &[("intern", 0.55), ("time_out", 0.2), ("doorplaatsing", 0.1), ("jji", 0.05), ("ggz", 0.1)]);
-                let to = (kind == "intern").then(|| units[rng.random_range(0..units.len())].id.clone());
+                let kind = pick(
+                    &mut rng,
+                    &[
+                        ("intern", 0.55),
+                        ("time_out", 0.2),
+                        ("doorplaatsing", 0.1),
+                        ("jji", 0.05),
+                        ("ggz", 0.1),
+                    ],
+                );
+                let to =
+                    (kind == "intern").then(|| units[rng.random_range(0..units.len())].id.clone());
                 let planned = rng.random::<f64>() < 0.6;
                 let d = day_in_stay(&mut rng);
                 w.mv.row(&[
@@ -301,7 +349,14 @@ fn generate_provider(dir: &Path, provider: &str, index: usize, seed: u64, scale:
             for i in 0..(seclusions + others) {
                 let is_seclusion = i < seclusions;
                 let (kind, room, minutes) = if is_seclusion {
-                    let kind = pick(&mut rng, &[("afzondering_eigen_kamer", 0.71), ("afzondering_ruimte", 0.22), ("insluiting", 0.07)]);
+                    let kind = pick(
+                        &mut rng,
+                        &[
+                            ("afzondering_eigen_kamer", 0.71),
+                            ("afzondering_ruimte", 0.22),
+                            ("insluiting", 0.07),
+                        ],
+                    );
                     let (room, median, p95) = match kind {
                         "afzondering_eigen_kamer" => ("eigen_kamer", 45.0, 480.0),
                         "afzondering_ruimte" => ("afzonderingsruimte", 90.0, 480.0),
@@ -327,9 +382,13 @@ fn generate_provider(dir: &Path, provider: &str, index: usize, seed: u64, scale:
                     );
                     let (median, p95) = match kind {
                         "vastpakken" | "vastpakken_vasthouden" => (10.0, 45.0),
-                        "onderzoek_lichaam_kleding" | "urinecontrole" | "kamercontrole" => (15.0, 60.0),
+                        "onderzoek_lichaam_kleding" | "urinecontrole" | "kamercontrole" => {
+                            (15.0, 60.0)
+                        }
                         "time_out_overplaatsing" => (2.0 * 1440.0, 7.0 * 1440.0),
-                        "beperking_communicatie" | "beperking_bezoek" => (7.0 * 1440.0, 28.0 * 1440.0),
+                        "beperking_communicatie" | "beperking_bezoek" => {
+                            (7.0 * 1440.0, 28.0 * 1440.0)
+                        }
                         "cameratoezicht" | "gebiedsverbod" => (14.0 * 1440.0, 56.0 * 1440.0),
                         _ => (1440.0, 7.0 * 1440.0),
                     };
@@ -345,7 +404,13 @@ fn generate_provider(dir: &Path, provider: &str, index: usize, seed: u64, scale:
                     .then_some(start + 720 * MICROS_PER_MINUTE);
                 let reason = pick(
                     &mut rng,
-                    &[("gevaar_zelf", 0.3), ("gevaar_ander", 0.4), ("onttrekking", 0.1), ("verstoring_groep", 0.15), ("overig", 0.05)],
+                    &[
+                        ("gevaar_zelf", 0.3),
+                        ("gevaar_ander", 0.4),
+                        ("onttrekking", 0.1),
+                        ("verstoring_groep", 0.15),
+                        ("overig", 0.05),
+                    ],
                 );
                 w.measure.row(&[
                     V::S(&measure_id),
@@ -353,7 +418,11 @@ fn generate_provider(dir: &Path, provider: &str, index: usize, seed: u64, scale:
                     V::S(&stay_id),
                     V::S(&unit.id),
                     V::S(kind),
-                    V::S(if emergency { "noodsituatie" } else { "hulpverleningsplan" }),
+                    V::S(if emergency {
+                        "noodsituatie"
+                    } else {
+                        "hulpverleningsplan"
+                    }),
                     V::T(start),
                     end.map(V::T).unwrap_or(V::Null),
                     room.map(V::S).unwrap_or(V::Null),
@@ -365,7 +434,9 @@ fn generate_provider(dir: &Path, provider: &str, index: usize, seed: u64, scale:
 
             // Incidents: attempts 5–10% of youths a year, suicides 0–2 a year nationally.
             let yrs = months_in_care / 12.0;
-            let frailty = Gamma::new(0.5, 2.0).map(|g| g.sample(&mut rng)).unwrap_or(1.0);
+            let frailty = Gamma::new(0.5, 2.0)
+                .map(|g| g.sample(&mut rng))
+                .unwrap_or(1.0);
             for (kind, per_year) in [
                 ("suicidepoging", 0.09 * frailty),
                 ("suicide", 0.0015),
@@ -376,7 +447,13 @@ fn generate_provider(dir: &Path, provider: &str, index: usize, seed: u64, scale:
                 for _ in 0..poisson(&mut rng, per_year * yrs) {
                     let id = next_id(3, "I");
                     let ts = ts_in_stay(&mut rng);
-                    w.incident.row(&[V::S(&id), V::S(&pid), V::S(&stay_id), V::T(ts), V::S(kind)])?;
+                    w.incident.row(&[
+                        V::S(&id),
+                        V::S(&pid),
+                        V::S(&stay_id),
+                        V::T(ts),
+                        V::S(kind),
+                    ])?;
                 }
             }
 
@@ -386,20 +463,30 @@ fn generate_provider(dir: &Path, provider: &str, index: usize, seed: u64, scale:
                 let id = next_id(4, "C");
                 let youth_took_part = rng.random::<f64>() < 0.8;
                 let parents_took_part = rng.random::<f64>() < 0.6;
-                w.care_plan.row(&[V::S(&id), V::S(&pid), V::S(&stay_id), V::D(d), V::B(youth_took_part), V::B(parents_took_part)])?;
+                w.care_plan.row(&[
+                    V::S(&id),
+                    V::S(&pid),
+                    V::S(&stay_id),
+                    V::D(d),
+                    V::B(youth_took_part),
+                    V::B(parents_took_part),
+                ])?;
                 d += 91;
             }
 
             // Education: one record per calendar month in care.
             let mut month = {
                 let a = date_of(admission);
-                NaiveDate::from_ymd_opt(chrono::Datelike::year(&a), chrono::Datelike::month(&a), 1).unwrap_or(a)
+                NaiveDate::from_ymd_opt(chrono::Datelike::year(&a), chrono::Datelike::month(&a), 1)
+                    .unwrap_or(a)
             };
             while (month - date_of(0)).num_days() as i32 <= last_day {
                 let enrolled = rng.random::<f64>() < 0.9;
                 let planned = rng.random_range(80..=104);
                 let attended = if enrolled {
-                    ((planned as f64) * (0.7 + 0.2 * (rng.random::<f64>() - 0.5) * 2.0)).round().clamp(0.0, planned as f64) as i64
+                    ((planned as f64) * (0.7 + 0.2 * (rng.random::<f64>() - 0.5) * 2.0))
+                        .round()
+                        .clamp(0.0, planned as f64) as i64
                 } else {
                     0
                 };
@@ -411,11 +498,15 @@ fn generate_provider(dir: &Path, provider: &str, index: usize, seed: u64, scale:
                     V::I(if enrolled { planned } else { 0 }),
                     V::I(attended),
                 ])?;
-                month = month.checked_add_months(chrono::Months::new(1)).unwrap_or(NaiveDate::MAX);
+                month = month
+                    .checked_add_months(chrono::Months::new(1))
+                    .unwrap_or(NaiveDate::MAX);
             }
 
             // Readmission: 15% of youths come back after a gap.
-            if discharged && rng.random::<f64>() < READMISSION_SHARE / (1.0 + READMISSION_SHARE) * 2.0 {
+            if discharged
+                && rng.random::<f64>() < READMISSION_SHARE / (1.0 + READMISSION_SHARE) * 2.0
+            {
                 admission = discharge + rng.random_range(30..300);
                 if admission <= sim_end {
                     continue;
@@ -437,7 +528,10 @@ fn generate_panel(dir: &Path, seed: u64, scale: f64) -> Result<BTreeMap<String, 
         let quarter = q.to_string();
         for _ in 0..per_quarter {
             let pid = hex_id(&mut rng);
-            let role = pick(&mut rng, &[("jongere", 0.5), ("ouder", 0.25), ("professional", 0.25)]);
+            let role = pick(
+                &mut rng,
+                &[("jongere", 0.5), ("ouder", 0.25), ("professional", 0.25)],
+            );
             let lift = match role {
                 "professional" => 0.3,
                 "ouder" => -0.1,
@@ -445,8 +539,16 @@ fn generate_panel(dir: &Path, seed: u64, scale: f64) -> Result<BTreeMap<String, 
             };
             for question in ["Q1", "Q2", "Q3", "Q4", "Q5"] {
                 let base = 3.4 + lift + 0.4 * rng.random::<f64>() - 0.2;
-                let score = (base + 1.1 * (rng.random::<f64>() - 0.5) * 2.0).round().clamp(1.0, 5.0) as i64;
-                w.row(&[V::S(&pid), V::S(role), V::S(&quarter), V::S(question), V::I(score)])?;
+                let score = (base + 1.1 * (rng.random::<f64>() - 0.5) * 2.0)
+                    .round()
+                    .clamp(1.0, 5.0) as i64;
+                w.row(&[
+                    V::S(&pid),
+                    V::S(role),
+                    V::S(&quarter),
+                    V::S(question),
+                    V::I(score),
+                ])?;
             }
         }
     }
@@ -457,17 +559,30 @@ fn generate_panel(dir: &Path, seed: u64, scale: f64) -> Result<BTreeMap<String, 
 
 /// Generate every provider (in parallel, each from its own seed) and the panel; write a manifest.
 pub fn generate(opts: &SynthOptions, progress: impl Fn(&str) + Sync) -> Result<Manifest> {
-    anyhow::ensure!(opts.providers >= 1 && opts.providers <= 999, "--providers must be 1 to 999");
+    anyhow::ensure!(
+        opts.providers >= 1 && opts.providers <= 999,
+        "--providers must be 1 to 999"
+    );
     anyhow::ensure!(
         opts.scale.is_finite() && opts.scale > 0.0 && opts.scale <= 100_000.0,
         "--scale must be a positive number up to 100000"
     );
-    std::fs::create_dir_all(&opts.out).with_context(|| format!("creating {}", opts.out.display()))?;
+    std::fs::create_dir_all(&opts.out)
+        .with_context(|| format!("creating {}", opts.out.display()))?;
     let ids: Vec<String> = (0..opts.providers).map(provider_id).collect();
-    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(ids.len());
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .min(ids.len());
     let results: Vec<Result<(String, BTreeMap<String, u64>)>> = std::thread::scope(|s| {
         let chunks: Vec<Vec<(usize, String)>> = (0..threads)
-            .map(|t| ids.iter().cloned().enumerate().filter(|(i, _)| i % threads == t).collect())
+            .map(|t| {
+                ids.iter()
+                    .cloned()
+                    .enumerate()
+                    .filter(|(i, _)| i % threads == t)
+                    .collect()
+            })
             .collect();
         let handles: Vec<_> = chunks
             .into_iter()
@@ -477,8 +592,14 @@ pub fn generate(opts: &SynthOptions, progress: impl Fn(&str) + Sync) -> Result<M
                     chunk
                         .into_iter()
                         .map(|(i, id)| {
-                            let rows = generate_provider(&opts.out.join(&id), &id, i, opts.seed, opts.scale)
-                                .with_context(|| format!("provider {id}"))?;
+                            let rows = generate_provider(
+                                &opts.out.join(&id),
+                                &id,
+                                i,
+                                opts.seed,
+                                opts.scale,
+                            )
+                            .with_context(|| format!("provider {id}"))?;
                             progress(&format!(
                                 "{id}: {} stays, {} measures",
                                 rows.get("stay").copied().unwrap_or(0),
@@ -492,7 +613,10 @@ pub fn generate(opts: &SynthOptions, progress: impl Fn(&str) + Sync) -> Result<M
             .collect();
         handles
             .into_iter()
-            .flat_map(|h| h.join().unwrap_or_else(|_| vec![Err(anyhow::anyhow!("a generator thread panicked"))]))
+            .flat_map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| vec![Err(anyhow::anyhow!("a generator thread panicked"))])
+            })
             .collect()
     });
     let mut rows = BTreeMap::new();
@@ -501,7 +625,10 @@ pub fn generate(opts: &SynthOptions, progress: impl Fn(&str) + Sync) -> Result<M
         rows.insert(id, r);
     }
     let panel = generate_panel(&opts.out.join(PANEL_NODE), opts.seed, opts.scale)?;
-    progress(&format!("{PANEL_NODE}: {} panel responses", panel.get("panel_response").copied().unwrap_or(0)));
+    progress(&format!(
+        "{PANEL_NODE}: {} panel responses",
+        panel.get("panel_response").copied().unwrap_or(0)
+    ));
     rows.insert(PANEL_NODE.to_string(), panel);
     let manifest = Manifest {
         providers: ids,

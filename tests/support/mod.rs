@@ -24,12 +24,34 @@ pub fn catalog_dir() -> PathBuf {
 pub fn federation_fixture(providers: usize) -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("tempdir");
     let d = dir.path().to_str().expect("utf8 path");
-    let out = run(&["synth", "--out", d, "--providers", &providers.to_string(), "--seed", "7"]);
-    assert!(out.status.success(), "synth: {}", String::from_utf8_lossy(&out.stderr));
+    let out = run(&[
+        "synth",
+        "--out",
+        d,
+        "--providers",
+        &providers.to_string(),
+        "--seed",
+        "7",
+    ]);
+    assert!(
+        out.status.success(),
+        "synth: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let ids: Vec<String> = (1..=providers).map(|i| format!("P{i:02}")).collect();
     let certs = dir.path().join("certs");
-    let out = run(&["certs", "--out", certs.to_str().unwrap(), "--nodes", &ids.join(",")]);
-    assert!(out.status.success(), "certs: {}", String::from_utf8_lossy(&out.stderr));
+    let out = run(&[
+        "certs",
+        "--out",
+        certs.to_str().unwrap(),
+        "--nodes",
+        &ids.join(","),
+    ]);
+    assert!(
+        out.status.success(),
+        "certs: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     dir
 }
 
@@ -118,7 +140,12 @@ pub fn client(dir: &Path) -> reqwest::Client {
         .expect("client")
 }
 
-pub async fn evaluate(c: &reqwest::Client, url: &str, indicator: &str, period: &str) -> reqwest::Response {
+pub async fn evaluate(
+    c: &reqwest::Client,
+    url: &str,
+    indicator: &str,
+    period: &str,
+) -> reqwest::Response {
     c.post(format!("{url}/v1/evaluate"))
         .json(&serde_json::json!({ "indicator": indicator, "period": period }))
         .send()

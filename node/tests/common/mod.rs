@@ -17,10 +17,18 @@ pub fn panel_batch(rows: &[Row]) -> RecordBatch {
     RecordBatch::try_new(
         schema,
         vec![
-            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.0.as_str()))),
-            Arc::new(StringArray::from_iter_values(rows.iter().map(|_| "jongere"))),
-            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.1.as_str()))),
-            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.2.as_str()))),
+            Arc::new(StringArray::from_iter_values(
+                rows.iter().map(|r| r.0.as_str()),
+            )),
+            Arc::new(StringArray::from_iter_values(
+                rows.iter().map(|_| "jongere"),
+            )),
+            Arc::new(StringArray::from_iter_values(
+                rows.iter().map(|r| r.1.as_str()),
+            )),
+            Arc::new(StringArray::from_iter_values(
+                rows.iter().map(|r| r.2.as_str()),
+            )),
             Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.3))),
         ],
     )
@@ -71,7 +79,10 @@ pub fn all_kinds() -> Vec<(&'static str, Indicator)> {
     vec![
         (
             "count_units",
-            indicator(r#"{ kind = "count_units", max_groups_per_unit = 3 }"#, false),
+            indicator(
+                r#"{ kind = "count_units", max_groups_per_unit = 3 }"#,
+                false,
+            ),
         ),
         (
             "count_rows",
