@@ -1,6 +1,7 @@
 //! `stroom`: the one binary of the federation.
 
 mod certs;
+mod demo;
 mod synth;
 
 use anyhow::{Context, Result};
@@ -21,6 +22,18 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the whole federation on loopback over synthetic data and write national indicators.
+    Demo {
+        #[arg(long, default_value = "stroom-demo")]
+        out: PathBuf,
+        #[arg(long, default_value_t = 11)]
+        providers: usize,
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// Indicator catalog to run (default: the shipped one).
+        #[arg(long)]
+        catalog: Option<PathBuf>,
+    },
     /// Check indicator catalogs.
     Policy {
         #[command(subcommand)]
@@ -105,6 +118,21 @@ fn main() -> std::process::ExitCode {
 
 async fn run(cli: Cli) -> Result<std::process::ExitCode> {
     match cli.command {
+        Command::Demo {
+            out,
+            providers,
+            seed,
+            catalog,
+        } => {
+            demo::run(demo::DemoOptions {
+                out,
+                providers,
+                seed,
+                catalog: catalog.unwrap_or_else(default_catalog),
+            })
+            .await?;
+            Ok(std::process::ExitCode::SUCCESS)
+        }
         Command::Policy {
             action: PolicyAction::Check { dir },
         } => policy_check(dir.unwrap_or_else(default_catalog)).await,

@@ -88,7 +88,7 @@ impl FromStr for Quarter {
 }
 
 /// An inclusive range of quarters.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Period {
     pub first: Quarter,
     pub last: Quarter,
