@@ -51,11 +51,16 @@ pub struct Truth {
     pub value_bounded: f64,
 }
 
+/// Per measure of a cell: (noisy national sum, its noise variance, exact value, bounded value).
+type CellStats = (f64, f64, f64, f64);
+type MeasureStats = BTreeMap<String, CellStats>;
+type Answers = Vec<(datafusion::arrow::array::RecordBatch, AnswerMeta)>;
+
 /// National noisy sums and exact sums for one base indicator and quarter, per cell.
 struct BaseResult {
     group_columns: Vec<String>,
     /// key → (measure → (noisy sum, variance, exact, bounded))
-    cells: Vec<(Vec<String>, BTreeMap<String, (f64, f64, f64, f64)>)>,
+    cells: Vec<(Vec<String>, MeasureStats)>,
     reporting: usize,
     total: usize,
 }
@@ -190,13 +195,7 @@ pub async fn run(opts: DemoOptions) -> Result<()> {
     );
     let total = jobs.len();
     let mut done = 0;
-    let mut answers: BTreeMap<
-        (String, Period),
-        (
-            Vec<(datafusion::arrow::array::RecordBatch, AnswerMeta)>,
-            usize,
-        ),
-    > = BTreeMap::new();
+    let mut answers: BTreeMap<(String, Period), (Answers, usize)> = BTreeMap::new();
     let mut failures = Vec::new();
     let urls: BTreeMap<String, String> = nodes
         .iter()
@@ -277,8 +276,7 @@ pub async fn run(opts: DemoOptions) -> Result<()> {
                 .iter()
                 .map(|m| m.column.clone())
                 .collect();
-            let mut per_key: BTreeMap<Vec<String>, BTreeMap<String, (f64, f64, f64, f64)>> =
-                BTreeMap::new();
+            let mut per_key: BTreeMap<Vec<String>, MeasureStats> = BTreeMap::new();
             let mut group_columns = Vec::new();
             let mut order = Vec::new();
             for m in &measures {
@@ -545,7 +543,7 @@ fn emit_derived(
                 return;
             };
             let bin_pos = h.group_columns.len() - 1;
-            let mut groups: BTreeMap<Vec<String>, Vec<(f64, f64, f64, f64)>> = BTreeMap::new();
+            let mut groups: BTreeMap<Vec<String>, Vec<CellStats>> = BTreeMap::new();
             for (key, m) in &h.cells {
                 let g = key[..bin_pos].to_vec();
                 groups

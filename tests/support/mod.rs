@@ -12,8 +12,7 @@ pub fn stroom() -> Command {
 }
 
 pub fn run(args: &[&str]) -> Output {
-    let out = stroom().args(args).output().expect("run stroom");
-    out
+    stroom().args(args).output().expect("run stroom")
 }
 
 pub fn catalog_dir() -> PathBuf {
