@@ -170,9 +170,10 @@ fn config_errors_name_the_file_and_key_and_env_overrides_apply() {
     assert!(text.contains("of 2.5000"), "{text}");
 
     let bad = dir.path().join("bad.toml");
+    let valid = std::fs::read_to_string(&cfg).unwrap();
     std::fs::write(
         &bad,
-        "node_id = \"P01\"\n[budget]\nrho_per_period = \"lots\"\n",
+        valid.replace("rho_per_period = -1", "rho_per_period = \"lots\""),
     )
     .unwrap();
     let (ok, out) = check(&bad);

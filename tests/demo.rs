@@ -1,0 +1,87 @@
+//! `stroom demo` end to end (two providers to keep it quick): real node servers over HTTPS,
+//! national records with intervals, and the truth beside them.
+
+mod support;
+
+use support::*;
+
+#[test]
+fn demo_writes_national_records_with_intervals_and_truth() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("demo");
+    let o = run(&[
+        "demo",
+        "--out",
+        out.to_str().unwrap(),
+        "--providers",
+        "2",
+        "--seed",
+        "3",
+    ]);
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(
+        stdout.contains("care.unique_youths") && stdout.contains("95% interval"),
+        "{stdout}"
+    );
+
+    let national: Vec<serde_json::Value> =
+        serde_json::from_slice(&std::fs::read(out.join("national.json")).unwrap()).unwrap();
+    let truth: Vec<serde_json::Value> =
+        serde_json::from_slice(&std::fs::read(out.join("truth.json")).unwrap()).unwrap();
+    assert_eq!(national.len(), truth.len());
+    let catalog_ids: std::collections::BTreeSet<String> = std::fs::read_dir(catalog_dir())
+        .unwrap()
+        .filter_map(|e| e.ok()?.path().file_stem()?.to_str().map(String::from))
+        .collect();
+    let mut seen = std::collections::BTreeSet::new();
+    let mut periods = std::collections::BTreeSet::new();
+    for (r, t) in national.iter().zip(&truth) {
+        for k in [
+            "indicator",
+            "period",
+            "group",
+            "estimate",
+            "ci_low",
+            "ci_high",
+            "providers_reporting",
+            "providers_total",
+            "rho",
+        ] {
+            assert!(r.get(k).is_some(), "record lacks {k}: {r}");
+        }
+        assert_eq!(
+            (&r["indicator"], &r["period"], &r["group"]),
+            (&t["indicator"], &t["period"], &t["group"])
+        );
+        assert!(t.get("value").is_some() && t.get("value_bounded").is_some());
+        assert_eq!(r["providers_reporting"], r["providers_total"]);
+        let (lo, est, hi) = (
+            r["ci_low"].as_f64(),
+            r["estimate"].as_f64(),
+            r["ci_high"].as_f64(),
+        );
+        if let (Some(lo), Some(est), Some(hi)) = (lo, est, hi) {
+            assert!(lo <= hi, "{r}");
+            if r["indicator"]
+                .as_str()
+                .is_some_and(|i| i.starts_with("care."))
+            {
+                assert!(lo <= est && est <= hi, "{r}");
+            }
+        }
+        seen.insert(r["indicator"].as_str().unwrap().to_string());
+        periods.insert(r["period"].as_str().unwrap().to_string());
+    }
+    assert_eq!(seen, catalog_ids, "every catalog indicator is published");
+    assert_eq!(periods.len(), 8, "2023Q1–2024Q4");
+    let csv = std::fs::read_to_string(out.join("national.csv")).unwrap();
+    assert!(csv.starts_with(
+        "indicator,period,group,estimate,ci_low,ci_high,providers_reporting,providers_total,rho"
+    ));
+    assert_eq!(csv.lines().count(), national.len() + 1);
+}
