@@ -1,0 +1,71 @@
+//! With `tls.client_ca` set, a node completes the TLS 1.3 handshake only with clients holding a
+//! certificate from the federation CA (real handshakes on loopback).
+
+mod support;
+
+use std::time::Duration;
+use support::*;
+
+fn client_with(
+    dir: &std::path::Path,
+    identity: Option<(&str, &std::path::Path)>,
+) -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let ca = std::fs::read(dir.join("certs/ca.crt")).unwrap();
+    let mut b = reqwest::Client::builder()
+        .tls_certs_only([reqwest::Certificate::from_pem(&ca).unwrap()])
+        .timeout(Duration::from_secs(30));
+    if let Some((name, certs)) = identity {
+        let mut pem = std::fs::read(certs.join(format!("{name}.crt"))).unwrap();
+        pem.extend(std::fs::read(certs.join(format!("{name}.key"))).unwrap());
+        b = b.identity(reqwest::Identity::from_pem(&pem).unwrap());
+    }
+    b.build().unwrap()
+}
+
+#[tokio::test]
+async fn mutual_tls_admits_only_federation_certificates() {
+    let dir = federation_fixture(1);
+    let cfg = node_config(dir.path(), "P01", 5.0, "");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(
+        &cfg,
+        text.replace(
+            "key = \"certs/P01.key\"",
+            "key = \"certs/P01.key\"\nclient_ca = \"certs/ca.crt\"",
+        ),
+    )
+    .unwrap();
+    let node = NodeProcess::start(&cfg);
+
+    let without = client_with(dir.path(), None);
+    assert!(
+        without
+            .get(format!("{}/healthz", node.url))
+            .send()
+            .await
+            .is_err(),
+        "no client certificate must be refused"
+    );
+
+    let other = dir.path().join("other-ca");
+    let out = run(&["certs", "--out", other.to_str().unwrap(), "--nodes", "P01"]);
+    assert!(out.status.success());
+    let foreign = client_with(dir.path(), Some(("coordinator", &other)));
+    assert!(
+        foreign
+            .get(format!("{}/healthz", node.url))
+            .send()
+            .await
+            .is_err(),
+        "another CA's certificate must be refused"
+    );
+
+    let coordinator = client_with(dir.path(), Some(("coordinator", &dir.path().join("certs"))));
+    let r = coordinator
+        .get(format!("{}/healthz", node.url))
+        .send()
+        .await
+        .expect("federation certificate accepted");
+    assert_eq!(r.status(), 200);
+}
