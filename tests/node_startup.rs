@@ -33,6 +33,14 @@ fn check(config: &std::path::Path) -> (bool, String) {
     )
 }
 
+/// `node check` on a fresh provider whose youth table is replaced by the given columns.
+fn check_with_youth(fields: Vec<(&str, DataType)>, cols: Vec<ArrayRef>) -> (bool, String) {
+    let dir = federation_fixture(1);
+    let cfg = node_config(dir.path(), "P01", 5.0, "");
+    write_parquet(&dir.path().join("P01/youth.parquet"), fields, cols);
+    check(&cfg)
+}
+
 #[test]
 fn node_check_prints_row_counts_for_valid_data() {
     let dir = federation_fixture(1);
@@ -51,10 +59,7 @@ fn node_check_prints_row_counts_for_valid_data() {
 
 #[test]
 fn wrong_column_type_is_named_with_expected_and_found() {
-    let dir = federation_fixture(1);
-    let cfg = node_config(dir.path(), "P01", 5.0, "");
-    write_parquet(
-        &dir.path().join("P01/youth.parquet"),
+    let (ok, out) = check_with_youth(
         vec![
             ("youth_pid", DataType::Utf8),
             ("birth_month", DataType::Utf8),
@@ -68,7 +73,6 @@ fn wrong_column_type_is_named_with_expected_and_found() {
             Arc::new(StringArray::from(vec!["JZ01"])),
         ],
     );
-    let (ok, out) = check(&cfg);
     assert!(!ok);
     assert!(
         out.contains("table 'youth'") && out.contains("column 'birth_month'"),
@@ -82,10 +86,7 @@ fn wrong_column_type_is_named_with_expected_and_found() {
 
 #[test]
 fn missing_column_is_named() {
-    let dir = federation_fixture(1);
-    let cfg = node_config(dir.path(), "P01", 5.0, "");
-    write_parquet(
-        &dir.path().join("P01/youth.parquet"),
+    let (ok, out) = check_with_youth(
         vec![
             ("youth_pid", DataType::Utf8),
             ("birth_month", DataType::Date32),
@@ -97,7 +98,6 @@ fn missing_column_is_named() {
             Arc::new(StringArray::from(vec!["M"])),
         ],
     );
-    let (ok, out) = check(&cfg);
     assert!(!ok);
     assert!(
         out.contains("table 'youth'") && out.contains("column 'jeugdregio' is missing"),
@@ -107,10 +107,7 @@ fn missing_column_is_named() {
 
 #[test]
 fn values_outside_a_code_list_are_refused() {
-    let dir = federation_fixture(1);
-    let cfg = node_config(dir.path(), "P01", 5.0, "");
-    write_parquet(
-        &dir.path().join("P01/youth.parquet"),
+    let (ok, out) = check_with_youth(
         vec![
             ("youth_pid", DataType::Utf8),
             ("birth_month", DataType::Date32),
@@ -124,7 +121,6 @@ fn values_outside_a_code_list_are_refused() {
             Arc::new(StringArray::from(vec!["JZ01", "JZ02"])),
         ],
     );
-    let (ok, out) = check(&cfg);
     assert!(!ok);
     assert!(
         out.contains("column 'sex'") && out.contains("'boy'"),

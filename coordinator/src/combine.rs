@@ -131,6 +131,16 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[i.min(sorted.len() - 1)]
 }
 
+/// The estimate with the 2.5% and 97.5% points of its simulated values.
+fn from_simulations(estimate: f64, mut sims: Vec<f64>) -> Interval {
+    sims.sort_by(|a, b| a.total_cmp(b));
+    Interval {
+        estimate,
+        ci_low: percentile(&sims, 0.025),
+        ci_high: percentile(&sims, 0.975),
+    }
+}
+
 /// Deterministic simulation generator: the simulation is post-processing of public numbers, so a
 /// fixed seed costs no privacy and makes published intervals reproducible.
 fn sim_rng(salt: &str) -> ChaCha8Rng {
@@ -163,18 +173,13 @@ pub fn ratio(num: (f64, f64), den: (f64, f64), multiplier: f64, salt: &str) -> I
     let mut rng = sim_rng(salt);
     let ns: Vec<f64> = draws(num.0, num.1, &mut rng).collect();
     let ds: Vec<f64> = draws(den.0, den.1, &mut rng).collect();
-    let mut sims: Vec<f64> = ns
+    let sims: Vec<f64> = ns
         .iter()
         .zip(&ds)
         .filter(|(_, d)| **d > 0.0)
         .map(|(n, d)| n.max(0.0) / d * multiplier)
         .collect();
-    sims.sort_by(|a, b| a.total_cmp(b));
-    Interval {
-        estimate,
-        ci_low: percentile(&sims, 0.025),
-        ci_high: percentile(&sims, 0.975),
-    }
+    from_simulations(estimate, sims)
 }
 
 /// Quantile `q` of a histogram with bins [edges[i], edges[i+1]) and a last open bin, by linear
@@ -210,19 +215,14 @@ pub fn quantile_interval(cells: &[(f64, f64)], edges: &[i64], q: f64, salt: &str
         .iter()
         .map(|(v, var)| draws(*v, *var, &mut rng).collect())
         .collect();
-    let mut sims: Vec<f64> = (0..DRAWS)
+    let sims: Vec<f64> = (0..DRAWS)
         .map(|d| {
             let sample: Vec<f64> = per_bin.iter().map(|b| b[d]).collect();
             histogram_quantile(&sample, edges, q)
         })
         .filter(|x| x.is_finite())
         .collect();
-    sims.sort_by(|a, b| a.total_cmp(b));
-    Interval {
-        estimate,
-        ci_low: percentile(&sims, 0.025),
-        ci_high: percentile(&sims, 0.975),
-    }
+    from_simulations(estimate, sims)
 }
 
 #[cfg(test)]
