@@ -28,6 +28,11 @@ fn indicator(kind: &str) -> policies::Indicator {
             ", CAST(date_part('epoch', m.end_ts - m.start_ts) / 60 AS BIGINT) AS minutes",
             r#"{ kind = "mean", value = "minutes", lower = 0, upper = 2000, max_groups_per_unit = 4 }"#,
         ),
+        // Every unit may keep all 4 × 7 cells: no per-unit cell selection.
+        "histogram_all_cells" => (
+            ", CAST(date_part('epoch', m.end_ts - m.start_ts) / 60 AS BIGINT) AS minutes",
+            r#"{ kind = "histogram", value = "minutes", edges = [0, 30, 60, 120, 240, 480, 720], max_groups_per_unit = 28, max_rows_per_group = 4 }"#,
+        ),
         _ => (
             ", CAST(date_part('epoch', m.end_ts - m.start_ts) / 60 AS BIGINT) AS minutes",
             r#"{ kind = "histogram", value = "minutes", edges = [0, 30, 60, 120, 240, 480, 720], max_groups_per_unit = 4, max_rows_per_group = 4 }"#,
@@ -112,7 +117,14 @@ async fn main() {
     let period: Period = "2024Q1:2024Q4".parse().unwrap();
     println!("| kind | measure rows | DP evaluation (median s) | plain query (median s) | ratio |");
     println!("|---|---:|---:|---:|---:|");
-    for kind in ["count_units", "count_rows", "sum", "mean", "histogram"] {
+    for kind in [
+        "count_units",
+        "count_rows",
+        "sum",
+        "mean",
+        "histogram_all_cells",
+        "histogram",
+    ] {
         if only.as_deref().is_some_and(|o| o != kind) {
             continue;
         }

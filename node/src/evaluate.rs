@@ -2,20 +2,20 @@
 //! the indicator's SQL, then per-unit contribution bounding, then aggregation by public group.
 //! The result here is *exact* (pre-noise); [`crate::noise`] turns it into a release.
 
-use crate::rank::rank_udf;
+use crate::cell_index::CellLayout;
+use crate::contributions::{CELL_FIELD, CONTRIBUTION_FIELD, Contribution, unit_contributions_udaf};
 use crate::tables::{DataError, Tables};
 use datafusion::arrow::array::{Array, AsArray};
 use datafusion::arrow::compute::cast as arrow_cast;
 use datafusion::arrow::datatypes::{DataType, Int64Type};
+use datafusion::functions::core::expr_fn::get_field;
 use datafusion::functions_aggregate::expr_fn::{count, sum};
-use datafusion::functions_window::expr_fn::row_number;
-use datafusion::logical_expr::{ExprFunctionExt, when};
+use datafusion::logical_expr::when;
 use datafusion::prelude::{DataFrame, Expr, cast, ident, lit};
 use policies::catalog::domain_values;
 use policies::contract::{self, ContractError};
 use policies::indicator::Aggregate;
 use policies::{Period, Query};
-use std::collections::HashMap;
 
 /// Per-row clamp applied to summed values before any per-unit total is formed, so that no sum of
 /// a unit's rows can overflow 64 bits. Far beyond any real value (durations are in minutes).
@@ -67,12 +67,8 @@ impl Cells {
 const UNIT: &str = "__unit";
 const VALUE: &str = "__value";
 const CONTRIB: &str = "__contrib";
-const RANK: &str = "__rank";
-const ROW: &str = "__row";
-
-fn g(i: usize) -> String {
-    format!("__g{i}")
-}
+const CELL: &str = "__cell";
+const KEPT: &str = "__kept";
 
 fn clamp(e: Expr, lo: i64, hi: i64) -> Expr {
     when(e.clone().lt(lit(lo)), lit(lo))
@@ -113,114 +109,133 @@ pub fn cartesian(domains: &[Vec<String>]) -> Vec<Vec<String>> {
     out
 }
 
-/// The DataFrame of bounded (or exact) per-group values, before collection.
+/// The DataFrame of bounded (or exact) values per cell (`__cell`, the position in the public key
+/// set), before collection. Cells no unit touched are absent; [`cells`] fills them with zeros.
 pub async fn plan_cells(
     tables: &Tables,
     query: &Query,
     period: &Period,
     bounding: Bounding,
-) -> Result<(DataFrame, usize), EvalError> {
+) -> Result<DataFrame, EvalError> {
     let ctx = tables.session(period)?;
     let df = contract::plan(&ctx, query).await?;
-    let (_, domains) = public_domains(query, period);
-    let n_groups = domains.len();
+    let keyed_domains: Vec<Vec<String>> = query
+        .group_by
+        .iter()
+        .map(|k| domain_values(&k.domain, period))
+        .collect();
+    let edges = match &query.aggregate {
+        Aggregate::Histogram { edges, .. } => Some(edges.as_slice()),
+        _ => None,
+    };
 
-    // 1. Normalise names and types; histogram rows get their public bin.
-    let mut select = vec![cast(ident(&query.privacy_unit), DataType::Utf8).alias(UNIT)];
-    for (i, k) in query.group_by.iter().enumerate() {
-        select.push(cast(ident(&k.column), DataType::Utf8).alias(g(i)));
-    }
-    if let Some(v) = query.aggregate.value_column() {
+    // 1. Normalise names and types; every row gets its cell in the public key set, NULL when any
+    //    part of its key lies outside the public domain.
+    let value = query.aggregate.value_column().map(|v| {
         let value = cast(ident(v), DataType::Int64);
-        let value = match bounding {
+        match bounding {
             Bounding::Bounded => clamp(value, -ROW_VALUE_LIMIT, ROW_VALUE_LIMIT),
             Bounding::Exact => value,
-        };
-        select.push(value.alias(VALUE));
+        }
+    });
+    let mut cell_args: Vec<Expr> = query
+        .group_by
+        .iter()
+        .map(|k| cast(ident(&k.column), DataType::Utf8View))
+        .collect();
+    if let (Some(_), Some(v)) = (edges, &value) {
+        cell_args.push(v.clone());
+    }
+    let cell = CellLayout::new(&keyed_domains, edges).udf().call(cell_args);
+    let mut select = vec![
+        // Utf8View: what Parquet strings arrive as, so usually no copy at all.
+        cast(ident(&query.privacy_unit), DataType::Utf8View).alias(UNIT),
+        cell.alias(CELL),
+    ];
+    if let Some(v) = value {
+        select.push(v.alias(VALUE));
     }
     let mut df = df.select(select).map_err(engine)?;
-    if let Aggregate::Histogram { edges, .. } = &query.aggregate {
-        let labels = policies::indicator::bin_labels(edges);
-        let v = ident(VALUE);
-        let mut case = when(v.clone().lt(lit(edges[1])), lit(labels[0].clone()));
-        for (i, e) in edges.iter().enumerate().skip(2) {
-            case = case.when(v.clone().lt(lit(*e)), lit(labels[i - 1].clone()));
-        }
-        let bin = case
-            .otherwise(lit(labels[labels.len() - 1].clone()))
-            .map_err(engine)?;
-        df = df.with_column(&g(n_groups - 1), bin).map_err(engine)?;
-    }
 
     // 2. Drop rows without a unit or value, and rows whose keys lie outside the public domain.
-    let mut keep = ident(UNIT).is_not_null();
+    let mut keep = ident(UNIT).is_not_null().and(ident(CELL).is_not_null());
     if query.aggregate.value_column().is_some() {
         keep = keep.and(ident(VALUE).is_not_null());
     }
-    for (i, d) in domains.iter().enumerate() {
-        let list = d.iter().map(|v| lit(v.clone())).collect();
-        keep = keep.and(ident(g(i)).in_list(list, false));
-    }
     df = df.filter(keep).map_err(engine)?;
 
-    // 3. One row per (unit, group): the unit's contribution to that cell, bounded.
-    let unit_group: Vec<Expr> = std::iter::once(ident(UNIT))
-        .chain((0..n_groups).map(|i| ident(g(i))))
-        .collect();
-    let (aggs, contrib): (Vec<Expr>, Expr) = match (&query.aggregate, bounding) {
-        (Aggregate::CountUnits { .. }, _) => (vec![], lit(1i64)),
-        (
-            Aggregate::CountRows {
-                max_rows_per_group, ..
-            }
-            | Aggregate::Histogram {
-                max_rows_per_group, ..
-            },
-            b,
-        ) => {
-            let n = ident("__n");
-            let c = if b == Bounding::Bounded {
-                clamp(n, 0, *max_rows_per_group)
-            } else {
-                n
-            };
-            (vec![count(lit(1i64)).alias("__n")], c)
+    // 3. Per unit, one hash aggregate: its contribution to each cell it touches, clamped, and at
+    //    most k cells (only needed when the key set has more than k cells), chosen by a fixed rank
+    //    of the unit's own (unit, cell) pairs. No sort or window over the rows.
+    let bounded = bounding == Bounding::Bounded;
+    let contribution = match &query.aggregate {
+        Aggregate::CountUnits { .. } => Contribution::Presence,
+        Aggregate::CountRows {
+            max_rows_per_group, ..
         }
-        (Aggregate::Sum { lower, upper, .. } | Aggregate::Mean { lower, upper, .. }, b) => {
-            let s = ident("__s");
-            let c = if b == Bounding::Bounded {
-                clamp(s, *lower, *upper)
-            } else {
-                s
-            };
-            (vec![sum(ident(VALUE)).alias("__s")], c)
+        | Aggregate::Histogram {
+            max_rows_per_group, ..
+        } => Contribution::Rows {
+            max: bounded.then_some(*max_rows_per_group),
+        },
+        Aggregate::Sum { lower, upper, .. } | Aggregate::Mean { lower, upper, .. } => {
+            Contribution::Sum {
+                bounds: bounded.then_some((*lower, *upper)),
+            }
         }
     };
-    df = df.aggregate(unit_group.clone(), aggs).map_err(engine)?;
-    let mut keep_cols: Vec<Expr> = unit_group.clone();
-    keep_cols.push(cast(contrib, DataType::Int64).alias(CONTRIB));
-    df = df.select(keep_cols).map_err(engine)?;
-
-    // 4. At most k cells per unit. Only needed when the key set has more than k cells; the cells a
-    //    unit keeps are chosen by a fixed hash of its own (unit, key) pairs, so the choice depends
-    //    on nothing but that unit's rows and does not favour early quarters or low codes.
     let k = query.aggregate.max_groups_per_unit();
     let cell_count = query.cell_count(period.quarters().len());
-    if bounding == Bounding::Bounded && k < cell_count {
-        let rank = rank_udf().call(unit_group.clone());
-        df = df.with_column(RANK, rank).map_err(engine)?;
-        let rn = row_number()
-            .partition_by(vec![ident(UNIT)])
-            .order_by(vec![ident(RANK).sort(true, false)])
-            .build()
-            .map_err(engine)?
-            .alias(ROW);
-        df = df.window(vec![rn]).map_err(engine)?;
-        df = df.filter(ident(ROW).lt_eq(lit(k))).map_err(engine)?;
-    }
+    let max_cells = (bounded && k < cell_count).then(|| usize::try_from(k).unwrap_or(1));
+    df = match max_cells {
+        // Every unit may keep all its cells: a plain aggregate by (unit, cell), then the clamp.
+        None => {
+            let (aggs, per_cell) = match contribution {
+                Contribution::Presence => (vec![], lit(1i64)),
+                Contribution::Rows { max } => {
+                    let n = ident("__n");
+                    let c = max.map_or(n.clone(), |m| clamp(n, 0, m));
+                    (vec![count(lit(1i64)).alias("__n")], c)
+                }
+                Contribution::Sum { bounds } => {
+                    let s = ident("__s");
+                    let c = bounds.map_or(s.clone(), |(lo, hi)| clamp(s, lo, hi));
+                    (vec![sum(ident(VALUE)).alias("__s")], c)
+                }
+            };
+            df.aggregate(vec![ident(UNIT), ident(CELL)], aggs)
+                .map_err(engine)?
+                .select(vec![
+                    ident(CELL),
+                    cast(per_cell, DataType::Int64).alias(CONTRIB),
+                ])
+                .map_err(engine)?
+        }
+        // A unit may touch more cells than it may keep: one aggregate per unit does it all.
+        Some(_) => {
+            let value = if query.aggregate.value_column().is_some() {
+                ident(VALUE)
+            } else {
+                lit(0i64)
+            };
+            let kept = unit_contributions_udaf(contribution, max_cells).call(vec![
+                ident(UNIT),
+                ident(CELL),
+                value,
+            ]);
+            df.aggregate(vec![ident(UNIT)], vec![kept.alias(KEPT)])
+                .map_err(engine)?
+                .unnest_columns(&[KEPT])
+                .map_err(engine)?
+                .select(vec![
+                    get_field(ident(KEPT), CELL_FIELD).alias(CELL),
+                    get_field(ident(KEPT), CONTRIBUTION_FIELD).alias(CONTRIB),
+                ])
+                .map_err(engine)?
+        }
+    };
 
-    // 5. Aggregate by public group.
-    let groups: Vec<Expr> = (0..n_groups).map(|i| ident(g(i))).collect();
+    // 5. Aggregate by cell.
     let finals = match &query.aggregate {
         Aggregate::Mean { .. } => vec![
             sum(ident(CONTRIB)).alias("sum"),
@@ -229,8 +244,7 @@ pub async fn plan_cells(
         Aggregate::Sum { .. } => vec![sum(ident(CONTRIB)).alias("sum")],
         _ => vec![sum(ident(CONTRIB)).alias("count")],
     };
-    df = df.aggregate(groups, finals).map_err(engine)?;
-    Ok((df, n_groups))
+    df.aggregate(vec![ident(CELL)], finals).map_err(engine)
 }
 
 /// Exact or bounded values for every cell of the public key set.
@@ -240,7 +254,7 @@ pub async fn cells(
     period: &Period,
     bounding: Bounding,
 ) -> Result<Cells, EvalError> {
-    let (df, n_groups) = plan_cells(tables, query, period, bounding).await?;
+    let df = plan_cells(tables, query, period, bounding).await?;
     let batches = df.collect().await.map_err(engine)?;
     let (names, domains) = public_domains(query, period);
     let keys = cartesian(&domains);
@@ -249,38 +263,34 @@ pub async fn cells(
         Aggregate::Sum { .. } => vec!["sum"],
         _ => vec!["count"],
     };
-    let index: HashMap<&Vec<String>, usize> =
-        keys.iter().enumerate().map(|(i, k)| (k, i)).collect();
     let mut values = vec![vec![0i64; keys.len()]; measure_names.len()];
     for b in &batches {
-        let key_cols: Vec<_> = (0..n_groups)
-            .map(|i| arrow_cast(b.column(i), &DataType::Utf8))
-            .collect::<Result<_, _>>()
-            .map_err(|e| EvalError::Engine(e.to_string()))?;
+        let as_int64 = |name: &str| {
+            b.column_by_name(name)
+                .ok_or_else(|| EvalError::Internal(format!("no column {name}")))
+                .and_then(|a| {
+                    arrow_cast(a, &DataType::Int64).map_err(|e| EvalError::Engine(e.to_string()))
+                })
+        };
+        let cell_col = as_int64(CELL)?;
+        let cell_col = cell_col.as_primitive::<Int64Type>();
         let measure_cols: Vec<_> = measure_names
             .iter()
-            .map(|m| {
-                b.column_by_name(m)
-                    .ok_or_else(|| EvalError::Internal(format!("no column {m}")))
-                    .and_then(|a| {
-                        arrow_cast(a, &DataType::Int64)
-                            .map_err(|e| EvalError::Engine(e.to_string()))
-                    })
-            })
+            .map(|m| as_int64(m))
             .collect::<Result<_, _>>()?;
         for row in 0..b.num_rows() {
-            let key: Vec<String> = key_cols
-                .iter()
-                .map(|c| c.as_string::<i32>().value(row).to_string())
-                .collect();
-            let Some(&i) = index.get(&key) else {
-                return Err(EvalError::Internal(format!(
-                    "key {key:?} outside the public domain reached aggregation"
-                )));
-            };
+            let cell = usize::try_from(cell_col.value(row))
+                .ok()
+                .filter(|c| *c < keys.len() && !cell_col.is_null(row))
+                .ok_or_else(|| {
+                    EvalError::Internal(format!(
+                        "cell {} outside the public key set reached aggregation",
+                        cell_col.value(row)
+                    ))
+                })?;
             for (m, col) in measure_cols.iter().enumerate() {
                 let a = col.as_primitive::<Int64Type>();
-                values[m][i] = if a.is_null(row) { 0 } else { a.value(row) };
+                values[m][cell] = if a.is_null(row) { 0 } else { a.value(row) };
             }
         }
     }

@@ -4,8 +4,10 @@
 // Errors are rare and carry the operator's context (file, table, column); boxing buys nothing.
 #![allow(clippy::result_large_err)]
 
+pub mod cell_index;
 pub mod clock;
 pub mod config;
+pub mod contributions;
 pub mod evaluate;
 pub mod ledger;
 pub mod metrics;
