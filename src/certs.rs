@@ -21,7 +21,9 @@ fn write(path: &Path, text: &str, private: bool) -> Result<()> {
     Ok(())
 }
 
-fn leaf(common_name: &str, extra_dns: Option<String>) -> Result<CertificateParams> {
+/// A leaf certificate. Only the coordinator's may act as a TLS client (`clientAuth`): a node
+/// presenting its own certificate to another node is refused at the handshake.
+fn leaf(common_name: &str, extra_dns: Option<String>, client: bool) -> Result<CertificateParams> {
     let mut names = vec!["localhost".to_string()];
     names.extend(extra_dns);
     let mut p = CertificateParams::new(names)?;
@@ -34,10 +36,11 @@ fn leaf(common_name: &str, extra_dns: Option<String>) -> Result<CertificateParam
     dn.push(DnType::OrganizationName, "Stroom federation");
     p.distinguished_name = dn;
     p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    p.extended_key_usages = vec![
-        ExtendedKeyUsagePurpose::ServerAuth,
-        ExtendedKeyUsagePurpose::ClientAuth,
-    ];
+    p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    if client {
+        p.extended_key_usages
+            .push(ExtendedKeyUsagePurpose::ClientAuth);
+    }
     Ok(p)
 }
 
@@ -77,10 +80,10 @@ pub fn generate(out: &Path, nodes: &[String]) -> Result<()> {
     };
     issue(
         "coordinator",
-        leaf("coordinator", Some("coordinator.stroom".into()))?,
+        leaf("coordinator", Some("coordinator.stroom".into()), true)?,
     )?;
     for n in nodes {
-        issue(n, leaf(n, Some(node_dns_name(n)))?)?;
+        issue(n, leaf(n, Some(node_dns_name(n)), false)?)?;
     }
     Ok(())
 }

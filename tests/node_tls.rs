@@ -1,5 +1,6 @@
 //! With `tls.client_ca` set, a node completes the TLS 1.3 handshake only with clients holding a
-//! certificate from the federation CA (real handshakes on loopback).
+//! the coordinator's certificate from the federation CA (real handshakes on loopback): not with
+//! none, not with another CA's, not with a node's own certificate.
 
 mod support;
 
@@ -59,6 +60,16 @@ async fn mutual_tls_admits_only_federation_certificates() {
             .await
             .is_err(),
         "another CA's certificate must be refused"
+    );
+
+    let node_as_client = client_with(dir.path(), Some(("P01", &dir.path().join("certs"))));
+    assert!(
+        node_as_client
+            .get(format!("{}/healthz", node.url))
+            .send()
+            .await
+            .is_err(),
+        "a node's certificate in place of the coordinator's must be refused"
     );
 
     let coordinator = client_with(dir.path(), Some(("coordinator", &dir.path().join("certs"))));

@@ -1,4 +1,5 @@
-//! The coordinator's combination step: national estimates and 95% intervals from node answers.
-//! (The researcher API, mTLS fan-out and run store arrive with the federation issue.)
+//! The coordinator: fans approved runs out to the nodes over mutual TLS and combines their
+//! differentially private answers into national indicators with 95% intervals.
 
 pub mod combine;
+pub mod node_client;
