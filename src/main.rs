@@ -66,6 +66,11 @@ enum Command {
         #[arg(long, global = true)]
         config: Option<PathBuf>,
     },
+    /// Run the coordinator: researcher API, fan-out to the nodes over mutual TLS, publication.
+    Coordinator {
+        #[arg(long)]
+        config: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -173,6 +178,7 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode> {
             );
             Ok(std::process::ExitCode::SUCCESS)
         }
+        Command::Coordinator { config } => coordinator_serve(config).await,
         Command::Node { action, config } => {
             let config = config.context("--config FILE is required")?;
             let cfg = node::config::NodeConfig::load(&config)?;
@@ -182,6 +188,29 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode> {
             }
         }
     }
+}
+
+async fn coordinator_serve(config: PathBuf) -> Result<std::process::ExitCode> {
+    let cfg = coordinator::config::CoordinatorConfig::load(&config)?;
+    let catalog = policies::Catalog::load(&cfg.catalog_dir)
+        .await
+        .with_context(|| format!("catalog {}", cfg.catalog_dir.display()))?;
+    let runner = Arc::new(coordinator::runs::Runner::new(&cfg, catalog)?);
+    let running = coordinator::server::start(&cfg, runner).await?;
+    // Printed on stdout for scripts and tests that start a coordinator on port 0.
+    println!("coordinator listening on https://{}", running.addr);
+    tracing::info!(addr = %running.addr, nodes = cfg.nodes.len(), "serving");
+    until_interrupted().await?;
+    running.shutdown().await;
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+async fn until_interrupted() -> Result<()> {
+    tokio::signal::ctrl_c()
+        .await
+        .context("waiting for Ctrl-C")?;
+    tracing::info!("shutting down");
+    Ok(())
 }
 
 async fn policy_check(dir: PathBuf) -> Result<std::process::ExitCode> {
@@ -246,10 +275,7 @@ async fn node_serve(cfg: node::config::NodeConfig) -> Result<std::process::ExitC
     // Printed on stdout for scripts and tests that start a node on port 0.
     println!("node {id} listening on https://{}", running.addr);
     tracing::info!(node = %id, addr = %running.addr, "serving");
-    tokio::signal::ctrl_c()
-        .await
-        .context("waiting for Ctrl-C")?;
-    tracing::info!("shutting down");
+    until_interrupted().await?;
     running.shutdown().await;
     Ok(std::process::ExitCode::SUCCESS)
 }

@@ -3,108 +3,12 @@
 //! sums get a normal 95% interval; derived statistics (ratios, means, quantiles from histograms) get
 //! theirs by simulating the public noise distributions. Intervals cover the DP noise only.
 
-use datafusion::arrow::array::{Array, AsArray, RecordBatch};
-use datafusion::arrow::datatypes::Int64Type;
-use policies::wire::AnswerMeta;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal};
-use std::collections::BTreeMap;
 
 pub const Z95: f64 = 1.959_963_984_540_054;
 const DRAWS: usize = 4000;
-
-#[derive(Debug, thiserror::Error)]
-pub enum CombineError {
-    #[error("answer from {node} lacks column {column}")]
-    MissingColumn { node: String, column: String },
-    #[error("answers disagree on their key sets ({0})")]
-    KeyMismatch(String),
-    #[error("no answers to combine")]
-    Empty,
-}
-
-/// One cell of the national sum: key values in the answer's group-column order.
-#[derive(Debug, Clone, PartialEq)]
-pub struct SummedCell {
-    pub key: Vec<String>,
-    pub value: i64,
-    pub variance: f64,
-}
-
-/// Sum one measure over node answers, cell by cell.
-pub fn sum_measure(
-    answers: &[(RecordBatch, AnswerMeta)],
-    measure: &str,
-) -> Result<(Vec<String>, Vec<SummedCell>), CombineError> {
-    let (first, meta0) = answers.first().ok_or(CombineError::Empty)?;
-    let groups = meta0.group_columns.clone();
-    let mut cells: Vec<SummedCell> = Vec::new();
-    let mut index: BTreeMap<Vec<String>, usize> = BTreeMap::new();
-    for (batch, meta) in answers {
-        let missing = |c: &str| CombineError::MissingColumn {
-            node: meta.node_id.clone(),
-            column: c.to_string(),
-        };
-        let variance = meta
-            .measures
-            .iter()
-            .find(|m| m.column == measure)
-            .ok_or_else(|| missing(measure))?
-            .variance;
-        let values = batch
-            .column_by_name(measure)
-            .and_then(|a| a.as_primitive_opt::<Int64Type>())
-            .ok_or_else(|| missing(measure))?;
-        let keys: Vec<_> = groups
-            .iter()
-            .map(|g| {
-                batch
-                    .column_by_name(g)
-                    .and_then(|a| a.as_string_opt::<i32>().cloned())
-                    .ok_or_else(|| missing(g))
-            })
-            .collect::<Result<_, _>>()?;
-        if batch.num_rows() != first.num_rows() {
-            return Err(CombineError::KeyMismatch(format!(
-                "{} has {} cells, {} has {}",
-                meta.node_id,
-                batch.num_rows(),
-                meta0.node_id,
-                first.num_rows()
-            )));
-        }
-        for row in 0..batch.num_rows() {
-            let key: Vec<String> = keys.iter().map(|k| k.value(row).to_string()).collect();
-            let v = if values.is_null(row) {
-                0
-            } else {
-                values.value(row)
-            };
-            match index.get(&key) {
-                Some(&i) => {
-                    cells[i].value += v;
-                    cells[i].variance += variance;
-                }
-                None if std::ptr::eq(meta, meta0) => {
-                    index.insert(key.clone(), cells.len());
-                    cells.push(SummedCell {
-                        key,
-                        value: v,
-                        variance,
-                    });
-                }
-                None => {
-                    return Err(CombineError::KeyMismatch(format!(
-                        "{} has key {key:?}",
-                        meta.node_id
-                    )));
-                }
-            }
-        }
-    }
-    Ok((groups, cells))
-}
 
 /// An estimate with its 95% interval (noise only).
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]

@@ -1,5 +1,15 @@
 //! The coordinator: fans approved runs out to the nodes over mutual TLS and combines their
 //! differentially private answers into national indicators with 95% intervals.
 
+// A refusal is an HTTP response; boxing it buys nothing.
+#![allow(clippy::result_large_err)]
+
 pub mod combine;
+pub mod config;
+pub mod national;
 pub mod node_client;
+pub mod openapi;
+pub mod publish;
+pub mod runs;
+pub mod server;
+pub mod store;

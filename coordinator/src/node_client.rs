@@ -301,6 +301,14 @@ impl NodeClient {
         &self,
         request: &EvaluateRequest,
     ) -> Result<(RecordBatch, AnswerMeta), NodeError> {
+        self.evaluate_raw(request).await.map(|(_, b, m)| (b, m))
+    }
+
+    /// The answer as the node sent it (Arrow IPC bytes, kept verbatim by the run store) and decoded.
+    pub async fn evaluate_raw(
+        &self,
+        request: &EvaluateRequest,
+    ) -> Result<(Vec<u8>, RecordBatch, AnswerMeta), NodeError> {
         self.with_retries(|| async {
             let response = self
                 .http
@@ -326,7 +334,7 @@ impl NodeClient {
                     message: format!("answer is labelled as node {}", meta.node_id),
                 });
             }
-            Ok((batch, meta))
+            Ok((bytes.to_vec(), batch, meta))
         })
         .await
     }

@@ -1,0 +1,258 @@
+//! Coordinator configuration through the `config` crate: built-in defaults, then a TOML file, then
+//! `STROOM_`-prefixed environment variables (`__` between levels). Relative paths are resolved
+//! against the config file's folder. Every error names the file and, where it can, the key.
+
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CoordinatorConfig {
+    pub listen: String,
+    pub catalog_dir: PathBuf,
+    pub store: StoreConfig,
+    pub tls: TlsConfig,
+    pub fanout: FanoutConfig,
+    /// Share of the asked providers that must answer before a run's results are published.
+    pub quorum: f64,
+    pub nodes: Vec<NodeEntry>,
+    #[serde(default)]
+    pub researchers: Vec<Researcher>,
+    pub limits: LimitsConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    pub path: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// The federation CA: nodes' certificates must chain to it.
+    pub ca: PathBuf,
+    /// The coordinator's certificate and key: its client identity toward nodes and the server
+    /// certificate of its own API.
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FanoutConfig {
+    pub timeout_seconds: f64,
+    /// Attempts per node request, the first included.
+    pub attempts: u32,
+    pub backoff_ms: u64,
+    /// Node requests in flight at once, over all nodes.
+    pub concurrency: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeEntry {
+    /// The provider id; the node's certificate must name it.
+    pub id: String,
+    pub url: String,
+    /// The privacy units whose indicators this node answers (a provider: youth_pid; the panel:
+    /// respondent_pid).
+    #[serde(default = "default_units")]
+    pub units: Vec<String>,
+}
+
+fn default_units() -> Vec<String> {
+    vec![policies::cdm::UNIT_COLUMN.to_string()]
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Researcher {
+    pub name: String,
+    /// Hex sha256 of the bearer token; the token itself is never stored.
+    pub token_sha256: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    pub max_body_bytes: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config file {file}: {message}")]
+    Load { file: PathBuf, message: String },
+    #[error("config file {file}: key '{key}': {message}")]
+    Invalid {
+        file: PathBuf,
+        key: String,
+        message: String,
+    },
+}
+
+const DEFAULTS: &str = r#"
+listen = "127.0.0.1:8443"
+catalog_dir = "catalog"
+quorum = 1.0
+nodes = []
+[store]
+path = "runs.sqlite"
+[tls]
+ca = "certs/ca.crt"
+cert = "certs/coordinator.crt"
+key = "certs/coordinator.key"
+[fanout]
+timeout_seconds = 60.0
+attempts = 4
+backoff_ms = 200
+concurrency = 32
+[limits]
+max_body_bytes = 65536
+"#;
+
+const KEYS: &[&str] = &[
+    "listen",
+    "catalog_dir",
+    "store",
+    "tls",
+    "fanout",
+    "quorum",
+    "nodes",
+    "researchers",
+    "limits",
+];
+
+fn config_env() -> config::Map<String, String> {
+    std::env::vars()
+        .filter(|(k, _)| {
+            k.strip_prefix("STROOM_").is_some_and(|rest| {
+                let first = rest.split("__").next().unwrap_or("").to_ascii_lowercase();
+                KEYS.contains(&first.as_str())
+            })
+        })
+        .collect()
+}
+
+/// Hex sha256 of a bearer token, as stored in the config.
+pub fn token_hash(token: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(token.as_bytes()))
+}
+
+impl CoordinatorConfig {
+    pub fn load(file: &Path) -> Result<CoordinatorConfig, ConfigError> {
+        let load_err = |message: String| ConfigError::Load {
+            file: file.to_path_buf(),
+            message,
+        };
+        if !file.is_file() {
+            return Err(load_err("no such file".into()));
+        }
+        let built = config::Config::builder()
+            .add_source(config::File::from_str(DEFAULTS, config::FileFormat::Toml))
+            .add_source(config::File::from(file).format(config::FileFormat::Toml))
+            .add_source(
+                config::Environment::with_prefix("STROOM")
+                    .source(Some(config_env()))
+                    .prefix_separator("_")
+                    .separator("__")
+                    .try_parsing(true),
+            )
+            .build()
+            .map_err(|e| load_err(e.to_string()))?;
+        let mut cfg: CoordinatorConfig = built
+            .try_deserialize()
+            .map_err(|e| load_err(e.to_string()))?;
+        let base = file.parent().unwrap_or(Path::new("."));
+        for p in [
+            &mut cfg.catalog_dir,
+            &mut cfg.store.path,
+            &mut cfg.tls.ca,
+            &mut cfg.tls.cert,
+            &mut cfg.tls.key,
+        ] {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
+        cfg.validate(file)?;
+        Ok(cfg)
+    }
+
+    fn validate(&self, file: &Path) -> Result<(), ConfigError> {
+        let invalid = |key: &str, message: String| ConfigError::Invalid {
+            file: file.to_path_buf(),
+            key: key.to_string(),
+            message,
+        };
+        if !(self.quorum > 0.0 && self.quorum <= 1.0) {
+            return Err(invalid(
+                "quorum",
+                format!("must lie in (0, 1], found {}", self.quorum),
+            ));
+        }
+        if !(self.fanout.timeout_seconds > 0.0 && self.fanout.timeout_seconds.is_finite()) {
+            return Err(invalid(
+                "fanout.timeout_seconds",
+                format!("must be positive, found {}", self.fanout.timeout_seconds),
+            ));
+        }
+        if self.fanout.attempts == 0 || self.fanout.concurrency == 0 {
+            return Err(invalid(
+                "fanout",
+                "attempts and concurrency must be at least 1".into(),
+            ));
+        }
+        if self.nodes.is_empty() {
+            return Err(invalid("nodes", "at least one node is needed".into()));
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for (i, n) in self.nodes.iter().enumerate() {
+            let key = format!("nodes[{i}]");
+            if n.id.is_empty()
+                || !n
+                    .id
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            {
+                return Err(invalid(
+                    &format!("{key}.id"),
+                    format!("'{}' must be letters, digits, '-' or '_'", n.id),
+                ));
+            }
+            if !seen.insert(n.id.clone()) {
+                return Err(invalid(
+                    &format!("{key}.id"),
+                    format!("node '{}' is listed twice", n.id),
+                ));
+            }
+            if !n.url.starts_with("https://") {
+                return Err(invalid(
+                    &format!("{key}.url"),
+                    format!("must be an https:// address, found '{}'", n.url),
+                ));
+            }
+        }
+        for (i, r) in self.researchers.iter().enumerate() {
+            if r.token_sha256.len() != 64 || !r.token_sha256.chars().all(|c| c.is_ascii_hexdigit())
+            {
+                return Err(invalid(
+                    &format!("researchers[{i}].token_sha256"),
+                    "must be 64 hex digits: the sha256 of the token (printf %s TOKEN | sha256sum)"
+                        .into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn retry(&self) -> crate::node_client::RetryPolicy {
+        crate::node_client::RetryPolicy {
+            timeout: Duration::from_secs_f64(self.fanout.timeout_seconds),
+            attempts: self.fanout.attempts,
+            initial_backoff: Duration::from_millis(self.fanout.backoff_ms),
+        }
+    }
+}

@@ -1,0 +1,78 @@
+//! The OpenAPI document served at `/openapi.json`.
+
+pub const DOCUMENT: &str = r##"{
+  "openapi": "3.1.0",
+  "info": {
+    "title": "Stroom coordinator",
+    "version": "0.1.0",
+    "description": "Runs approved StroomOP indicators over the federation's nodes and publishes national indicators with 95% intervals (differential-privacy noise only)."
+  },
+  "components": {
+    "securitySchemes": { "researcher": { "type": "http", "scheme": "bearer" } },
+    "schemas": {
+      "Error": { "type": "object", "required": ["error", "message"],
+        "properties": { "error": { "type": "string" }, "message": { "type": "string" } } },
+      "RunRequest": { "type": "object", "required": ["indicator", "period"], "additionalProperties": false,
+        "properties": { "indicator": { "type": "string", "example": "seclusion.youths_secluded" },
+                        "period": { "type": "string", "example": "2024Q1:2024Q4" } } },
+      "Record": { "type": "object",
+        "properties": { "indicator": { "type": "string" }, "period": { "type": "string" },
+          "group": { "type": "object", "additionalProperties": { "type": "string" } },
+          "estimate": { "type": "number" }, "ci_low": { "type": "number" }, "ci_high": { "type": "number" },
+          "providers_reporting": { "type": "integer" }, "providers_total": { "type": "integer" },
+          "rho": { "type": "number" } } },
+      "Run": { "type": "object",
+        "properties": { "id": { "type": "string" }, "indicator": { "type": "string" }, "period": { "type": "string" },
+          "status": { "type": "string", "enum": ["pending", "running", "done", "partial", "failed"] },
+          "requested_by": { "type": "string" }, "created_at": { "type": "string" }, "updated_at": { "type": "string" },
+          "error": { "type": ["string", "null"] }, "resumed": { "type": "integer" }, "published": { "type": "boolean" },
+          "results": { "type": "array", "items": { "$ref": "#/components/schemas/Record" } } } }
+    }
+  },
+  "paths": {
+    "/v1/runs": {
+      "post": {
+        "summary": "Start a run of an approved indicator over a period",
+        "security": [{ "researcher": [] }],
+        "requestBody": { "required": true, "content": { "application/json": { "schema": { "$ref": "#/components/schemas/RunRequest" } } } },
+        "responses": {
+          "202": { "description": "Run accepted", "content": { "application/json": { "schema": { "type": "object", "properties": { "id": { "type": "string" }, "status": { "type": "string" }, "url": { "type": "string" } } } } } },
+          "400": { "description": "Malformed body or period", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Error" } } } },
+          "401": { "description": "No bearer token", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Error" } } } },
+          "403": { "description": "Token not recognised", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Error" } } } },
+          "404": { "description": "Indicator not in the approved catalog", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Error" } } } },
+          "413": { "description": "Body too large" }
+        }
+      }
+    },
+    "/v1/runs/{id}": {
+      "get": {
+        "summary": "A run's status and, once finished, its national results",
+        "security": [{ "researcher": [] }],
+        "parameters": [{ "name": "id", "in": "path", "required": true, "schema": { "type": "string" } }],
+        "responses": {
+          "200": { "description": "The run", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Run" } } } },
+          "401": { "description": "No bearer token" }, "403": { "description": "Token not recognised" },
+          "404": { "description": "No such run" }
+        }
+      }
+    },
+    "/v1/indicators": {
+      "get": {
+        "summary": "Published national indicators (public)",
+        "parameters": [
+          { "name": "format", "in": "query", "schema": { "type": "string", "enum": ["json", "csv"] } },
+          { "name": "indicator", "in": "query", "schema": { "type": "string" } }
+        ],
+        "responses": {
+          "200": { "description": "Published records, rounded or suppressed by the catalog's publication rules",
+                   "content": { "application/json": {}, "text/csv": {} } },
+          "400": { "description": "Unknown format" }
+        }
+      }
+    },
+    "/openapi.json": { "get": { "summary": "This document", "responses": { "200": { "description": "OpenAPI 3.1" } } } },
+    "/healthz": { "get": { "summary": "Liveness", "responses": { "200": { "description": "ok" } } } },
+    "/metrics": { "get": { "summary": "Prometheus metrics", "responses": { "200": { "description": "text/plain; version=0.0.4" } } } }
+  }
+}"##;

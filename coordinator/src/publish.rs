@@ -1,0 +1,349 @@
+//! From national sums to records a person can read: one per indicator × quarter × group, with its
+//! 95% interval (noise only) and how many providers reported. Derived indicators (ratios,
+//! quantiles from histograms) are computed here from their base indicators' sums. Publication
+//! rules (suppression, rounding) are post-processing for the public, applied by [`publish`].
+
+use crate::combine::{self, Interval};
+use crate::national::{BaseResult, CellSum};
+use policies::{Aggregate, Catalog, Derived, Domain, Indicator};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    pub indicator: String,
+    /// The quarter the number describes, e.g. `2024Q1`.
+    pub period: String,
+    /// The other breakdowns, key → value; `{}` when none.
+    pub group: BTreeMap<String, String>,
+    /// NaN (JSON null) when undefined, e.g. a ratio whose noisy denominator is not positive.
+    #[serde(with = "nan_as_null")]
+    pub estimate: f64,
+    #[serde(with = "nan_as_null")]
+    pub ci_low: f64,
+    #[serde(with = "nan_as_null")]
+    pub ci_high: f64,
+    pub providers_reporting: usize,
+    pub providers_total: usize,
+    /// ρ each node spent on the numbers behind this record.
+    pub rho: f64,
+}
+
+/// JSON has no NaN: undefined numbers travel as null and come back as NaN.
+mod nan_as_null {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(x: &f64, s: S) -> Result<S::Ok, S::Error> {
+        if x.is_finite() {
+            s.serialize_f64(*x)
+        } else {
+            s.serialize_none()
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+        Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
+    }
+}
+
+/// A record as the public sees it: rounded, or suppressed (no numbers) below the catalog minimum.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Published {
+    pub indicator: String,
+    pub period: String,
+    pub group: BTreeMap<String, String>,
+    pub estimate: Option<f64>,
+    pub ci_low: Option<f64>,
+    pub ci_high: Option<f64>,
+    pub suppressed: bool,
+    pub providers_reporting: usize,
+    pub providers_total: usize,
+    /// False when some asked providers did not answer: never a national total.
+    pub complete: bool,
+    pub rho: f64,
+}
+
+/// The base indicators a run of `indicator` needs answers for.
+pub fn bases<'a>(catalog: &'a Catalog, indicator: &'a Indicator) -> Vec<&'a Indicator> {
+    match &indicator.body {
+        policies::Body::Query(_) => vec![indicator],
+        policies::Body::Derived(Derived::Ratio {
+            numerator,
+            denominator,
+            ..
+        }) => [numerator, denominator]
+            .into_iter()
+            .filter_map(|id| catalog.get(id))
+            .collect(),
+        policies::Body::Derived(Derived::Quantile { histogram, .. }) => {
+            catalog.get(histogram).into_iter().collect()
+        }
+    }
+}
+
+fn period_column(ind: &Indicator) -> Option<String> {
+    ind.query()?
+        .group_by
+        .iter()
+        .find(|g| g.domain == Domain::Period)
+        .map(|g| g.column.clone())
+}
+
+/// The record's period (from the quarter column when there is one) and its other group values.
+fn split_key(
+    ind: &Indicator,
+    columns: &[String],
+    key: &[String],
+    quarter: &str,
+) -> (String, BTreeMap<String, String>) {
+    let pc = period_column(ind);
+    let mut group = BTreeMap::new();
+    let mut period = quarter.to_string();
+    for (c, v) in columns.iter().zip(key) {
+        if Some(c) == pc.as_ref() {
+            period = v.clone();
+        } else {
+            group.insert(c.clone(), v.clone());
+        }
+    }
+    (period, group)
+}
+
+fn first(m: &BTreeMap<String, CellSum>) -> (f64, f64) {
+    m.values()
+        .next()
+        .map(|c| (c.value as f64, c.variance))
+        .unwrap_or((0.0, 0.0))
+}
+
+fn get(m: &BTreeMap<String, CellSum>, name: &str) -> (f64, f64) {
+    m.get(name)
+        .map(|c| (c.value as f64, c.variance))
+        .unwrap_or((0.0, 0.0))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn record(
+    indicator: &str,
+    period: String,
+    group: BTreeMap<String, String>,
+    i: Interval,
+    reporting: usize,
+    total: usize,
+    rho: f64,
+) -> Record {
+    Record {
+        indicator: indicator.to_string(),
+        period,
+        group,
+        estimate: i.estimate,
+        ci_low: i.ci_low,
+        ci_high: i.ci_high,
+        providers_reporting: reporting,
+        providers_total: total,
+        rho,
+    }
+}
+
+fn rho_of(catalog: &Catalog, id: &str) -> f64 {
+    catalog
+        .get(id)
+        .and_then(|i| i.query())
+        .map(|q| q.cost.rho())
+        .unwrap_or(0.0)
+}
+
+/// Records of `indicator` for one quarter, from its bases' national sums for that quarter
+/// (`base` maps a base indicator id to its result). With zero variances the estimates are the
+/// exact values, which is how the demo computes its truth with the very same arithmetic.
+pub fn records(
+    catalog: &Catalog,
+    indicator: &Indicator,
+    quarter: &str,
+    base: &BTreeMap<String, BaseResult>,
+) -> Vec<Record> {
+    let mut out = Vec::new();
+    let salt = |period: &str, group: &BTreeMap<String, String>| {
+        format!("{}{period}{group:?}", indicator.id)
+    };
+    match &indicator.body {
+        policies::Body::Query(query) => {
+            let Some(r) = base.get(&indicator.id) else {
+                return out;
+            };
+            for (key, m) in &r.cells {
+                let (period, group) = split_key(indicator, &r.group_columns, key, quarter);
+                let interval = match &query.aggregate {
+                    Aggregate::Mean { .. } => {
+                        combine::ratio(get(m, "sum"), get(m, "count"), 1.0, &salt(&period, &group))
+                    }
+                    _ => {
+                        let (v, var) = first(m);
+                        combine::normal_interval(v, var)
+                    }
+                };
+                out.push(record(
+                    &indicator.id,
+                    period,
+                    group,
+                    interval,
+                    r.providers_reporting,
+                    r.providers_total,
+                    query.cost.rho(),
+                ));
+            }
+        }
+        policies::Body::Derived(Derived::Ratio {
+            numerator,
+            denominator,
+            multiplier,
+        }) => {
+            let (Some(n), Some(d), Some(num_ind)) = (
+                base.get(numerator),
+                base.get(denominator),
+                catalog.get(numerator),
+            ) else {
+                return out;
+            };
+            let rho = rho_of(catalog, numerator) + rho_of(catalog, denominator);
+            for (key, nm) in &n.cells {
+                // The denominator's key: the numerator's key projected on the denominator's columns.
+                let dkey: Vec<String> = d
+                    .group_columns
+                    .iter()
+                    .filter_map(|c| {
+                        n.group_columns
+                            .iter()
+                            .position(|x| x == c)
+                            .map(|i| key[i].clone())
+                    })
+                    .collect();
+                let Some((_, dm)) = d.cells.iter().find(|(k, _)| *k == dkey) else {
+                    continue;
+                };
+                let (period, group) = split_key(num_ind, &n.group_columns, key, quarter);
+                let interval =
+                    combine::ratio(first(nm), first(dm), *multiplier, &salt(&period, &group));
+                out.push(record(
+                    &indicator.id,
+                    period,
+                    group,
+                    interval,
+                    n.providers_reporting.min(d.providers_reporting),
+                    n.providers_total.max(d.providers_total),
+                    rho,
+                ));
+            }
+        }
+        policies::Body::Derived(Derived::Quantile { histogram, q }) => {
+            let (Some(h), Some(hist_ind)) = (base.get(histogram), catalog.get(histogram)) else {
+                return out;
+            };
+            let Some(Aggregate::Histogram { edges, .. }) = hist_ind.query().map(|q| &q.aggregate)
+            else {
+                return out;
+            };
+            let bin_pos = h.group_columns.len().saturating_sub(1);
+            let mut groups: BTreeMap<Vec<String>, Vec<(f64, f64)>> = BTreeMap::new();
+            for (key, m) in &h.cells {
+                groups
+                    .entry(key[..bin_pos].to_vec())
+                    .or_default()
+                    .push(first(m));
+            }
+            for (gkey, bins) in groups {
+                let (period, group) =
+                    split_key(hist_ind, &h.group_columns[..bin_pos], &gkey, quarter);
+                let interval = combine::quantile_interval(&bins, edges, *q, &salt(&period, &group));
+                out.push(record(
+                    &indicator.id,
+                    period,
+                    group,
+                    interval,
+                    h.providers_reporting,
+                    h.providers_total,
+                    rho_of(catalog, histogram),
+                ));
+            }
+        }
+    }
+    out
+}
+
+fn round_to(x: f64, step: f64, up: bool) -> f64 {
+    if !x.is_finite() || step <= 0.0 {
+        return x;
+    }
+    let q = x / step;
+    let r = if up { q.ceil() } else { q.floor() };
+    r * step
+}
+
+/// Publication rules, post-processing free of privacy cost. Counts and sums are suppressed below
+/// the indicator's `min_estimate` and rounded to `round_to` (interval rounded outwards, so it
+/// still covers what it covered). Means, ratios and quantiles are rounded to one decimal.
+pub fn publish(catalog: &Catalog, r: &Record) -> Published {
+    let ind = catalog.get(&r.indicator);
+    let rules = ind.map(|i| i.publish.clone());
+    let countlike = ind
+        .and_then(|i| i.query())
+        .is_some_and(|q| !matches!(q.aggregate, Aggregate::Mean { .. }));
+    let (min, step) = match (&rules, countlike) {
+        (Some(p), true) => (p.min_estimate, p.round_to.max(1) as f64),
+        (Some(p), false) => (p.min_estimate, 0.1),
+        (None, _) => (0.0, 0.1),
+    };
+    // Derived values are not counts; their minimum applies only to count-like indicators.
+    let suppressed = !r.estimate.is_finite() || (countlike && r.estimate < min);
+    let round = |x: f64, up: bool| {
+        let v = round_to(x, step, up);
+        // Avoid 35.300000000000004 in the output.
+        (v * 10.0).round() / 10.0
+    };
+    Published {
+        indicator: r.indicator.clone(),
+        period: r.period.clone(),
+        group: r.group.clone(),
+        estimate: (!suppressed).then(|| round((r.estimate / step).round() * step, false)),
+        ci_low: (!suppressed).then(|| round(r.ci_low, false)),
+        ci_high: (!suppressed).then(|| round(r.ci_high, true)),
+        suppressed,
+        providers_reporting: r.providers_reporting,
+        providers_total: r.providers_total,
+        complete: r.providers_reporting == r.providers_total,
+        rho: r.rho,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn undefined_numbers_survive_a_json_round_trip() {
+        let r = Record {
+            indicator: "x".into(),
+            period: "2024Q1".into(),
+            group: BTreeMap::new(),
+            estimate: f64::NAN,
+            ci_low: 1.0,
+            ci_high: f64::INFINITY,
+            providers_reporting: 1,
+            providers_total: 1,
+            rho: 0.1,
+        };
+        let text = serde_json::to_string(&r).unwrap();
+        assert!(text.contains("\"estimate\":null"), "{text}");
+        let back: Record = serde_json::from_str(&text).unwrap();
+        assert!(back.estimate.is_nan() && back.ci_high.is_nan());
+        assert_eq!(back.ci_low, 1.0);
+    }
+
+    #[test]
+    fn rounding_moves_the_interval_outwards() {
+        assert_eq!(round_to(12.0, 5.0, false), 10.0);
+        assert_eq!(round_to(12.0, 5.0, true), 15.0);
+        assert_eq!(round_to(-3.0, 5.0, false), -5.0);
+        assert_eq!(round_to(35.27, 0.1, true), 35.300000000000004);
+    }
+}

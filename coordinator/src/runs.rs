@@ -1,0 +1,317 @@
+//! Runs: a researcher asks for an approved indicator over a period; the coordinator asks every node
+//! that serves the indicator's privacy unit, for each base indicator and quarter, concurrently and
+//! with bounded retries, stores each answer as it arrives, then combines and publishes.
+//!
+//! State machine (persisted in the run store): pending → running → done | partial | failed.
+//! A coordinator restarted mid-run resumes every pending or running run; answers already stored
+//! are reused and the rest asked again — safe, because a node answers a repeated request with its
+//! stored release (no new noise, no new spend).
+
+use crate::config::CoordinatorConfig;
+use crate::national::{self, BaseResult};
+use crate::node_client::{NodeClient, NodeError, TlsMaterial};
+use crate::publish::{self, Record};
+use crate::store::{RunStatus, RunStore, StoreError};
+use futures::StreamExt;
+use policies::wire::{EvaluateRequest, decode_answer};
+use policies::{Catalog, Indicator, Period};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("unknown indicator '{0}': it is not in the approved catalog")]
+    UnknownIndicator(String),
+    #[error("period '{period}': {message}")]
+    BadPeriod { period: String, message: String },
+    #[error("no configured node serves privacy unit '{0}'")]
+    NoNodes(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Node(#[from] NodeError),
+}
+
+/// The most quarters one run may cover: each quarter is one release per node and base indicator.
+pub const MAX_QUARTERS: usize = 16;
+
+pub struct Target {
+    pub client: NodeClient,
+    pub units: Vec<String>,
+}
+
+#[derive(Default)]
+pub struct FanoutCounters {
+    pub node_requests: AtomicU64,
+    pub node_failures: AtomicU64,
+}
+
+pub struct Runner {
+    pub catalog: Catalog,
+    pub store: RunStore,
+    pub targets: Vec<Target>,
+    pub quorum: f64,
+    pub concurrency: usize,
+    pub counters: FanoutCounters,
+}
+
+impl Runner {
+    pub fn new(cfg: &CoordinatorConfig, catalog: Catalog) -> Result<Runner, RunError> {
+        let tls = TlsMaterial::load(&crate::node_client::FederationTls {
+            ca: cfg.tls.ca.clone(),
+            cert: cfg.tls.cert.clone(),
+            key: cfg.tls.key.clone(),
+        })?;
+        let targets = cfg
+            .nodes
+            .iter()
+            .map(|n| {
+                Ok(Target {
+                    client: NodeClient::new(&n.id, &n.url, &tls, cfg.retry())?,
+                    units: n.units.clone(),
+                })
+            })
+            .collect::<Result<_, NodeError>>()?;
+        Ok(Runner {
+            catalog,
+            store: RunStore::open(&cfg.store.path)?,
+            targets,
+            quorum: cfg.quorum,
+            concurrency: cfg.fanout.concurrency,
+            counters: FanoutCounters::default(),
+        })
+    }
+
+    fn targets_for(&self, base: &Indicator) -> Vec<&Target> {
+        let unit = base.query().map(|q| q.privacy_unit.as_str()).unwrap_or("");
+        self.targets
+            .iter()
+            .filter(|t| t.units.iter().any(|u| u == unit))
+            .collect()
+    }
+
+    /// Checks the request and stores a pending run; the caller starts it with [`Runner::execute`].
+    pub fn submit(&self, indicator: &str, period: &str, who: &str) -> Result<String, RunError> {
+        let ind = self
+            .catalog
+            .get(indicator)
+            .ok_or_else(|| RunError::UnknownIndicator(indicator.to_string()))?;
+        let parsed: Period = period.parse().map_err(|e| RunError::BadPeriod {
+            period: period.to_string(),
+            message: format!("{e}"),
+        })?;
+        let quarters = parsed.quarters().len();
+        if quarters > MAX_QUARTERS {
+            return Err(RunError::BadPeriod {
+                period: period.to_string(),
+                message: format!("covers {quarters} quarters; at most {MAX_QUARTERS} per run"),
+            });
+        }
+        for base in publish::bases(&self.catalog, ind) {
+            if self.targets_for(base).is_empty() {
+                let unit = base
+                    .query()
+                    .map(|q| q.privacy_unit.clone())
+                    .unwrap_or_default();
+                return Err(RunError::NoNodes(unit));
+            }
+        }
+        Ok(self.store.create_run(indicator, &parsed.to_string(), who)?)
+    }
+
+    /// Picks up every run a previous coordinator process left unfinished.
+    pub async fn resume_unfinished(self: &Arc<Self>) -> Result<usize, RunError> {
+        let runs = self.store.unfinished()?;
+        let n = runs.len();
+        for run in runs {
+            tracing::info!(run = %run.id, indicator = %run.indicator, "resuming run");
+            self.store.mark_resumed(&run.id)?;
+            let me = self.clone();
+            tokio::spawn(async move { me.execute(&run.id).await });
+        }
+        Ok(n)
+    }
+
+    /// Runs one stored run to a finished state. Never returns an error: failures land in the store.
+    pub async fn execute(&self, run_id: &str) {
+        if let Err(e) = self.try_execute(run_id).await {
+            tracing::error!(run = %run_id, error = %e, "run failed");
+            let _ = self
+                .store
+                .set_status(run_id, RunStatus::Failed, Some(&e.to_string()));
+        }
+    }
+
+    async fn try_execute(&self, run_id: &str) -> Result<(), RunError> {
+        let Some((run, _)) = self.store.run(run_id)? else {
+            return Ok(());
+        };
+        let ind = self
+            .catalog
+            .get(&run.indicator)
+            .ok_or_else(|| RunError::UnknownIndicator(run.indicator.clone()))?;
+        let period: Period = run.period.parse().map_err(|e| RunError::BadPeriod {
+            period: run.period.clone(),
+            message: format!("{e}"),
+        })?;
+        self.store.set_status(run_id, RunStatus::Running, None)?;
+        let quarters: Vec<Period> = period
+            .quarters()
+            .into_iter()
+            .map(|q| Period { first: q, last: q })
+            .collect();
+        let bases = publish::bases(&self.catalog, ind);
+
+        // Ask only what is not stored yet.
+        let answered: BTreeSet<(String, String, String)> = self
+            .store
+            .answers(run_id)?
+            .into_iter()
+            .filter(|a| a.answer.is_some())
+            .map(|a| (a.base, a.quarter, a.node))
+            .collect();
+        let mut jobs: Vec<(EvaluateRequest, NodeClient)> = Vec::new();
+        for base in &bases {
+            for q in &quarters {
+                for t in self.targets_for(base) {
+                    let key = (base.id.clone(), q.to_string(), t.client.id.clone());
+                    if !answered.contains(&key) {
+                        let request = EvaluateRequest {
+                            indicator: base.id.clone(),
+                            period: *q,
+                            content_hash: Some(base.content_hash.clone()),
+                        };
+                        jobs.push((request, t.client.clone()));
+                    }
+                }
+            }
+        }
+        let counters = &self.counters;
+        let mut stream = futures::stream::iter(jobs.into_iter().map(|(request, client)| {
+            counters.node_requests.fetch_add(1, Ordering::Relaxed);
+            async move {
+                let result = client.evaluate_raw(&request).await;
+                (request, client.id, result)
+            }
+        }))
+        .buffer_unordered(self.concurrency);
+        while let Some((request, node, result)) = stream.next().await {
+            let stored: Result<Vec<u8>, String> = match &result {
+                Ok((bytes, _, _)) => Ok(bytes.clone()),
+                Err(e) => Err(e.to_string()),
+            };
+            if let Err(e) = &stored {
+                self.counters.node_failures.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(run = %run_id, node = %node, indicator = %request.indicator, quarter = %request.period, error = %e, "node failed");
+            }
+            self.store.record_answer(
+                run_id,
+                &request.indicator,
+                &request.period.to_string(),
+                &node,
+                match &stored {
+                    Ok(b) => Ok(b.as_slice()),
+                    Err(e) => Err(e.as_ref()),
+                },
+            )?;
+        }
+        drop(stream);
+        self.finish(run_id, ind, &bases, &quarters).await
+    }
+
+    async fn finish(
+        &self,
+        run_id: &str,
+        ind: &Indicator,
+        bases: &[&Indicator],
+        quarters: &[Period],
+    ) -> Result<(), RunError> {
+        let stored = self.store.answers(run_id)?;
+        let mut records: Vec<Record> = Vec::new();
+        let mut failures: Vec<String> = Vec::new();
+        let mut complete = true;
+        let mut quorum_met = true;
+        for q in quarters {
+            let quarter = q.to_string();
+            let mut by_base: BTreeMap<String, BaseResult> = BTreeMap::new();
+            for base in bases {
+                let total = self.targets_for(base).len();
+                let mut answers = Vec::new();
+                for a in stored
+                    .iter()
+                    .filter(|a| a.base == base.id && a.quarter == quarter)
+                {
+                    match (&a.answer, &a.error) {
+                        (Some(bytes), _) => answers.push(decode_answer(bytes).map_err(|e| {
+                            RunError::Store(StoreError::Json(serde_json::Error::io(
+                                std::io::Error::other(e.to_string()),
+                            )))
+                        })?),
+                        (None, Some(e)) => failures.push(e.clone()),
+                        (None, None) => {}
+                    }
+                }
+                if answers.len() < total {
+                    complete = false;
+                }
+                if (answers.len() as f64) < self.quorum * total as f64 - 1e-9 {
+                    quorum_met = false;
+                }
+                if answers.is_empty() {
+                    continue;
+                }
+                match national::combine(&answers, total).await {
+                    Ok(r) => {
+                        by_base.insert(base.id.clone(), r);
+                    }
+                    Err(e) => {
+                        failures.push(format!("{} {quarter}: {e}", base.id));
+                        quorum_met = false;
+                    }
+                }
+            }
+            records.extend(publish::records(&self.catalog, ind, &quarter, &by_base));
+        }
+        let (status, error) = if records.is_empty() {
+            (
+                RunStatus::Failed,
+                Some(format!(
+                    "no node answered: {}",
+                    failures.first().cloned().unwrap_or_default()
+                )),
+            )
+        } else if complete {
+            (RunStatus::Done, None)
+        } else {
+            let note = if quorum_met {
+                "published as partial: quorum met"
+            } else {
+                "not published: below quorum"
+            };
+            (
+                RunStatus::Partial,
+                Some(format!(
+                    "{} node request(s) failed ({note}); first: {}",
+                    failures.len(),
+                    failures.first().cloned().unwrap_or_default()
+                )),
+            )
+        };
+        let published: Option<Vec<_>> = (status != RunStatus::Failed && quorum_met).then(|| {
+            records
+                .iter()
+                .map(|r| publish::publish(&self.catalog, r))
+                .collect()
+        });
+        self.store.finish(
+            run_id,
+            status,
+            error.as_deref(),
+            &records,
+            published.as_deref(),
+        )?;
+        tracing::info!(run = %run_id, status = ?status, records = records.len(), "run finished");
+        Ok(())
+    }
+}

@@ -1,0 +1,436 @@
+//! The coordinator's HTTPS API (axum over rustls, TLS 1.3). Researchers start runs and read their
+//! results with a bearer token; the public reads published indicators without one.
+
+use crate::config::{CoordinatorConfig, token_hash};
+use crate::publish::Published;
+use crate::runs::{RunError, Runner};
+use crate::store::RunStatus;
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{HeaderMap, Request, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use policies::wire::ErrorBody;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("TLS: {0}")]
+    Tls(String),
+    #[error("cannot listen on {addr}: {message}")]
+    Listen { addr: String, message: String },
+}
+
+pub struct AppState {
+    pub runner: Arc<Runner>,
+    /// (token sha256, researcher name)
+    researchers: Vec<(String, String)>,
+    http_requests: AtomicU64,
+}
+
+fn error_response(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
+    (
+        status,
+        Json(ErrorBody {
+            error: code.to_string(),
+            message: message.into(),
+        }),
+    )
+        .into_response()
+}
+
+/// The researcher behind the request's bearer token, or the refusal to send.
+fn researcher(state: &AppState, headers: &HeaderMap) -> Result<String, Response> {
+    let Some(value) = headers.get(header::AUTHORIZATION) else {
+        return Err(error_response(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "this endpoint needs a researcher token: send 'Authorization: Bearer <token>'",
+        ));
+    };
+    let token = value
+        .to_str()
+        .ok()
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|t| !t.is_empty());
+    let Some(token) = token else {
+        return Err(error_response(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "the Authorization header must read 'Bearer <token>'",
+        ));
+    };
+    let hash = token_hash(token);
+    state
+        .researchers
+        .iter()
+        .find(|(h, _)| *h == hash)
+        .map(|(_, name)| name.clone())
+        .ok_or_else(|| {
+            error_response(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "the token is not a researcher token of this coordinator",
+            )
+        })
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RunRequest {
+    indicator: String,
+    period: String,
+}
+
+async fn create_run(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let who = match researcher(&state, &headers) {
+        Ok(w) => w,
+        Err(r) => return r,
+    };
+    let request: RunRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            return error_response(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                format!(
+                    "body must be {{\"indicator\": \"…\", \"period\": \"2024Q1[:2024Q4]\"}}: {e}"
+                ),
+            );
+        }
+    };
+    let runner = state.runner.clone();
+    let submitted = {
+        let r = runner.clone();
+        tokio::task::spawn_blocking(move || r.submit(&request.indicator, &request.period, &who))
+            .await
+    };
+    match submitted {
+        Ok(Ok(id)) => {
+            let run_id = id.clone();
+            tokio::spawn(async move { runner.execute(&run_id).await });
+            (
+                StatusCode::ACCEPTED,
+                Json(serde_json::json!({
+                    "id": id,
+                    "status": RunStatus::Pending,
+                    "url": format!("/v1/runs/{id}"),
+                })),
+            )
+                .into_response()
+        }
+        Ok(Err(e @ RunError::UnknownIndicator(_))) => {
+            error_response(StatusCode::NOT_FOUND, "unknown_indicator", e.to_string())
+        }
+        Ok(Err(e @ (RunError::BadPeriod { .. } | RunError::NoNodes(_)))) => {
+            error_response(StatusCode::BAD_REQUEST, "bad_request", e.to_string())
+        }
+        Ok(Err(e)) => error_response(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()),
+        Err(e) => error_response(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()),
+    }
+}
+
+async fn get_run(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    if let Err(r) = researcher(&state, &headers) {
+        return r;
+    }
+    let runner = state.runner.clone();
+    match tokio::task::spawn_blocking(move || runner.store.run(&id)).await {
+        Ok(Ok(Some((run, records)))) => {
+            let mut body = serde_json::to_value(&run).unwrap_or_default();
+            if run.status.is_finished() {
+                body["results"] = serde_json::to_value(&records).unwrap_or_default();
+            }
+            Json(body).into_response()
+        }
+        Ok(Ok(None)) => error_response(StatusCode::NOT_FOUND, "unknown_run", "no run with this id"),
+        Ok(Err(e)) => error_response(StatusCode::INTERNAL_SERVER_ERROR, "store", e.to_string()),
+        Err(e) => error_response(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct ListQuery {
+    format: Option<String>,
+    indicator: Option<String>,
+}
+
+pub const CSV_HEADER: &str = "indicator,period,group,estimate,ci_low,ci_high,suppressed,providers_reporting,providers_total,complete,rho\n";
+
+fn csv_field(x: Option<f64>) -> String {
+    x.map(|v| v.to_string()).unwrap_or_default()
+}
+
+pub fn published_csv(records: &[Published]) -> String {
+    let mut csv = String::from(CSV_HEADER);
+    for r in records {
+        let group = serde_json::to_string(&r.group)
+            .unwrap_or_default()
+            .replace('"', "\"\"");
+        csv.push_str(&format!(
+            "{},{},\"{}\",{},{},{},{},{},{},{},{}\n",
+            r.indicator,
+            r.period,
+            group,
+            csv_field(r.estimate),
+            csv_field(r.ci_low),
+            csv_field(r.ci_high),
+            r.suppressed,
+            r.providers_reporting,
+            r.providers_total,
+            r.complete,
+            r.rho
+        ));
+    }
+    csv
+}
+
+async fn list_indicators(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Query(q): Query<ListQuery>,
+) -> Response {
+    let runner = state.runner.clone();
+    let records = match tokio::task::spawn_blocking(move || runner.store.published()).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => {
+            return error_response(StatusCode::INTERNAL_SERVER_ERROR, "store", e.to_string());
+        }
+        Err(e) => {
+            return error_response(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string());
+        }
+    };
+    let records: Vec<Published> = records
+        .into_iter()
+        .filter(|r| q.indicator.as_ref().is_none_or(|i| *i == r.indicator))
+        .collect();
+    let wants_csv = match q.format.as_deref() {
+        Some("csv") => true,
+        Some("json") | None => headers
+            .get(header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|a| a.starts_with("text/csv")),
+        Some(other) => {
+            return error_response(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                format!("format must be json or csv, found '{other}'"),
+            );
+        }
+    };
+    if wants_csv {
+        (
+            [(header::CONTENT_TYPE, "text/csv; charset=utf-8")],
+            published_csv(&records),
+        )
+            .into_response()
+    } else {
+        let catalog = &state.runner.catalog;
+        let indicators: Vec<serde_json::Value> = catalog
+            .indicators
+            .values()
+            .filter(|i| records.iter().any(|r| r.indicator == i.id))
+            .map(|i| {
+                serde_json::json!({
+                    "id": i.id,
+                    "theme": i.theme,
+                    "title": i.title,
+                    "definition": i.definition,
+                    "content_hash": i.content_hash,
+                    "records": records.iter().filter(|r| r.indicator == i.id).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        Json(serde_json::json!({
+            "note": "Intervals are 95% and cover the differential-privacy noise only.",
+            "indicators": indicators,
+        }))
+        .into_response()
+    }
+}
+
+async fn healthz() -> Response {
+    Json(serde_json::json!({ "status": "ok" })).into_response()
+}
+
+async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    let runner = state.runner.clone();
+    let by_status = tokio::task::spawn_blocking(move || runner.store.count_by_status())
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .unwrap_or_default();
+    let c = &state.runner.counters;
+    let mut text = String::new();
+    let mut metric = |name: &str, kind: &str, help: &str, samples: Vec<(String, u64)>| {
+        text.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
+        for (labels, v) in samples {
+            text.push_str(&format!("{name}{labels} {v}\n"));
+        }
+    };
+    metric(
+        "stroom_coordinator_http_requests_total",
+        "counter",
+        "HTTP requests served.",
+        vec![(String::new(), state.http_requests.load(Ordering::Relaxed))],
+    );
+    metric(
+        "stroom_coordinator_runs",
+        "gauge",
+        "Runs in the run store, by status.",
+        by_status
+            .into_iter()
+            .map(|(s, n)| (format!("{{status=\"{s}\"}}"), n))
+            .collect(),
+    );
+    metric(
+        "stroom_coordinator_node_requests_total",
+        "counter",
+        "Evaluate requests sent to nodes.",
+        vec![(String::new(), c.node_requests.load(Ordering::Relaxed))],
+    );
+    metric(
+        "stroom_coordinator_node_failures_total",
+        "counter",
+        "Node requests that failed after retries.",
+        vec![(String::new(), c.node_failures.load(Ordering::Relaxed))],
+    );
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+}
+
+async fn openapi() -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        crate::openapi::DOCUMENT,
+    )
+        .into_response()
+}
+
+async fn not_found() -> Response {
+    error_response(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+}
+
+pub fn router(state: Arc<AppState>, body_limit: usize) -> Router {
+    let counted = state.clone();
+    Router::new()
+        .route("/v1/runs", post(create_run))
+        .route("/v1/runs/{id}", get(get_run))
+        .route("/v1/indicators", get(list_indicators))
+        .route("/openapi.json", get(openapi))
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .with_state(state)
+        .layer(axum::middleware::from_fn(
+            move |req: Request<Body>, next: axum::middleware::Next| {
+                counted.http_requests.fetch_add(1, Ordering::Relaxed);
+                next.run(req)
+            },
+        ))
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(TraceLayer::new_for_http().make_span_with(|req: &Request<Body>| {
+            let id = req
+                .headers()
+                .get("x-request-id")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("-");
+            tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id)
+        }))
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+}
+
+fn server_tls(cfg: &CoordinatorConfig) -> Result<rustls::ServerConfig, ServerError> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let certs = CertificateDer::pem_file_iter(&cfg.tls.cert)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| ServerError::Tls(format!("{}: {e}", cfg.tls.cert.display())))?;
+    let key = PrivateKeyDer::from_pem_file(&cfg.tls.key)
+        .map_err(|e| ServerError::Tls(format!("{}: {e}", cfg.tls.key.display())))?;
+    let mut config =
+        rustls::ServerConfig::builder_with_protocol_versions(&[&rustls::version::TLS13])
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .map_err(|e| ServerError::Tls(e.to_string()))?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+/// A running coordinator; `shutdown` stops it.
+pub struct Running {
+    pub addr: SocketAddr,
+    pub handle: axum_server::Handle<SocketAddr>,
+    pub task: tokio::task::JoinHandle<std::io::Result<()>>,
+    pub runner: Arc<Runner>,
+}
+
+impl Running {
+    pub async fn shutdown(self) {
+        self.handle
+            .graceful_shutdown(Some(std::time::Duration::from_secs(5)));
+        let _ = self.task.await;
+    }
+}
+
+/// Bind (port 0 picks one), resume unfinished runs, and serve over TLS in the background.
+pub async fn start(cfg: &CoordinatorConfig, runner: Arc<Runner>) -> Result<Running, ServerError> {
+    let tls = server_tls(cfg)?;
+    let listen_err = |message: String| ServerError::Listen {
+        addr: cfg.listen.clone(),
+        message,
+    };
+    let listener =
+        std::net::TcpListener::bind(&cfg.listen).map_err(|e| listen_err(e.to_string()))?;
+    listener
+        .set_nonblocking(true)
+        .map_err(|e| listen_err(e.to_string()))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| listen_err(e.to_string()))?;
+    let handle = axum_server::Handle::new();
+    let server = axum_server::from_tcp_rustls(
+        listener,
+        axum_server::tls_rustls::RustlsConfig::from_config(Arc::new(tls)),
+    )
+    .map_err(|e| listen_err(e.to_string()))?
+    .handle(handle.clone());
+    let state = Arc::new(AppState {
+        runner: runner.clone(),
+        researchers: cfg
+            .researchers
+            .iter()
+            .map(|r| (r.token_sha256.to_ascii_lowercase(), r.name.clone()))
+            .collect(),
+        http_requests: AtomicU64::new(0),
+    });
+    let app = router(state, cfg.limits.max_body_bytes);
+    let task = tokio::spawn(async move { server.serve(app.into_make_service()).await });
+    match runner.resume_unfinished().await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(runs = n, "resumed unfinished runs"),
+        Err(e) => tracing::error!(error = %e, "could not resume unfinished runs"),
+    }
+    Ok(Running {
+        addr,
+        handle,
+        task,
+        runner,
+    })
+}

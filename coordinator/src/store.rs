@@ -1,0 +1,333 @@
+//! The run store: an embedded SQLite database (WAL, synchronous=FULL) holding every run, every node
+//! answer as it arrives, the run's results and what was published. A coordinator restarted mid-run
+//! finds its unfinished runs here and resumes them; answers already stored are not asked again.
+
+use crate::publish::{Published, Record};
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::Serialize;
+use std::path::Path;
+use std::sync::Mutex;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("run store: {0}")]
+    Sql(#[from] rusqlite::Error),
+    #[error("run store: stored JSON: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("run store: lock poisoned")]
+    Poisoned,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    /// Accepted, not yet started.
+    Pending,
+    Running,
+    /// Every asked node answered; results published.
+    Done,
+    /// Some nodes did not answer; results are there, published only if the quorum was met.
+    Partial,
+    /// Nothing usable; `error` says why.
+    Failed,
+}
+
+impl RunStatus {
+    fn as_str(&self) -> &'static str {
+        match self {
+            RunStatus::Pending => "pending",
+            RunStatus::Running => "running",
+            RunStatus::Done => "done",
+            RunStatus::Partial => "partial",
+            RunStatus::Failed => "failed",
+        }
+    }
+
+    fn parse(s: &str) -> RunStatus {
+        match s {
+            "pending" => RunStatus::Pending,
+            "running" => RunStatus::Running,
+            "done" => RunStatus::Done,
+            "partial" => RunStatus::Partial,
+            _ => RunStatus::Failed,
+        }
+    }
+
+    pub fn is_finished(&self) -> bool {
+        matches!(
+            self,
+            RunStatus::Done | RunStatus::Partial | RunStatus::Failed
+        )
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Run {
+    pub id: String,
+    pub indicator: String,
+    pub period: String,
+    pub status: RunStatus,
+    pub requested_by: String,
+    pub created_at: String,
+    pub updated_at: String,
+    pub error: Option<String>,
+    /// Times the run was picked up again after a coordinator restart.
+    pub resumed: u32,
+    pub published: bool,
+}
+
+/// One node request of a run: a base indicator for one quarter at one node.
+#[derive(Debug, Clone)]
+pub struct StoredAnswer {
+    pub base: String,
+    pub quarter: String,
+    pub node: String,
+    /// The node's Arrow IPC answer, when it answered.
+    pub answer: Option<Vec<u8>>,
+    pub error: Option<String>,
+}
+
+pub struct RunStore {
+    conn: Mutex<Connection>,
+}
+
+fn now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+impl RunStore {
+    pub fn open(path: &Path) -> Result<RunStore, StoreError> {
+        if let Some(parent) = path.parent() {
+            let _ = std::fs::create_dir_all(parent);
+        }
+        let conn = Connection::open(path)?;
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL;
+             PRAGMA synchronous = FULL;
+             CREATE TABLE IF NOT EXISTS runs (
+                 id TEXT PRIMARY KEY,
+                 indicator TEXT NOT NULL,
+                 period TEXT NOT NULL,
+                 status TEXT NOT NULL,
+                 requested_by TEXT NOT NULL,
+                 created_at TEXT NOT NULL,
+                 updated_at TEXT NOT NULL,
+                 error TEXT,
+                 resumed INTEGER NOT NULL DEFAULT 0,
+                 published INTEGER NOT NULL DEFAULT 0,
+                 records TEXT
+             );
+             CREATE TABLE IF NOT EXISTS answers (
+                 run_id TEXT NOT NULL REFERENCES runs(id),
+                 base TEXT NOT NULL,
+                 quarter TEXT NOT NULL,
+                 node TEXT NOT NULL,
+                 answer BLOB,
+                 error TEXT,
+                 updated_at TEXT NOT NULL,
+                 PRIMARY KEY (run_id, base, quarter, node)
+             );
+             CREATE TABLE IF NOT EXISTS published (
+                 indicator TEXT NOT NULL,
+                 period TEXT NOT NULL,
+                 grp TEXT NOT NULL,
+                 run_id TEXT NOT NULL,
+                 record TEXT NOT NULL,
+                 PRIMARY KEY (indicator, period, grp)
+             );",
+        )?;
+        Ok(RunStore {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    fn conn(&self) -> Result<std::sync::MutexGuard<'_, Connection>, StoreError> {
+        self.conn.lock().map_err(|_| StoreError::Poisoned)
+    }
+
+    pub fn create_run(
+        &self,
+        indicator: &str,
+        period: &str,
+        requested_by: &str,
+    ) -> Result<String, StoreError> {
+        let id = uuid::Uuid::new_v4().to_string();
+        let t = now();
+        self.conn()?.execute(
+            "INSERT INTO runs (id, indicator, period, status, requested_by, created_at, updated_at)
+             VALUES (?1, ?2, ?3, 'pending', ?4, ?5, ?5)",
+            params![id, indicator, period, requested_by, t],
+        )?;
+        Ok(id)
+    }
+
+    pub fn set_status(
+        &self,
+        id: &str,
+        status: RunStatus,
+        error: Option<&str>,
+    ) -> Result<(), StoreError> {
+        self.conn()?.execute(
+            "UPDATE runs SET status = ?2, error = ?3, updated_at = ?4 WHERE id = ?1",
+            params![id, status.as_str(), error, now()],
+        )?;
+        Ok(())
+    }
+
+    pub fn mark_resumed(&self, id: &str) -> Result<(), StoreError> {
+        self.conn()?.execute(
+            "UPDATE runs SET resumed = resumed + 1, updated_at = ?2 WHERE id = ?1",
+            params![id, now()],
+        )?;
+        Ok(())
+    }
+
+    pub fn record_answer(
+        &self,
+        run_id: &str,
+        base: &str,
+        quarter: &str,
+        node: &str,
+        answer: Result<&[u8], &str>,
+    ) -> Result<(), StoreError> {
+        let (bytes, error) = match answer {
+            Ok(b) => (Some(b), None),
+            Err(e) => (None, Some(e)),
+        };
+        self.conn()?.execute(
+            "INSERT INTO answers (run_id, base, quarter, node, answer, error, updated_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+             ON CONFLICT (run_id, base, quarter, node)
+             DO UPDATE SET answer = excluded.answer, error = excluded.error,
+                           updated_at = excluded.updated_at",
+            params![run_id, base, quarter, node, bytes, error, now()],
+        )?;
+        Ok(())
+    }
+
+    pub fn answers(&self, run_id: &str) -> Result<Vec<StoredAnswer>, StoreError> {
+        let conn = self.conn()?;
+        let mut stmt = conn.prepare(
+            "SELECT base, quarter, node, answer, error FROM answers WHERE run_id = ?1
+             ORDER BY base, quarter, node",
+        )?;
+        let rows = stmt.query_map(params![run_id], |r| {
+            Ok(StoredAnswer {
+                base: r.get(0)?,
+                quarter: r.get(1)?,
+                node: r.get(2)?,
+                answer: r.get(3)?,
+                error: r.get(4)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Stores the run's results and, when `publish` is given, replaces the public records for the
+    /// same indicator, period and group, in one transaction.
+    pub fn finish(
+        &self,
+        run_id: &str,
+        status: RunStatus,
+        error: Option<&str>,
+        records: &[Record],
+        publish: Option<&[Published]>,
+    ) -> Result<(), StoreError> {
+        let mut conn = self.conn()?;
+        let tx = conn.transaction()?;
+        tx.execute(
+            "UPDATE runs SET status = ?2, error = ?3, records = ?4, published = ?5, updated_at = ?6
+             WHERE id = ?1",
+            params![
+                run_id,
+                status.as_str(),
+                error,
+                serde_json::to_string(records)?,
+                publish.is_some(),
+                now()
+            ],
+        )?;
+        for p in publish.unwrap_or(&[]) {
+            tx.execute(
+                "INSERT INTO published (indicator, period, grp, run_id, record)
+                 VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (indicator, period, grp)
+                 DO UPDATE SET run_id = excluded.run_id, record = excluded.record",
+                params![
+                    p.indicator,
+                    p.period,
+                    serde_json::to_string(&p.group)?,
+                    run_id,
+                    serde_json::to_string(p)?
+                ],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn run_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Run> {
+        let status: String = r.get(3)?;
+        Ok(Run {
+            id: r.get(0)?,
+            indicator: r.get(1)?,
+            period: r.get(2)?,
+            status: RunStatus::parse(&status),
+            requested_by: r.get(4)?,
+            created_at: r.get(5)?,
+            updated_at: r.get(6)?,
+            error: r.get(7)?,
+            resumed: r.get(8)?,
+            published: r.get(9)?,
+        })
+    }
+
+    const RUN_COLUMNS: &'static str = "id, indicator, period, status, requested_by, created_at, updated_at, error, resumed, published";
+
+    pub fn run(&self, id: &str) -> Result<Option<(Run, Vec<Record>)>, StoreError> {
+        let conn = self.conn()?;
+        let row = conn
+            .query_row(
+                &format!(
+                    "SELECT {}, records FROM runs WHERE id = ?1",
+                    Self::RUN_COLUMNS
+                ),
+                params![id],
+                |r| Ok((Self::run_from_row(r)?, r.get::<_, Option<String>>(10)?)),
+            )
+            .optional()?;
+        let Some((run, records)) = row else {
+            return Ok(None);
+        };
+        let records = match records {
+            Some(text) => serde_json::from_str(&text)?,
+            None => Vec::new(),
+        };
+        Ok(Some((run, records)))
+    }
+
+    pub fn unfinished(&self) -> Result<Vec<Run>, StoreError> {
+        let conn = self.conn()?;
+        let mut stmt = conn.prepare(&format!(
+            "SELECT {} FROM runs WHERE status IN ('pending', 'running') ORDER BY created_at",
+            Self::RUN_COLUMNS
+        ))?;
+        let rows = stmt.query_map([], Self::run_from_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    pub fn count_by_status(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        let conn = self.conn()?;
+        let mut stmt = conn.prepare("SELECT status, COUNT(*) FROM runs GROUP BY status")?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    pub fn published(&self) -> Result<Vec<Published>, StoreError> {
+        let conn = self.conn()?;
+        let mut stmt =
+            conn.prepare("SELECT record FROM published ORDER BY indicator, period, grp")?;
+        let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+        rows.map(|t| Ok(serde_json::from_str(&t?)?)).collect()
+    }
+}
