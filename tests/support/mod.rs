@@ -81,15 +81,26 @@ key = "certs/{id}.key"
     path
 }
 
-pub struct NodeProcess {
+/// A `stroom node` or `stroom coordinator` process; killed (SIGKILL) when dropped.
+pub struct ServerProcess {
     pub child: Child,
     pub url: String,
 }
 
-impl NodeProcess {
-    pub fn start(config: &Path) -> NodeProcess {
+pub type NodeProcess = ServerProcess;
+
+impl ServerProcess {
+    pub fn start(config: &Path) -> ServerProcess {
+        Self::spawn("node", config)
+    }
+
+    pub fn start_coordinator(config: &Path) -> ServerProcess {
+        Self::spawn("coordinator", config)
+    }
+
+    fn spawn(command: &str, config: &Path) -> ServerProcess {
         let mut child = stroom()
-            .args(["node", "--config", config.to_str().unwrap()])
+            .args([command, "--config", config.to_str().unwrap()])
             .env("STROOM_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -99,19 +110,19 @@ impl NodeProcess {
         let mut lines = BufReader::new(stdout).lines();
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            assert!(Instant::now() < deadline, "node did not start in time");
+            assert!(Instant::now() < deadline, "{command} did not start in time");
             match lines.next() {
                 Some(Ok(line)) => {
                     if let Some(i) = line.find("https://") {
                         let url = line[i..].trim().to_string();
                         // Keep draining stdout so the node never blocks on a full pipe.
                         std::thread::spawn(move || for _ in lines {});
-                        return NodeProcess { child, url };
+                        return ServerProcess { child, url };
                     }
                 }
                 _ => {
                     let status = child.wait().expect("wait");
-                    panic!("node exited before listening: {status}");
+                    panic!("{command} exited before listening: {status}");
                 }
             }
         }
@@ -123,7 +134,7 @@ impl NodeProcess {
     }
 }
 
-impl Drop for NodeProcess {
+impl Drop for ServerProcess {
     fn drop(&mut self) {
         self.kill();
     }
@@ -160,4 +171,96 @@ pub async fn budget(c: &reqwest::Client, url: &str) -> serde_json::Value {
         .json()
         .await
         .expect("json")
+}
+
+/// A client holding the coordinator's certificate: what nodes with `client_ca` accept.
+pub fn coordinator_identity_client(dir: &Path) -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let ca = std::fs::read(dir.join("certs/ca.crt")).expect("ca");
+    let mut pem = std::fs::read(dir.join("certs/coordinator.crt")).expect("cert");
+    pem.extend(std::fs::read(dir.join("certs/coordinator.key")).expect("key"));
+    reqwest::Client::builder()
+        .tls_certs_only([reqwest::Certificate::from_pem(&ca).expect("pem")])
+        .identity(reqwest::Identity::from_pem(&pem).expect("identity"))
+        .timeout(Duration::from_secs(120))
+        .build()
+        .expect("client")
+}
+
+pub const RESEARCHER_TOKEN: &str = "test-researcher-token";
+
+/// A coordinator config in `dir` for the given (node id, url) pairs; researcher token
+/// [`RESEARCHER_TOKEN`].
+pub fn coordinator_config(dir: &Path, name: &str, nodes: &[(&str, &str)], extra: &str) -> PathBuf {
+    let path = dir.join(format!("{name}.toml"));
+    let mut text = format!(
+        r#"listen = "127.0.0.1:0"
+catalog_dir = "{catalog}"
+{extra}
+[store]
+path = "{name}.sqlite"
+[tls]
+ca = "certs/ca.crt"
+cert = "certs/coordinator.crt"
+key = "certs/coordinator.key"
+[fanout]
+timeout_seconds = 30
+attempts = 2
+backoff_ms = 50
+[[researchers]]
+name = "tester"
+token_sha256 = "{hash}"
+"#,
+        catalog = catalog_dir().display(),
+        hash = coordinator::config::token_hash(RESEARCHER_TOKEN),
+    );
+    for (id, url) in nodes {
+        text.push_str(&format!("[[nodes]]\nid = \"{id}\"\nurl = \"{url}\"\n"));
+    }
+    std::fs::write(&path, text).expect("write coordinator config");
+    path
+}
+
+/// Start a run and wait until it has finished; returns the run's JSON.
+pub async fn run_to_completion(
+    c: &reqwest::Client,
+    url: &str,
+    indicator: &str,
+    period: &str,
+) -> serde_json::Value {
+    let id = start_run(c, url, indicator, period).await;
+    wait_for_run(c, url, &id).await
+}
+
+pub async fn start_run(c: &reqwest::Client, url: &str, indicator: &str, period: &str) -> String {
+    let r = c
+        .post(format!("{url}/v1/runs"))
+        .bearer_auth(RESEARCHER_TOKEN)
+        .json(&serde_json::json!({ "indicator": indicator, "period": period }))
+        .send()
+        .await
+        .expect("start run");
+    assert_eq!(r.status(), 202);
+    let body: serde_json::Value = r.json().await.expect("json");
+    body["id"].as_str().expect("run id").to_string()
+}
+
+pub async fn wait_for_run(c: &reqwest::Client, url: &str, id: &str) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let body: serde_json::Value = c
+            .get(format!("{url}/v1/runs/{id}"))
+            .bearer_auth(RESEARCHER_TOKEN)
+            .send()
+            .await
+            .expect("get run")
+            .json()
+            .await
+            .expect("json");
+        if matches!(body["status"].as_str(), Some("done" | "partial" | "failed")) {
+            return body;
+        }
+        assert!(Instant::now() < deadline, "run did not finish: {body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

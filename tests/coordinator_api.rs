@@ -1,0 +1,261 @@
+//! The coordinator as a real process in front of real node processes, all over HTTPS on loopback
+//! with mutual TLS toward the nodes: researcher authentication, runs, exact combination, coverage
+//! statements, quorum, publication and the public endpoints.
+
+mod support;
+
+use policies::wire::decode_answer;
+use support::*;
+
+const MTLS: &str = "client_ca = \"certs/ca.crt\"";
+
+fn dead_url() -> String {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    format!("https://127.0.0.1:{port}")
+}
+
+#[tokio::test]
+async fn researcher_api_authenticates_runs_combine_exactly_and_publish() {
+    let dir = federation_fixture(2);
+    let p1 = NodeProcess::start(&node_config(dir.path(), "P01", 5.0, MTLS));
+    let p2 = NodeProcess::start(&node_config(dir.path(), "P02", 5.0, MTLS));
+    let cfg = coordinator_config(
+        dir.path(),
+        "coordinator",
+        &[("P01", &p1.url), ("P02", &p2.url)],
+        "",
+    );
+    let coordinator = ServerProcess::start_coordinator(&cfg);
+    let url = &coordinator.url;
+    let c = client(dir.path());
+    let body = serde_json::json!({ "indicator": "care.unique_youths", "period": "2024Q1:2024Q2" });
+
+    // Refusals, each with its own status and a body that says why.
+    let r = c
+        .post(format!("{url}/v1/runs"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let e: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(e["error"], "unauthorized");
+    assert!(e["message"].as_str().unwrap().contains("Bearer"));
+    let r = c
+        .post(format!("{url}/v1/runs"))
+        .bearer_auth("not-a-token")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let e: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(e["error"], "forbidden");
+    let r = c
+        .get(format!("{url}/v1/runs/anything"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let r = c
+        .post(format!("{url}/v1/runs"))
+        .bearer_auth(RESEARCHER_TOKEN)
+        .json(&serde_json::json!({ "indicator": "no.such", "period": "2024Q1" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let r = c
+        .post(format!("{url}/v1/runs"))
+        .bearer_auth(RESEARCHER_TOKEN)
+        .json(&serde_json::json!({ "indicator": "care.unique_youths", "period": "2024Q5" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let r = c
+        .post(format!("{url}/v1/runs"))
+        .bearer_auth(RESEARCHER_TOKEN)
+        .json(&serde_json::json!({ "indicator": "care.unique_youths", "period": "2024Q1", "sql": "SELECT 1" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400, "unknown fields are refused");
+
+    // A run: done, every record states 2 of 2 providers.
+    let run = run_to_completion(&c, url, "care.unique_youths", "2024Q1:2024Q2").await;
+    assert_eq!(run["status"], "done", "{run}");
+    assert_eq!(run["published"], true);
+    let results = run["results"].as_array().unwrap();
+    assert_eq!(results.len(), 2);
+
+    // The national estimate is exactly the sum of the node answers. Asking the nodes again
+    // returns their stored releases (no new noise, no new spend).
+    let as_coordinator = coordinator_identity_client(dir.path());
+    let before = budget(&as_coordinator, &p1.url).await;
+    for record in results {
+        assert_eq!(record["providers_reporting"], 2);
+        assert_eq!(record["providers_total"], 2);
+        let quarter = record["period"].as_str().unwrap();
+        let mut sum = 0i64;
+        for node in [&p1.url, &p2.url] {
+            let r = evaluate(&as_coordinator, node, "care.unique_youths", quarter).await;
+            assert_eq!(r.status(), 200);
+            let (batch, _) = decode_answer(&r.bytes().await.unwrap()).unwrap();
+            let counts = batch
+                .column_by_name("count")
+                .unwrap()
+                .as_any()
+                .downcast_ref::<datafusion::arrow::array::Int64Array>()
+                .unwrap()
+                .clone();
+            sum += counts.value(0);
+        }
+        assert_eq!(record["estimate"].as_f64().unwrap(), sum as f64, "{record}");
+        assert!(record["ci_low"].as_f64().unwrap() < sum as f64);
+        assert!(record["ci_high"].as_f64().unwrap() > sum as f64);
+    }
+    let after = budget(&as_coordinator, &p1.url).await;
+    assert_eq!(before["rho_spent"], after["rho_spent"]);
+
+    // Public endpoints, no token needed.
+    let published: serde_json::Value = c
+        .get(format!("{url}/v1/indicators"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let ind = &published["indicators"][0];
+    assert_eq!(ind["id"], "care.unique_youths");
+    assert_eq!(ind["records"].as_array().unwrap().len(), 2);
+    assert_eq!(ind["records"][0]["complete"], true);
+    let csv = c
+        .get(format!("{url}/v1/indicators?format=csv"))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        csv.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/csv")
+    );
+    let csv = csv.text().await.unwrap();
+    assert!(csv.starts_with("indicator,period,group,estimate"), "{csv}");
+    assert_eq!(csv.lines().count(), 3, "{csv}");
+    let r = c
+        .get(format!("{url}/v1/indicators?format=xml"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let openapi: serde_json::Value = c
+        .get(format!("{url}/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    for path in [
+        "/v1/runs",
+        "/v1/runs/{id}",
+        "/v1/indicators",
+        "/healthz",
+        "/metrics",
+    ] {
+        assert!(openapi["paths"].get(path).is_some(), "openapi lacks {path}");
+    }
+    let metrics = c
+        .get(format!("{url}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("stroom_coordinator_runs{status=\"done\"} 1"),
+        "{metrics}"
+    );
+    let health = c.get(format!("{url}/healthz")).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+}
+
+#[tokio::test]
+async fn one_node_down_is_stated_in_every_record_and_publication_follows_quorum() {
+    let dir = federation_fixture(3);
+    let p1 = NodeProcess::start(&node_config(dir.path(), "P01", 5.0, MTLS));
+    let p2 = NodeProcess::start(&node_config(dir.path(), "P02", 5.0, MTLS));
+    let down = dead_url();
+    let nodes = [
+        ("P01", p1.url.as_str()),
+        ("P02", p2.url.as_str()),
+        ("P03", down.as_str()),
+    ];
+    let lenient = ServerProcess::start_coordinator(&coordinator_config(
+        dir.path(),
+        "lenient",
+        &nodes,
+        "quorum = 0.6",
+    ));
+    let strict = ServerProcess::start_coordinator(&coordinator_config(
+        dir.path(),
+        "strict",
+        &nodes,
+        "quorum = 1.0",
+    ));
+    let c = client(dir.path());
+
+    let run = run_to_completion(&c, &lenient.url, "care.unique_youths", "2024Q1:2024Q2").await;
+    assert_eq!(run["status"], "partial", "{run}");
+    assert_eq!(run["published"], true);
+    assert!(run["error"].as_str().unwrap().contains("P03"), "{run}");
+    for r in run["results"].as_array().unwrap() {
+        assert_eq!(
+            (
+                r["providers_reporting"].as_u64(),
+                r["providers_total"].as_u64()
+            ),
+            (Some(2), Some(3))
+        );
+    }
+    let published: serde_json::Value = c
+        .get(format!("{}/v1/indicators", lenient.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    for r in published["indicators"][0]["records"].as_array().unwrap() {
+        assert_eq!(
+            r["complete"], false,
+            "a partial result is never presented as complete"
+        );
+        assert_eq!(r["providers_reporting"], 2);
+    }
+
+    let run = run_to_completion(&c, &strict.url, "care.unique_youths", "2024Q1:2024Q2").await;
+    assert_eq!(run["status"], "partial", "{run}");
+    assert_eq!(run["published"], false);
+    assert!(
+        run["error"].as_str().unwrap().contains("below quorum"),
+        "{run}"
+    );
+    let published: serde_json::Value = c
+        .get(format!("{}/v1/indicators", strict.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(published["indicators"].as_array().unwrap().len(), 0);
+}
