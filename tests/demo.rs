@@ -1,5 +1,5 @@
-//! `stroom demo` end to end (two providers to keep it quick): real node servers over HTTPS,
-//! national records with intervals, and the truth beside them.
+//! `stroom demo` end to end (two providers to keep it quick): real node and coordinator servers
+//! over HTTPS, national records with intervals, the truth beside them, and the intervals' coverage.
 
 mod support;
 
@@ -84,4 +84,31 @@ fn demo_writes_national_records_with_intervals_and_truth() {
         "indicator,period,group,estimate,ci_low,ci_high,providers_reporting,providers_total,rho"
     ));
     assert_eq!(csv.lines().count(), national.len() + 1);
+
+    // Coverage of the bounded exact value by the 95% intervals. About 580 records: if they were
+    // independent, the observed rate would have a standard deviation of √(0.95·0.05/580) ≈ 0.9
+    // points. They are not (a share and its numerator share noise; histogram bins feed their
+    // quantiles), so take half the records as independent (sd ≈ 1.3 points) and accept ±5 sd below
+    // and ±3 sd above 95%: too low means intervals that are too narrow or biased estimates, too
+    // high means overstated noise.
+    let (mut covered, mut counted) = (0usize, 0usize);
+    for (r, t) in national.iter().zip(&truth) {
+        let (Some(lo), Some(hi), Some(v)) = (
+            r["ci_low"].as_f64(),
+            r["ci_high"].as_f64(),
+            t["value_bounded"].as_f64(),
+        ) else {
+            continue;
+        };
+        counted += 1;
+        if lo <= v && v <= hi {
+            covered += 1;
+        }
+    }
+    assert!(counted > 500, "{counted} records with intervals");
+    let rate = covered as f64 / counted as f64;
+    assert!(
+        (0.885..=0.99).contains(&rate),
+        "coverage {rate:.3} ({covered}/{counted}) is not consistent with 95%"
+    );
 }
