@@ -1,0 +1,64 @@
+//! The shipped configurations load as they are, and the local federation's coordinator points at
+//! exactly the nodes `deploy/local/` defines, at their addresses.
+
+use std::path::Path;
+
+#[test]
+fn shipped_configs_load_and_agree() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy");
+    node::config::NodeConfig::load(&root.join("node.example.toml")).expect("node example");
+    coordinator::config::CoordinatorConfig::load(&root.join("coordinator.example.toml"))
+        .expect("coordinator example");
+
+    let local = root.join("local");
+    let coordinator = coordinator::config::CoordinatorConfig::load(&local.join("coordinator.toml"))
+        .expect("local coordinator");
+    assert_eq!(coordinator.nodes.len(), 3);
+    for entry in &coordinator.nodes {
+        let node = node::config::NodeConfig::load(&local.join(format!("{}.toml", entry.id)))
+            .unwrap_or_else(|e| panic!("local node {}: {e}", entry.id));
+        assert_eq!(node.node_id, entry.id);
+        assert_eq!(entry.url, format!("https://{}", node.listen));
+        assert!(node.tls.client_ca.is_some(), "{}: mutual TLS", entry.id);
+    }
+    assert_eq!(
+        coordinator.researchers[0].token_sha256,
+        coordinator::config::token_hash("local-researcher-token"),
+        "the token the README uses"
+    );
+}
+
+#[test]
+fn bad_coordinator_config_is_refused_naming_file_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        (
+            "quorum = 2.0\n[[nodes]]\nid = \"P01\"\nurl = \"https://127.0.0.1:1\"\n",
+            "'quorum'",
+        ),
+        (
+            "[[nodes]]\nid = \"P01\"\nurl = \"http://127.0.0.1:1\"\n",
+            "'nodes[0].url'",
+        ),
+        ("nodes = []\n", "'nodes'"),
+        (
+            "[[nodes]]\nid = \"P01\"\nurl = \"https://x\"\n[[nodes]]\nid = \"P01\"\nurl = \"https://y\"\n",
+            "listed twice",
+        ),
+        ("listen = [\n", "bad.toml"),
+    ];
+    for (text, expected) in cases {
+        let file = dir.path().join("bad.toml");
+        std::fs::write(&file, text).unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_stroom"))
+            .args(["coordinator", "--config", file.to_str().unwrap()])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{text}");
+        assert!(
+            stderr.contains(expected) && stderr.contains("bad.toml"),
+            "{text}: {stderr}"
+        );
+    }
+}
