@@ -10,11 +10,44 @@ use datafusion::logical_expr::{ColumnarValue, ScalarUDF, Volatility, create_udf}
 use std::collections::HashMap;
 use std::sync::Arc;
 
+/// Position of a value in one public domain. Domains of a few values (quarters, roles) are
+/// scanned, which beats hashing each row's string; larger ones use a map.
+#[derive(Debug, Clone)]
+enum Lookup {
+    Scan(Vec<String>),
+    Map(HashMap<String, i64>),
+}
+
+const SCAN_LIMIT: usize = 16;
+
+impl Lookup {
+    fn new(domain: &[String]) -> Self {
+        if domain.len() <= SCAN_LIMIT {
+            Lookup::Scan(domain.to_vec())
+        } else {
+            Lookup::Map(
+                domain
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| (v.clone(), i as i64))
+                    .collect(),
+            )
+        }
+    }
+
+    fn get(&self, value: &str) -> Option<i64> {
+        match self {
+            Lookup::Scan(values) => values.iter().position(|v| v == value).map(|i| i as i64),
+            Lookup::Map(map) => map.get(value).copied(),
+        }
+    }
+}
+
 /// How a row's key maps to a cell: one lookup per keyed group, then the histogram bin if any.
 #[derive(Debug, Clone)]
 pub struct CellLayout {
     /// Value → position, per keyed group column, in answer order.
-    lookups: Vec<HashMap<String, i64>>,
+    lookups: Vec<Lookup>,
     /// Histogram bin edges; the bin is the last (fastest-varying) part of the key.
     edges: Option<Vec<i64>>,
     strides: Vec<i64>,
@@ -32,15 +65,7 @@ impl CellLayout {
             strides[i] = strides[i + 1] * sizes[i + 1];
         }
         CellLayout {
-            lookups: domains
-                .iter()
-                .map(|d| {
-                    d.iter()
-                        .enumerate()
-                        .map(|(i, v)| (v.clone(), i as i64))
-                        .collect()
-                })
-                .collect(),
+            lookups: domains.iter().map(|d| Lookup::new(d)).collect(),
             edges: edges.map(<[i64]>::to_vec),
             strides,
         }
@@ -131,6 +156,19 @@ impl CellLayout {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn small_and_large_domains_look_up_alike() {
+        let small: Vec<String> = (0..SCAN_LIMIT).map(|i| format!("v{i}")).collect();
+        let large: Vec<String> = (0..SCAN_LIMIT * 4).map(|i| format!("v{i}")).collect();
+        for domain in [small, large] {
+            let lookup = Lookup::new(&domain);
+            for (i, v) in domain.iter().enumerate() {
+                assert_eq!(lookup.get(v), Some(i as i64));
+            }
+            assert_eq!(lookup.get("outside"), None);
+        }
+    }
 
     #[test]
     fn bins_follow_the_edges() {

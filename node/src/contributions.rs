@@ -200,32 +200,53 @@ impl UnitGroups {
         }
     }
 
-    /// The unit's kept cells and their bounded contributions.
-    fn bounded(&self, unit: &UnitState) -> Vec<(i64, i64)> {
-        let mut cells = unit.cells.to_vec();
-        if let Some(k) = self.max_cells.filter(|k| cells.len() > *k) {
+    /// The unit's kept cells and their bounded contributions, appended to `cells` and
+    /// `contributions`; returns how many.
+    fn bounded_into(
+        &self,
+        unit: &mut UnitState,
+        cells: &mut Vec<i64>,
+        contributions: &mut Vec<i64>,
+    ) -> usize {
+        let held = &mut unit.cells;
+        if let Some(k) = self.max_cells.filter(|k| held.len() > *k) {
             let hash = unit.hash.unwrap_or(0);
-            cells.sort_unstable_by_key(|c| (cell_rank(hash, c.cell), c.cell));
-            cells.truncate(k);
+            held.sort_unstable_by_key(|c| (cell_rank(hash, c.cell), c.cell));
+            held.truncate(k);
         }
-        cells
-            .iter()
-            .map(|c| (c.cell, self.contribution.of(c.rows, c.sum)))
-            .collect()
+        for c in held.iter() {
+            cells.push(c.cell);
+            contributions.push(self.contribution.of(c.rows, c.sum));
+        }
+        held.len()
     }
 
-    fn kept_list(&self, units: &[UnitState]) -> Result<ArrayRef> {
-        let per_unit: Vec<Vec<(i64, i64)>> = units.iter().map(|u| self.bounded(u)).collect();
-        let cells: Int64Array = per_unit.iter().flatten().map(|(c, _)| *c).collect();
-        let contributions: Int64Array = per_unit.iter().flatten().map(|(_, v)| *v).collect();
+    /// The unit's kept cells and their bounded contributions.
+    #[cfg(test)]
+    fn bounded(&self, unit: &UnitState) -> Vec<(i64, i64)> {
+        let (mut cells, mut contributions) = (Vec::new(), Vec::new());
+        self.bounded_into(&mut unit.clone(), &mut cells, &mut contributions);
+        cells.into_iter().zip(contributions).collect()
+    }
+
+    fn kept_list(&self, mut units: Vec<UnitState>) -> Result<ArrayRef> {
+        let mut cells = Vec::with_capacity(units.len());
+        let mut contributions = Vec::with_capacity(units.len());
+        let lengths: Vec<usize> = units
+            .iter_mut()
+            .map(|u| self.bounded_into(u, &mut cells, &mut contributions))
+            .collect();
         let structs = StructArray::try_new(
             kept_fields(),
-            vec![Arc::new(cells), Arc::new(contributions)],
+            vec![
+                Arc::new(Int64Array::from(cells)),
+                Arc::new(Int64Array::from(contributions)),
+            ],
             None,
         )?;
         Ok(Arc::new(ListArray::try_new(
             kept_item(),
-            OffsetBuffer::from_lengths(per_unit.iter().map(Vec::len)),
+            OffsetBuffer::from_lengths(lengths),
             Arc::new(structs),
             None,
         )?))
@@ -314,7 +335,7 @@ impl GroupsAccumulator for UnitGroups {
 
     fn evaluate(&mut self, emit_to: EmitTo) -> Result<ArrayRef> {
         let units = self.take(emit_to);
-        self.kept_list(&units)
+        self.kept_list(units)
     }
 
     fn state(&mut self, emit_to: EmitTo) -> Result<Vec<ArrayRef>> {
@@ -410,7 +431,7 @@ impl Accumulator for SingleUnit {
 
     fn evaluate(&mut self) -> Result<ScalarValue> {
         let units = self.unit();
-        ScalarValue::try_from_array(&self.0.kept_list(&units)?, 0)
+        ScalarValue::try_from_array(&self.0.kept_list(units)?, 0)
     }
 
     fn size(&self) -> usize {

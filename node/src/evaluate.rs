@@ -131,20 +131,30 @@ pub async fn plan_cells(
 
     // 1. Normalise names and types; every row gets its cell in the public key set, NULL when any
     //    part of its key lies outside the public domain.
-    let value = query.aggregate.value_column().map(|v| {
-        let value = cast(ident(v), DataType::Int64);
-        match bounding {
+    let raw_value = query
+        .aggregate
+        .value_column()
+        .map(|v| cast(ident(v), DataType::Int64));
+    // Histograms use the value only to pick the bin (a NULL value gives a NULL cell); sums and
+    // means add it up, clamped per row first.
+    let summed = matches!(
+        query.aggregate,
+        Aggregate::Sum { .. } | Aggregate::Mean { .. }
+    );
+    let value = raw_value
+        .clone()
+        .filter(|_| summed)
+        .map(|value| match bounding {
             Bounding::Bounded => clamp(value, -ROW_VALUE_LIMIT, ROW_VALUE_LIMIT),
             Bounding::Exact => value,
-        }
-    });
+        });
     let mut cell_args: Vec<Expr> = query
         .group_by
         .iter()
         .map(|k| cast(ident(&k.column), DataType::Utf8View))
         .collect();
-    if let (Some(_), Some(v)) = (edges, &value) {
-        cell_args.push(v.clone());
+    if let (Some(_), Some(v)) = (edges, raw_value) {
+        cell_args.push(v);
     }
     let cell = CellLayout::new(&keyed_domains, edges).udf().call(cell_args);
     let mut select = vec![
@@ -159,7 +169,7 @@ pub async fn plan_cells(
 
     // 2. Drop rows without a unit or value, and rows whose keys lie outside the public domain.
     let mut keep = ident(UNIT).is_not_null().and(ident(CELL).is_not_null());
-    if query.aggregate.value_column().is_some() {
+    if summed {
         keep = keep.and(ident(VALUE).is_not_null());
     }
     df = df.filter(keep).map_err(engine)?;
@@ -213,11 +223,7 @@ pub async fn plan_cells(
         }
         // A unit may touch more cells than it may keep: one aggregate per unit does it all.
         Some(_) => {
-            let value = if query.aggregate.value_column().is_some() {
-                ident(VALUE)
-            } else {
-                lit(0i64)
-            };
+            let value = if summed { ident(VALUE) } else { lit(0i64) };
             let kept = unit_contributions_udaf(contribution, max_cells).call(vec![
                 ident(UNIT),
                 ident(CELL),
