@@ -1,6 +1,7 @@
 //! The contract shared by node and coordinator: the data model, the indicator catalog and its
 //! validation, the SQL contract, sensitivity and privacy arithmetic, and wire types.
 
+pub mod audit;
 pub mod catalog;
 pub mod cdm;
 pub mod contract;
