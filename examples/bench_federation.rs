@@ -43,7 +43,7 @@ async fn main() {
         write(
             &cfg,
             format!(
-                "node_id = \"{id}\"\nlisten = \"127.0.0.1:0\"\ncatalog_dir = \"{}\"\n[data]\ndir = \"{}\"\ncoverage = \"2022Q1:2024Q4\"\n[ledger]\npath = \"{id}.sqlite\"\n[budget]\nrho_per_period = 5.0\nperiod = \"year\"\ndelta = 1e-6\n[tls]\ncert = \"{certs}/{id}.crt\"\nkey = \"{certs}/{id}.key\"\nclient_ca = \"{certs}/ca.crt\"\n",
+                "node_id = \"{id}\"\nlisten = \"127.0.0.1:0\"\ncatalog_dir = \"{}\"\n[data]\ndir = \"{}\"\ncoverage = \"2022Q1:2024Q4\"\n[ledger]\npath = \"{id}.sqlite\"\n[audit]\npath = \"{id}.jsonl\"\n[budget]\nrho_per_period = 5.0\nperiod = \"year\"\ndelta = 1e-6\n[tls]\ncert = \"{certs}/{id}.crt\"\nkey = \"{certs}/{id}.key\"\nclient_ca = \"{certs}/ca.crt\"\n",
                 catalog_dir.display(),
                 dir.join(id).display(),
                 certs = dir.join("certs").display()

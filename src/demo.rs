@@ -52,7 +52,7 @@ fn node_config(
         .collect::<Vec<_>>()
         .join(", ");
     let text = format!(
-        "node_id = \"{id}\"\nlisten = \"127.0.0.1:0\"\ncatalog_dir = \"{}\"\n\n[data]\ndir = \"../data/{id}\"\ncoverage = \"{}\"\ntables = [{tables}]\n\n[ledger]\npath = \"../ledgers/{id}.sqlite\"\n\n[budget]\nrho_per_period = {budget}\nperiod = \"year\"\ndelta = 1e-6\n\n[tls]\ncert = \"../certs/{id}.crt\"\nkey = \"../certs/{id}.key\"\nclient_ca = \"../certs/ca.crt\"\n",
+        "node_id = \"{id}\"\nlisten = \"127.0.0.1:0\"\ncatalog_dir = \"{}\"\n\n[data]\ndir = \"../data/{id}\"\ncoverage = \"{}\"\ntables = [{tables}]\n\n[ledger]\npath = \"../ledgers/{id}.sqlite\"\n\n[audit]\npath = \"../audit/{id}.jsonl\"\n\n[budget]\nrho_per_period = {budget}\nperiod = \"year\"\ndelta = 1e-6\n\n[tls]\ncert = \"../certs/{id}.crt\"\nkey = \"../certs/{id}.key\"\nclient_ca = \"../certs/ca.crt\"\n",
         catalog.display(),
         crate::synth::COVERAGE
     );
@@ -68,7 +68,7 @@ fn coordinator_config(
 ) -> Result<PathBuf> {
     let path = dir.join("coordinator.toml");
     let mut text = format!(
-        "listen = \"127.0.0.1:0\"\ncatalog_dir = \"{}\"\nquorum = 1.0\n\n[store]\npath = \"runs.sqlite\"\n\n[tls]\nca = \"certs/ca.crt\"\ncert = \"certs/coordinator.crt\"\nkey = \"certs/coordinator.key\"\n\n[[researchers]]\nname = \"demo\"\ntoken_sha256 = \"{token_sha256}\"\n",
+        "listen = \"127.0.0.1:0\"\ncatalog_dir = \"{}\"\nquorum = 1.0\n\n[store]\npath = \"runs.sqlite\"\n\n[audit]\npath = \"audit/coordinator.jsonl\"\n\n[tls]\nca = \"certs/ca.crt\"\ncert = \"certs/coordinator.crt\"\nkey = \"certs/coordinator.key\"\n\n[[researchers]]\nname = \"demo\"\ntoken_sha256 = \"{token_sha256}\"\n",
         catalog.display()
     );
     for (id, url, unit) in nodes {
@@ -125,6 +125,7 @@ pub async fn run(opts: DemoOptions) -> Result<()> {
     crate::certs::generate(&out.join("certs"), &ids)?;
     // Fresh ledgers and run store: a demo over new synthetic data starts with a full budget.
     let _ = std::fs::remove_dir_all(out.join("ledgers"));
+    let _ = std::fs::remove_dir_all(out.join("audit"));
     for f in ["runs.sqlite", "runs.sqlite-wal", "runs.sqlite-shm"] {
         let _ = std::fs::remove_file(out.join(f));
     }

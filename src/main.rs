@@ -66,6 +66,11 @@ enum Command {
         #[arg(long, global = true)]
         config: Option<PathBuf>,
     },
+    /// Check hash-chained audit logs.
+    Audit {
+        #[command(subcommand)]
+        action: AuditAction,
+    },
     /// Run the coordinator: researcher API, fan-out to the nodes over mutual TLS, publication.
     Coordinator {
         #[arg(long)]
@@ -77,6 +82,17 @@ enum Command {
 enum PolicyAction {
     /// Validate every indicator file in DIR (default: the shipped catalog); exit 1 on any problem.
     Check { dir: Option<PathBuf> },
+}
+
+#[derive(Subcommand)]
+enum AuditAction {
+    /// Verify every entry of FILE in order; name the first edited, deleted, inserted or moved
+    /// entry and exit 1. With --head, also check the log ends at that hash (catches truncation).
+    Verify {
+        file: PathBuf,
+        #[arg(long)]
+        head: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -179,6 +195,30 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode> {
             Ok(std::process::ExitCode::SUCCESS)
         }
         Command::Coordinator { config } => coordinator_serve(config).await,
+        Command::Audit {
+            action: AuditAction::Verify { file, head },
+        } => {
+            let verified = match &head {
+                Some(h) => policies::audit::verify_with_head(&file, h),
+                None => policies::audit::verify_file(&file),
+            };
+            match verified {
+                Ok(v) => {
+                    println!(
+                        "{}: {} entries, chain intact; head {}",
+                        file.display(),
+                        v.entries,
+                        v.head
+                    );
+                    Ok(std::process::ExitCode::SUCCESS)
+                }
+                Err(e @ policies::audit::AuditError::Io { .. }) => Err(e.into()),
+                Err(e) => {
+                    println!("TAMPERED: {e}");
+                    Ok(std::process::ExitCode::FAILURE)
+                }
+            }
+        }
         Command::Node { action, config } => {
             let config = config.context("--config FILE is required")?;
             let cfg = node::config::NodeConfig::load(&config)?;

@@ -186,6 +186,43 @@ async fn researcher_api_authenticates_runs_combine_exactly_and_publish() {
     );
     let health = c.get(format!("{url}/healthz")).send().await.unwrap();
     assert_eq!(health.status(), 200);
+
+    // The coordinator's audit log: who started what (refusals too) and what each run produced.
+    let log = dir.path().join("coordinator-audit.jsonl");
+    policies::audit::verify_file(&log).expect("intact chain");
+    let entries: Vec<serde_json::Value> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let summary: Vec<(String, String)> = entries
+        .iter()
+        .map(|e| {
+            (
+                e["action"].as_str().unwrap().to_string(),
+                e["outcome"]
+                    .as_str()
+                    .unwrap()
+                    .split(':')
+                    .next()
+                    .unwrap()
+                    .to_string(),
+            )
+        })
+        .collect();
+    assert!(
+        summary.contains(&("run.start".into(), "refused".into())),
+        "{summary:?}"
+    );
+    assert!(
+        summary.contains(&("run.start".into(), "accepted".into())),
+        "{summary:?}"
+    );
+    assert!(
+        summary.contains(&("run.finish".into(), "done".into())),
+        "{summary:?}"
+    );
+    assert!(entries.iter().any(|e| e["actor"] == "tester"));
 }
 
 #[tokio::test]

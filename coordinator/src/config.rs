@@ -12,6 +12,7 @@ pub struct CoordinatorConfig {
     pub listen: String,
     pub catalog_dir: PathBuf,
     pub store: StoreConfig,
+    pub audit: AuditConfig,
     pub tls: TlsConfig,
     pub fanout: FanoutConfig,
     /// Share of the asked providers that must answer before a run's results are published.
@@ -25,6 +26,13 @@ pub struct CoordinatorConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StoreConfig {
+    pub path: PathBuf,
+}
+
+/// The coordinator's append-only, hash-chained audit log (`stroom audit verify FILE`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
     pub path: PathBuf,
 }
 
@@ -99,6 +107,8 @@ quorum = 1.0
 nodes = []
 [store]
 path = "runs.sqlite"
+[audit]
+path = "audit.jsonl"
 [tls]
 ca = "certs/ca.crt"
 cert = "certs/coordinator.crt"
@@ -116,6 +126,7 @@ const KEYS: &[&str] = &[
     "listen",
     "catalog_dir",
     "store",
+    "audit",
     "tls",
     "fanout",
     "quorum",
@@ -169,6 +180,7 @@ impl CoordinatorConfig {
         for p in [
             &mut cfg.catalog_dir,
             &mut cfg.store.path,
+            &mut cfg.audit.path,
             &mut cfg.tls.ca,
             &mut cfg.tls.cert,
             &mut cfg.tls.key,

@@ -13,6 +13,7 @@ use crate::node_client::{NodeClient, NodeError, TlsMaterial};
 use crate::publish::{self, Record};
 use crate::store::{RunStatus, RunStore, StoreError};
 use futures::StreamExt;
+use policies::audit::{AuditEvent, AuditLog, digest};
 use policies::wire::{EvaluateRequest, decode_answer};
 use policies::{Catalog, Indicator, Period};
 use std::collections::{BTreeMap, BTreeSet};
@@ -31,6 +32,8 @@ pub enum RunError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Node(#[from] NodeError),
+    #[error(transparent)]
+    Audit(#[from] policies::audit::AuditError),
 }
 
 /// The most quarters one run may cover: each quarter is one release per node and base indicator.
@@ -50,6 +53,7 @@ pub struct FanoutCounters {
 pub struct Runner {
     pub catalog: Catalog,
     pub store: RunStore,
+    pub audit: AuditLog,
     pub targets: Vec<Target>,
     pub quorum: f64,
     pub concurrency: usize,
@@ -76,6 +80,7 @@ impl Runner {
         Ok(Runner {
             catalog,
             store: RunStore::open(&cfg.store.path)?,
+            audit: AuditLog::open(&cfg.audit.path)?,
             targets,
             quorum: cfg.quorum,
             concurrency: cfg.fanout.concurrency,
@@ -92,7 +97,33 @@ impl Runner {
     }
 
     /// Checks the request and stores a pending run; the caller starts it with [`Runner::execute`].
+    /// Accepted and refused requests alike are written to the audit log.
     pub fn submit(&self, indicator: &str, period: &str, who: &str) -> Result<String, RunError> {
+        let result = self.check_and_store(indicator, period, who);
+        self.audit.append(AuditEvent {
+            actor: who.to_string(),
+            action: "run.start".into(),
+            indicator: Some(indicator.to_string()),
+            content_hash: self.catalog.get(indicator).map(|i| i.content_hash.clone()),
+            parameters: serde_json::json!({
+                "period": period,
+                "run": result.as_ref().ok(),
+            }),
+            outcome: match &result {
+                Ok(_) => "accepted".into(),
+                Err(e) => format!("refused: {e}"),
+            },
+            ..Default::default()
+        })?;
+        result
+    }
+
+    fn check_and_store(
+        &self,
+        indicator: &str,
+        period: &str,
+        who: &str,
+    ) -> Result<String, RunError> {
         let ind = self
             .catalog
             .get(indicator)
@@ -311,6 +342,30 @@ impl Runner {
             &records,
             published.as_deref(),
         )?;
+        let rho: f64 = bases
+            .iter()
+            .filter_map(|b| b.query())
+            .map(|q| q.cost.rho())
+            .sum();
+        self.audit.append(AuditEvent {
+            actor: "coordinator".into(),
+            action: "run.finish".into(),
+            indicator: Some(ind.id.clone()),
+            content_hash: Some(ind.content_hash.clone()),
+            parameters: serde_json::json!({
+                "run": run_id,
+                "quarters": quarters.iter().map(|q| q.to_string()).collect::<Vec<_>>(),
+                "published": published.is_some(),
+            }),
+            // Per node asked: each base indicator's cost for each quarter.
+            rho: Some(rho * quarters.len() as f64),
+            answer_digest: Some(digest(
+                serde_json::to_string(&records)
+                    .unwrap_or_default()
+                    .as_bytes(),
+            )),
+            outcome: format!("{status:?}").to_lowercase(),
+        })?;
         tracing::info!(run = %run_id, status = ?status, records = records.len(), "run finished");
         Ok(())
     }

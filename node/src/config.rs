@@ -16,6 +16,7 @@ pub struct NodeConfig {
     pub catalog_dir: PathBuf,
     pub data: DataConfig,
     pub ledger: LedgerConfig,
+    pub audit: AuditConfig,
     pub budget: BudgetConfig,
     pub tls: TlsConfig,
     pub limits: LimitsConfig,
@@ -38,6 +39,13 @@ pub struct DataConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LedgerConfig {
+    pub path: PathBuf,
+}
+
+/// The node's append-only, hash-chained audit log (JSON lines; `stroom audit verify FILE`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
     pub path: PathBuf,
 }
 
@@ -114,6 +122,8 @@ dir = "data"
 tables = ["youth", "stay", "move", "restrictive_measure", "incident", "unit", "care_plan", "education"]
 [ledger]
 path = "ledger.sqlite"
+[audit]
+path = "audit.jsonl"
 [budget]
 rho_per_period = 5.0
 period = "year"
@@ -132,6 +142,7 @@ const KEYS: &[&str] = &[
     "catalog_dir",
     "data",
     "ledger",
+    "audit",
     "budget",
     "tls",
     "limits",
@@ -192,6 +203,7 @@ impl NodeConfig {
         fix(&mut self.catalog_dir);
         fix(&mut self.data.dir);
         fix(&mut self.ledger.path);
+        fix(&mut self.audit.path);
         fix(&mut self.tls.cert);
         fix(&mut self.tls.key);
         if let Some(ca) = &mut self.tls.client_ca {

@@ -47,6 +47,8 @@ pub enum NodeError {
     #[error(transparent)]
     Ledger(#[from] ledger::LedgerError),
     #[error(transparent)]
+    Audit(#[from] policies::audit::AuditError),
+    #[error(transparent)]
     Tls(#[from] tls::TlsError),
     #[error("server: {0}")]
     Server(String),
@@ -57,6 +59,7 @@ pub struct Node {
     pub catalog: Catalog,
     pub tables: Tables,
     pub ledger: Mutex<Ledger>,
+    pub audit: policies::audit::AuditLog,
     pub metrics: Metrics,
     pub clock: Arc<dyn Clock>,
     key_locks: tokio::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
@@ -93,11 +96,14 @@ impl Node {
             }
         }
         let ledger = Ledger::open(&config.ledger.path)?;
+        // A log that fails verification stops the node: its history must be looked at first.
+        let audit = policies::audit::AuditLog::open(&config.audit.path)?;
         Ok(Node {
             config,
             catalog,
             tables,
             ledger: Mutex::new(ledger),
+            audit,
             metrics: Metrics::default(),
             clock,
             key_locks: tokio::sync::Mutex::new(HashMap::new()),

@@ -8,11 +8,12 @@ use axum::Json;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, State};
 use axum::http::{HeaderValue, Request, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use policies::wire::{ARROW_STREAM_MIME, ErrorBody, EvaluateRequest};
+use policies::audit::{AuditEvent, digest};
+use policies::wire::{ARROW_STREAM_MIME, ErrorBody, EvaluateRequest, decode_answer};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
@@ -42,10 +43,22 @@ fn release_error(e: &ReleaseError) -> Response {
     error_response(status, e.code(), e.to_string())
 }
 
+/// Writes one audit entry off the async threads (it syncs to disk).
+async fn audit(node: &Arc<Node>, event: AuditEvent) -> Result<(), String> {
+    let n = node.clone();
+    match tokio::task::spawn_blocking(move || n.audit.append(event)).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 async fn evaluate(
     State(node): State<Arc<Node>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     body: Result<Json<EvaluateRequest>, JsonRejection>,
 ) -> Response {
+    let actor = format!("client {peer}");
     let Json(req) = match body {
         Ok(b) => b,
         Err(rejection) => {
@@ -64,10 +77,50 @@ async fn evaluate(
                 rejection.body_text()
             };
             crate::metrics::Metrics::inc(&node.metrics.rejected);
+            let event = AuditEvent {
+                actor,
+                action: "evaluate".into(),
+                outcome: format!("refused: {code}"),
+                ..Default::default()
+            };
+            if let Err(e) = audit(&node, event).await {
+                tracing::error!("audit log: {e}");
+            }
             return error_response(status, code, message);
         }
     };
-    match release::evaluate(&node, &req).await {
+    let content_hash = node
+        .catalog
+        .get(&req.indicator)
+        .map(|i| i.content_hash.clone());
+    let result = release::evaluate(&node, &req).await;
+    let event = AuditEvent {
+        actor,
+        action: "evaluate".into(),
+        indicator: Some(req.indicator.clone()),
+        content_hash,
+        parameters: serde_json::json!({ "period": req.period.to_string() }),
+        rho: match &result {
+            Ok(r) if !r.replayed => decode_answer(&r.bytes).ok().map(|(_, m)| m.rho),
+            _ => Some(0.0),
+        },
+        answer_digest: result.as_ref().ok().map(|r| digest(&r.bytes)),
+        outcome: match &result {
+            Ok(r) if r.replayed => "replayed".into(),
+            Ok(_) => "released".into(),
+            Err(e) => format!("refused: {}", e.code()),
+        },
+    };
+    // Nothing leaves without its audit entry on disk.
+    if let Err(e) = audit(&node, event).await {
+        tracing::error!("audit log: {e}");
+        return error_response(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "audit_failed",
+            format!("cannot write the audit log: {e}"),
+        );
+    }
+    match result {
         Ok(r) => {
             let mut resp = Response::new(Body::from(r.bytes));
             let h = resp.headers_mut();
@@ -195,6 +248,10 @@ pub async fn start(node: Arc<Node>) -> Result<Running, NodeError> {
     .map_err(|e| NodeError::Server(e.to_string()))?
     .handle(handle.clone());
     let app = router(node);
-    let task = tokio::spawn(async move { server.serve(app.into_make_service()).await });
+    let task = tokio::spawn(async move {
+        server
+            .serve(app.into_make_service_with_connect_info::<SocketAddr>())
+            .await
+    });
     Ok(Running { addr, handle, task })
 }

@@ -66,6 +66,8 @@ dir = "{id}"
 coverage = "2022Q1:2024Q4"
 [ledger]
 path = "ledger-{id}.sqlite"
+[audit]
+path = "audit-{id}.jsonl"
 [budget]
 rho_per_period = {budget}
 period = "year"
@@ -199,6 +201,8 @@ catalog_dir = "{catalog}"
 {extra}
 [store]
 path = "{name}.sqlite"
+[audit]
+path = "{name}-audit.jsonl"
 [tls]
 ca = "certs/ca.crt"
 cert = "certs/coordinator.crt"
