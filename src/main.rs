@@ -66,6 +66,14 @@ enum Command {
         #[arg(long, global = true)]
         config: Option<PathBuf>,
     },
+    /// Create, list and revoke API tokens in a coordinator's store (run on the coordinator's host).
+    Token {
+        #[command(subcommand)]
+        action: TokenAction,
+        /// The coordinator's configuration (for the store's location).
+        #[arg(long, global = true)]
+        config: Option<PathBuf>,
+    },
     /// Check hash-chained audit logs.
     Audit {
         #[command(subcommand)]
@@ -82,6 +90,24 @@ enum Command {
 enum PolicyAction {
     /// Validate every indicator file in DIR (default: the shipped catalog); exit 1 on any problem.
     Check { dir: Option<PathBuf> },
+}
+
+#[derive(Subcommand)]
+enum TokenAction {
+    /// Make a token; it is printed once and only its sha256 is stored.
+    Create {
+        #[arg(long, value_parser = ["researcher", "reviewer", "admin"])]
+        role: String,
+        #[arg(long)]
+        name: String,
+        /// When it stops working: a duration (90d, 12h) or a date (2027-01-01).
+        #[arg(long)]
+        expires: Option<String>,
+    },
+    /// List tokens (id, name, role, expiry, revocation); never the tokens themselves.
+    List,
+    /// Revoke the token with this id.
+    Revoke { id: String },
 }
 
 #[derive(Subcommand)]
@@ -195,6 +221,10 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode> {
             Ok(std::process::ExitCode::SUCCESS)
         }
         Command::Coordinator { config } => coordinator_serve(config).await,
+        Command::Token { action, config } => {
+            let config = config.context("--config FILE (the coordinator's) is required")?;
+            token_command(action, &config)
+        }
         Command::Audit {
             action: AuditAction::Verify { file, head },
         } => {
@@ -228,6 +258,81 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode> {
             }
         }
     }
+}
+
+fn token_command(action: TokenAction, config: &std::path::Path) -> Result<std::process::ExitCode> {
+    use coordinator::store::{Role, RunStore, parse_expiry};
+    let cfg = coordinator::config::CoordinatorConfig::load(config)?;
+    let store = RunStore::open(&cfg.store.path)?;
+    let audit = policies::audit::AuditLog::open(&cfg.audit.path)?;
+    let actor = format!(
+        "{} (local CLI)",
+        std::env::var("USER").unwrap_or_else(|_| "operator".into())
+    );
+    match action {
+        TokenAction::Create {
+            role,
+            name,
+            expires,
+        } => {
+            let role = Role::parse(&role).context("role")?;
+            anyhow::ensure!(!name.trim().is_empty(), "--name must not be empty");
+            let expires = expires
+                .map(|e| parse_expiry(&e, chrono::Utc::now()))
+                .transpose()
+                .map_err(|e| anyhow::anyhow!("--expires {e}"))?;
+            let (info, token) = store.create_token(&name, role, expires)?;
+            audit.append(policies::audit::AuditEvent {
+                actor,
+                action: "token.create".into(),
+                parameters: serde_json::json!({ "token": info.id, "name": info.name, "role": role.as_str(), "expires_at": info.expires_at }),
+                outcome: "created".into(),
+                ..Default::default()
+            })?;
+            eprintln!(
+                "token {} for {} ({}), expires {}; shown once, store it now:",
+                info.id,
+                info.name,
+                role.as_str(),
+                info.expires_at.as_deref().unwrap_or("never")
+            );
+            println!("{token}");
+        }
+        TokenAction::List => {
+            println!(
+                "{:<10} {:<24} {:<11} {:<22} {:<22} revoked",
+                "id", "name", "role", "created", "expires"
+            );
+            for t in store.list_tokens()? {
+                println!(
+                    "{:<10} {:<24} {:<11} {:<22} {:<22} {}",
+                    t.id,
+                    t.name,
+                    t.role.as_str(),
+                    &t.created_at[..t.created_at.len().min(19)],
+                    t.expires_at.as_deref().unwrap_or("never"),
+                    t.revoked_at.as_deref().unwrap_or("-")
+                );
+            }
+        }
+        TokenAction::Revoke { id } => {
+            let revoked = store.revoke_token(&id)?;
+            audit.append(policies::audit::AuditEvent {
+                actor,
+                action: "token.revoke".into(),
+                parameters: serde_json::json!({ "token": id }),
+                outcome: if revoked {
+                    "revoked".into()
+                } else {
+                    "refused: no such active token".into()
+                },
+                ..Default::default()
+            })?;
+            anyhow::ensure!(revoked, "no active token with id {id}");
+            println!("token {id} revoked");
+        }
+    }
+    Ok(std::process::ExitCode::SUCCESS)
 }
 
 async fn coordinator_serve(config: PathBuf) -> Result<std::process::ExitCode> {

@@ -8,7 +8,11 @@ pub const DOCUMENT: &str = r##"{
     "description": "Runs approved StroomOP indicators over the federation's nodes and publishes national indicators with 95% intervals (differential-privacy noise only)."
   },
   "components": {
-    "securitySchemes": { "researcher": { "type": "http", "scheme": "bearer" } },
+    "securitySchemes": {
+      "researcher": { "type": "http", "scheme": "bearer", "description": "A token with role researcher" },
+      "reviewer": { "type": "http", "scheme": "bearer", "description": "A token with role reviewer" },
+      "admin": { "type": "http", "scheme": "bearer", "description": "A token with role admin" }
+    },
     "schemas": {
       "Error": { "type": "object", "required": ["error", "message"],
         "properties": { "error": { "type": "string" }, "message": { "type": "string" } } },
@@ -48,7 +52,7 @@ pub const DOCUMENT: &str = r##"{
     "/v1/runs/{id}": {
       "get": {
         "summary": "A run's status and, once finished, its national results",
-        "security": [{ "researcher": [] }],
+        "security": [{ "researcher": [] }, { "reviewer": [] }, { "admin": [] }],
         "parameters": [{ "name": "id", "in": "path", "required": true, "schema": { "type": "string" } }],
         "responses": {
           "200": { "description": "The run", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Run" } } } },
@@ -69,6 +73,21 @@ pub const DOCUMENT: &str = r##"{
                    "content": { "application/json": {}, "text/csv": {} } },
           "400": { "description": "Unknown format" }
         }
+      }
+    },
+    "/v1/tokens": {
+      "get": {
+        "summary": "List tokens: id, name, role, creation, expiry, revocation (never a token)",
+        "security": [{ "admin": [] }],
+        "responses": { "200": { "description": "The tokens" }, "401": { "description": "No bearer token" }, "403": { "description": "Not an admin token" } }
+      }
+    },
+    "/v1/tokens/{id}/revoke": {
+      "post": {
+        "summary": "Revoke a token",
+        "security": [{ "admin": [] }],
+        "parameters": [{ "name": "id", "in": "path", "required": true, "schema": { "type": "string" } }],
+        "responses": { "200": { "description": "Revoked" }, "401": { "description": "No bearer token" }, "403": { "description": "Not an admin token" }, "404": { "description": "No such active token" } }
       }
     },
     "/openapi.json": { "get": { "summary": "This document", "responses": { "200": { "description": "OpenAPI 3.1" } } } },

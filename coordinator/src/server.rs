@@ -4,7 +4,7 @@
 use crate::config::{CoordinatorConfig, token_hash};
 use crate::publish::Published;
 use crate::runs::{RunError, Runner};
-use crate::store::RunStatus;
+use crate::store::{Role, RunStatus};
 use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, Request, StatusCode, header};
@@ -47,13 +47,31 @@ fn error_response(status: StatusCode, code: &str, message: impl Into<String>) ->
         .into_response()
 }
 
-/// The researcher behind the request's bearer token, or the refusal to send.
-fn researcher(state: &AppState, headers: &HeaderMap) -> Result<String, Response> {
+/// Who is calling, from the bearer token.
+#[derive(Debug, Clone)]
+struct Caller {
+    name: String,
+    role: Role,
+}
+
+fn forbidden(message: String) -> Response {
+    error_response(StatusCode::FORBIDDEN, "forbidden", message)
+}
+
+/// The caller behind the request's bearer token when its role is one of `allowed`, or the
+/// refusal to send: 401 without a usable token, 403 for an unknown, revoked or expired token or
+/// the wrong role.
+fn authorize(state: &AppState, headers: &HeaderMap, allowed: &[Role]) -> Result<Caller, Response> {
+    let roles = allowed
+        .iter()
+        .map(Role::as_str)
+        .collect::<Vec<_>>()
+        .join(" or ");
     let Some(value) = headers.get(header::AUTHORIZATION) else {
         return Err(error_response(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
-            "this endpoint needs a researcher token: send 'Authorization: Bearer <token>'",
+            format!("this endpoint needs a {roles} token: send 'Authorization: Bearer <token>'"),
         ));
     };
     let token = value
@@ -70,18 +88,87 @@ fn researcher(state: &AppState, headers: &HeaderMap) -> Result<String, Response>
         ));
     };
     let hash = token_hash(token);
-    state
-        .researchers
-        .iter()
-        .find(|(h, _)| *h == hash)
-        .map(|(_, name)| name.clone())
-        .ok_or_else(|| {
-            error_response(
-                StatusCode::FORBIDDEN,
-                "forbidden",
-                "the token is not a researcher token of this coordinator",
-            )
-        })
+    let caller = if let Some((_, name)) = state.researchers.iter().find(|(h, _)| *h == hash) {
+        Caller {
+            name: name.clone(),
+            role: Role::Researcher,
+        }
+    } else {
+        let info = state
+            .runner
+            .store
+            .token_by_hash(&hash)
+            .map_err(|e| error_response(StatusCode::INTERNAL_SERVER_ERROR, "store", e.to_string()))?
+            .ok_or_else(|| forbidden("the token is not a token of this coordinator".into()))?;
+        if info.revoked_at.is_some() {
+            return Err(forbidden(format!("token {} was revoked", info.id)));
+        }
+        let expired = info
+            .expires_at
+            .as_deref()
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+            .is_some_and(|t| t <= chrono::Utc::now());
+        if expired {
+            return Err(forbidden(format!(
+                "token {} expired at {}",
+                info.id,
+                info.expires_at.unwrap_or_default()
+            )));
+        }
+        Caller {
+            name: info.name,
+            role: info.role,
+        }
+    };
+    if !allowed.contains(&caller.role) {
+        return Err(forbidden(format!(
+            "this endpoint needs a {roles} token; this token's role is {}",
+            caller.role.as_str()
+        )));
+    }
+    Ok(caller)
+}
+
+async fn list_tokens(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    if let Err(r) = authorize(&state, &headers, &[Role::Admin]) {
+        return r;
+    }
+    match state.runner.store.list_tokens() {
+        Ok(t) => Json(serde_json::json!({ "tokens": t })).into_response(),
+        Err(e) => error_response(StatusCode::INTERNAL_SERVER_ERROR, "store", e.to_string()),
+    }
+}
+
+async fn revoke_token(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    let caller = match authorize(&state, &headers, &[Role::Admin]) {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let revoked = state.runner.store.revoke_token(&id);
+    let _ = state.runner.audit.append(policies::audit::AuditEvent {
+        actor: caller.name,
+        action: "token.revoke".into(),
+        parameters: serde_json::json!({ "token": id }),
+        outcome: match &revoked {
+            Ok(true) => "revoked".into(),
+            Ok(false) => "refused: no such active token".into(),
+            Err(e) => format!("failed: {e}"),
+        },
+        ..Default::default()
+    });
+    match revoked {
+        Ok(true) => Json(serde_json::json!({ "id": id, "revoked": true })).into_response(),
+        Ok(false) => error_response(
+            StatusCode::NOT_FOUND,
+            "unknown_token",
+            format!("no active token with id {id}"),
+        ),
+        Err(e) => error_response(StatusCode::INTERNAL_SERVER_ERROR, "store", e.to_string()),
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -96,8 +183,8 @@ async fn create_run(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    let who = match researcher(&state, &headers) {
-        Ok(w) => w,
+    let who = match authorize(&state, &headers, &[Role::Researcher]) {
+        Ok(c) => c.name,
         Err(r) => return r,
     };
     let request: RunRequest = match serde_json::from_slice(&body) {
@@ -148,7 +235,11 @@ async fn get_run(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
-    if let Err(r) = researcher(&state, &headers) {
+    if let Err(r) = authorize(
+        &state,
+        &headers,
+        &[Role::Researcher, Role::Reviewer, Role::Admin],
+    ) {
         return r;
     }
     let runner = state.runner.clone();
@@ -333,6 +424,8 @@ pub fn router(state: Arc<AppState>, body_limit: usize) -> Router {
         .route("/v1/runs", post(create_run))
         .route("/v1/runs/{id}", get(get_run))
         .route("/v1/indicators", get(list_indicators))
+        .route("/v1/tokens", get(list_tokens))
+        .route("/v1/tokens/{id}/revoke", post(revoke_token))
         .route("/openapi.json", get(openapi))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))

@@ -61,6 +61,44 @@ impl RunStatus {
     }
 }
 
+/// What a token may do. See the authorization matrix in the README.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Researcher,
+    Reviewer,
+    Admin,
+}
+
+impl Role {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Role::Researcher => "researcher",
+            Role::Reviewer => "reviewer",
+            Role::Admin => "admin",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Role> {
+        match s {
+            "researcher" => Some(Role::Researcher),
+            "reviewer" => Some(Role::Reviewer),
+            "admin" => Some(Role::Admin),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TokenInfo {
+    pub id: String,
+    pub name: String,
+    pub role: Role,
+    pub created_at: String,
+    pub expires_at: Option<String>,
+    pub revoked_at: Option<String>,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Run {
     pub id: String,
@@ -126,6 +164,15 @@ impl RunStore {
                  error TEXT,
                  updated_at TEXT NOT NULL,
                  PRIMARY KEY (run_id, base, quarter, node)
+             );
+             CREATE TABLE IF NOT EXISTS tokens (
+                 id TEXT PRIMARY KEY,
+                 hash TEXT NOT NULL UNIQUE,
+                 name TEXT NOT NULL,
+                 role TEXT NOT NULL,
+                 created_at TEXT NOT NULL,
+                 expires_at TEXT,
+                 revoked_at TEXT
              );
              CREATE TABLE IF NOT EXISTS published (
                  indicator TEXT NOT NULL,
@@ -323,11 +370,185 @@ impl RunStore {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    /// Stores a new token's hash; the token itself is returned once and never stored.
+    pub fn create_token(
+        &self,
+        name: &str,
+        role: Role,
+        expires_at: Option<chrono::DateTime<chrono::Utc>>,
+    ) -> Result<(TokenInfo, String), StoreError> {
+        use rand::RngCore;
+        let mut secret = [0u8; 32];
+        rand::rng().fill_bytes(&mut secret);
+        let token = format!("stroom_{}", hex::encode(secret));
+        let id = hex::encode(&secret[..4]);
+        let info = TokenInfo {
+            id,
+            name: name.to_string(),
+            role,
+            created_at: now(),
+            expires_at: expires_at.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
+            revoked_at: None,
+        };
+        self.conn()?.execute(
+            "INSERT INTO tokens (id, hash, name, role, created_at, expires_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![
+                info.id,
+                crate::config::token_hash(&token),
+                info.name,
+                info.role.as_str(),
+                info.created_at,
+                info.expires_at
+            ],
+        )?;
+        Ok((info, token))
+    }
+
+    fn token_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TokenInfo> {
+        let role: String = r.get(2)?;
+        Ok(TokenInfo {
+            id: r.get(0)?,
+            name: r.get(1)?,
+            role: Role::parse(&role).unwrap_or(Role::Researcher),
+            created_at: r.get(3)?,
+            expires_at: r.get(4)?,
+            revoked_at: r.get(5)?,
+        })
+    }
+
+    pub fn list_tokens(&self) -> Result<Vec<TokenInfo>, StoreError> {
+        let conn = self.conn()?;
+        let mut stmt = conn.prepare(
+            "SELECT id, name, role, created_at, expires_at, revoked_at FROM tokens
+             ORDER BY created_at",
+        )?;
+        let rows = stmt.query_map([], Self::token_from_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Revokes a token by id; false when there is no such token or it was already revoked.
+    pub fn revoke_token(&self, id: &str) -> Result<bool, StoreError> {
+        let n = self.conn()?.execute(
+            "UPDATE tokens SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL",
+            params![id, now()],
+        )?;
+        Ok(n == 1)
+    }
+
+    /// The token with this hash, whatever its state (the caller checks revocation and expiry).
+    pub fn token_by_hash(&self, hash: &str) -> Result<Option<TokenInfo>, StoreError> {
+        Ok(self
+            .conn()?
+            .query_row(
+                "SELECT id, name, role, created_at, expires_at, revoked_at FROM tokens
+                 WHERE hash = ?1",
+                params![hash],
+                Self::token_from_row,
+            )
+            .optional()?)
+    }
+
     pub fn published(&self) -> Result<Vec<Published>, StoreError> {
         let conn = self.conn()?;
         let mut stmt =
             conn.prepare("SELECT record FROM published ORDER BY indicator, period, grp")?;
         let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
         rows.map(|t| Ok(serde_json::from_str(&t?)?)).collect()
+    }
+}
+
+/// An expiry given as a duration from now (`90d`, `12h`, `30m`) or a date or time in RFC 3339
+/// (`2027-01-01`, `2027-01-01T12:00:00Z`). Must lie in the future.
+pub fn parse_expiry(
+    text: &str,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<chrono::DateTime<chrono::Utc>, String> {
+    let t = text.trim();
+    let by_unit =
+        |unit: char, secs: i64| -> Option<Result<chrono::DateTime<chrono::Utc>, String>> {
+            let n = t.strip_suffix(unit)?;
+            Some(
+                n.parse::<i64>()
+                    .ok()
+                    .filter(|n| *n > 0)
+                    .and_then(|n| n.checked_mul(secs))
+                    .and_then(chrono::TimeDelta::try_seconds)
+                    .map(|d| now + d)
+                    .ok_or_else(|| {
+                        format!("'{text}': the number before '{unit}' must be a positive integer")
+                    }),
+            )
+        };
+    let at = if let Some(r) = by_unit('d', 86_400)
+        .or_else(|| by_unit('h', 3_600))
+        .or_else(|| by_unit('m', 60))
+    {
+        r?
+    } else if let Ok(dt) = chrono::DateTime::parse_from_rfc3339(t) {
+        dt.with_timezone(&chrono::Utc)
+    } else if let Ok(d) = chrono::NaiveDate::parse_from_str(t, "%Y-%m-%d") {
+        d.and_hms_opt(0, 0, 0)
+            .map(|x| x.and_utc())
+            .ok_or_else(|| format!("'{text}' is not a valid date"))?
+    } else {
+        return Err(format!(
+            "'{text}' is neither a duration (90d, 12h, 30m) nor a date (2027-01-01)"
+        ));
+    };
+    if at <= now {
+        return Err(format!("'{text}' lies in the past"));
+    }
+    Ok(at)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expiry_accepts_durations_and_dates_in_the_future_only() {
+        let now = chrono::DateTime::parse_from_rfc3339("2026-11-24T00:00:00Z")
+            .unwrap()
+            .with_timezone(&chrono::Utc);
+        assert_eq!(
+            parse_expiry("2d", now).unwrap().to_rfc3339(),
+            "2026-11-26T00:00:00+00:00"
+        );
+        assert_eq!(
+            parse_expiry("2027-01-01", now).unwrap().to_rfc3339(),
+            "2027-01-01T00:00:00+00:00"
+        );
+        assert!(parse_expiry("12h", now).is_ok());
+        for bad in ["2025-01-01", "0d", "-3d", "soon", "5y", ""] {
+            assert!(parse_expiry(bad, now).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn tokens_are_stored_hashed_and_can_be_revoked_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RunStore::open(&dir.path().join("runs.sqlite")).unwrap();
+        let (info, token) = store.create_token("ann", Role::Reviewer, None).unwrap();
+        let raw = std::fs::read(dir.path().join("runs.sqlite")).unwrap_or_default();
+        let wal = std::fs::read(dir.path().join("runs.sqlite-wal")).unwrap_or_default();
+        let needle = token.as_bytes();
+        for bytes in [&raw, &wal] {
+            assert!(
+                !bytes.windows(needle.len()).any(|w| w == needle),
+                "token stored in clear"
+            );
+        }
+        let found = store
+            .token_by_hash(&crate::config::token_hash(&token))
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (found.id.as_str(), found.role),
+            (info.id.as_str(), Role::Reviewer)
+        );
+        assert!(store.revoke_token(&info.id).unwrap());
+        assert!(!store.revoke_token(&info.id).unwrap());
+        assert!(store.list_tokens().unwrap()[0].revoked_at.is_some());
     }
 }

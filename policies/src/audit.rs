@@ -151,10 +151,44 @@ pub fn verify_with_head(file: &Path, head: &str) -> Result<Verified, AuditError>
 }
 
 /// An open log: verified on open, then appended to (each entry synced to disk before `append`
-/// returns).
+/// returns). Appends take an exclusive file lock and continue from the entry actually last in the
+/// file, so a second process (the `stroom token` CLI beside a running coordinator) extends the
+/// same chain instead of forking it.
 pub struct AuditLog {
     path: PathBuf,
-    state: Mutex<(u64, String, std::fs::File)>,
+    file: Mutex<std::fs::File>,
+}
+
+/// The last entry of a log file, read from its end (None for an empty file).
+fn last_entry(file: &mut std::fs::File) -> std::io::Result<Option<AuditEntry>> {
+    use std::io::{Read, Seek, SeekFrom};
+    let len = file.seek(SeekFrom::End(0))?;
+    let mut chunk = 4096u64;
+    loop {
+        let start = len.saturating_sub(chunk);
+        file.seek(SeekFrom::Start(start))?;
+        let mut buf = Vec::new();
+        file.read_to_end(&mut buf)?;
+        let text = String::from_utf8_lossy(&buf);
+        let trimmed = text.trim_end_matches('\n');
+        match trimmed.rfind('\n') {
+            Some(i) => {
+                return serde_json::from_str(&trimmed[i + 1..])
+                    .map(Some)
+                    .map_err(std::io::Error::other);
+            }
+            None if start == 0 => {
+                return if trimmed.is_empty() {
+                    Ok(None)
+                } else {
+                    serde_json::from_str(trimmed)
+                        .map(Some)
+                        .map_err(std::io::Error::other)
+                };
+            }
+            None => chunk *= 4,
+        }
+    }
 }
 
 impl AuditLog {
@@ -166,20 +200,18 @@ impl AuditLog {
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent).map_err(io)?;
         }
-        let (seq, head) = if path.exists() {
-            let v = verify_file(path)?;
-            (v.entries, v.head)
-        } else {
-            (0, GENESIS.to_string())
-        };
+        if path.exists() {
+            verify_file(path)?;
+        }
         let file = std::fs::OpenOptions::new()
             .create(true)
+            .read(true)
             .append(true)
             .open(path)
             .map_err(io)?;
         Ok(AuditLog {
             path: path.to_path_buf(),
-            state: Mutex::new((seq, head, file)),
+            file: Mutex::new(file),
         })
     }
 
@@ -193,36 +225,40 @@ impl AuditLog {
             file: self.path.clone(),
             message: e.to_string(),
         };
-        let mut state = self.state.lock().map_err(|_| AuditError::Io {
+        let mut file = self.file.lock().map_err(|_| AuditError::Io {
             file: self.path.clone(),
             message: "lock poisoned".into(),
         })?;
-        let (seq, prev, file) = &mut *state;
-        let next = *seq + 1;
-        let time = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
-        let hash = entry_hash(next, &time, &event, prev);
-        let entry = AuditEntry {
-            seq: next,
-            time,
-            event,
-            prev: prev.clone(),
-            hash: hash.clone(),
-        };
-        let mut line = serde_json::to_string(&entry).map_err(|e| io(e.into()))?;
-        line.push('\n');
-        file.write_all(line.as_bytes()).map_err(io)?;
-        file.sync_data().map_err(io)?;
-        *seq = next;
-        *prev = hash.clone();
-        Ok(hash)
+        file.lock().map_err(io)?;
+        let result = (|| {
+            let (seq, prev) = match last_entry(&mut file)? {
+                Some(e) => (e.seq, e.hash),
+                None => (0, GENESIS.to_string()),
+            };
+            let next = seq + 1;
+            let time = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+            let hash = entry_hash(next, &time, &event, &prev);
+            let entry = AuditEntry {
+                seq: next,
+                time,
+                event,
+                prev,
+                hash: hash.clone(),
+            };
+            let mut line = serde_json::to_string(&entry).map_err(std::io::Error::other)?;
+            line.push('\n');
+            file.write_all(line.as_bytes())?;
+            file.sync_data()?;
+            Ok(hash)
+        })();
+        let _ = file.unlock();
+        result.map_err(io)
     }
 
-    /// (entries, head hash)
-    pub fn head(&self) -> (u64, String) {
-        self.state
-            .lock()
-            .map(|s| (s.0, s.1.clone()))
-            .unwrap_or((0, GENESIS.to_string()))
+    /// (entries, head hash) as the file stands.
+    pub fn head(&self) -> Result<(u64, String), AuditError> {
+        let v = verify_file(&self.path)?;
+        Ok((v.entries, v.head))
     }
 }
 
@@ -341,6 +377,18 @@ mod tests {
             verify_with_head(&path, &hashes[3]),
             Err(AuditError::Truncated { found_seq: 3, .. })
         ));
+    }
+
+    #[test]
+    fn two_writers_on_one_file_extend_one_chain() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let a = AuditLog::open(&path).unwrap();
+        let b = AuditLog::open(&path).unwrap();
+        for i in 0..10 {
+            if i % 3 == 0 { &b } else { &a }.append(event(i)).unwrap();
+        }
+        assert_eq!(verify_file(&path).unwrap().entries, 10);
     }
 
     #[test]
