@@ -1,6 +1,7 @@
 //! `stroom`: the one binary of the federation.
 
 mod certs;
+mod client;
 mod demo;
 mod synth;
 
@@ -73,6 +74,28 @@ enum Command {
         /// The coordinator's configuration (for the store's location).
         #[arg(long, global = true)]
         config: Option<PathBuf>,
+    },
+    /// Start a run of an approved indicator at the coordinator and wait for its national results.
+    Run {
+        indicator: String,
+        /// A quarter or a range: 2024Q1 or 2024Q1:2024Q4.
+        #[arg(long)]
+        period: String,
+        #[command(flatten)]
+        connection: client::Connection,
+    },
+    /// A finished run's national results.
+    Results {
+        run: String,
+        #[arg(long, default_value = "table", value_parser = ["table", "csv", "json"])]
+        format: String,
+        #[command(flatten)]
+        connection: client::Connection,
+    },
+    /// Each node's privacy budget, as the nodes report it through the coordinator.
+    Budget {
+        #[command(flatten)]
+        connection: client::Connection,
     },
     /// Check hash-chained audit logs.
     Audit {
@@ -221,6 +244,17 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode> {
             Ok(std::process::ExitCode::SUCCESS)
         }
         Command::Coordinator { config } => coordinator_serve(config).await,
+        Command::Run {
+            indicator,
+            period,
+            connection,
+        } => client::run(&connection, &indicator, &period).await,
+        Command::Results {
+            run,
+            format,
+            connection,
+        } => client::results(&connection, &run, &format).await,
+        Command::Budget { connection } => client::budget(&connection).await,
         Command::Token { action, config } => {
             let config = config.context("--config FILE (the coordinator's) is required")?;
             token_command(action, &config)

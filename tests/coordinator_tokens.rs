@@ -50,6 +50,7 @@ async fn authorization_matrix_cell_by_cell_and_token_lifecycle() {
     let matrix: Vec<(&str, String, [u16; 4])> = vec![
         ("POST", "/v1/runs".into(), [401, 202, 403, 403]),
         ("GET", format!("/v1/runs/{run_id}"), [401, 200, 200, 200]),
+        ("GET", "/v1/budget".into(), [401, 200, 200, 200]),
         ("GET", "/v1/tokens".into(), [401, 403, 403, 200]),
         (
             "POST",

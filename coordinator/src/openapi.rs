@@ -75,6 +75,13 @@ pub const DOCUMENT: &str = r##"{
         }
       }
     },
+    "/v1/budget": {
+      "get": {
+        "summary": "Each node's privacy budget as the node reports it (ρ budget, spent, remaining, ε at δ)",
+        "security": [{ "researcher": [] }, { "reviewer": [] }, { "admin": [] }],
+        "responses": { "200": { "description": "One entry per node: its budget, or why it could not be asked" }, "401": { "description": "No bearer token" }, "403": { "description": "Token refused" } }
+      }
+    },
     "/v1/tokens": {
       "get": {
         "summary": "List tokens: id, name, role, creation, expiry, revocation (never a token)",

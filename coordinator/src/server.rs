@@ -129,6 +129,25 @@ fn authorize(state: &AppState, headers: &HeaderMap, allowed: &[Role]) -> Result<
     Ok(caller)
 }
 
+/// Each node's own report of its privacy budget, asked concurrently.
+async fn node_budgets(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    if let Err(r) = authorize(
+        &state,
+        &headers,
+        &[Role::Researcher, Role::Reviewer, Role::Admin],
+    ) {
+        return r;
+    }
+    let asks = state.runner.targets.iter().map(|t| async move {
+        match t.client.budget().await {
+            Ok(b) => serde_json::json!({ "node": t.client.id, "budget": b }),
+            Err(e) => serde_json::json!({ "node": t.client.id, "error": e.to_string() }),
+        }
+    });
+    let nodes = futures::future::join_all(asks).await;
+    Json(serde_json::json!({ "nodes": nodes })).into_response()
+}
+
 async fn list_tokens(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
     if let Err(r) = authorize(&state, &headers, &[Role::Admin]) {
         return r;
@@ -424,6 +443,7 @@ pub fn router(state: Arc<AppState>, body_limit: usize) -> Router {
         .route("/v1/runs", post(create_run))
         .route("/v1/runs/{id}", get(get_run))
         .route("/v1/indicators", get(list_indicators))
+        .route("/v1/budget", get(node_budgets))
         .route("/v1/tokens", get(list_tokens))
         .route("/v1/tokens/{id}/revoke", post(revoke_token))
         .route("/openapi.json", get(openapi))
