@@ -22,13 +22,7 @@ fn create(config: &std::path::Path, role: &str, name: &str) -> String {
 #[tokio::test]
 async fn authorization_matrix_cell_by_cell_and_token_lifecycle() {
     let dir = federation_fixture(1);
-    let node = NodeProcess::start(&node_config(
-        dir.path(),
-        "P01",
-        5.0,
-        "client_ca = \"certs/ca.crt\"",
-    ));
-    let cfg = coordinator_config(dir.path(), "coordinator", &[("P01", &node.url)], "");
+    let (node, cfg) = mtls_node_and_coordinator_config(dir.path());
     // Tokens made before the coordinator starts and after (it reads the store per request).
     let researcher = create(&cfg, "researcher", "Rita Researcher");
     let coordinator = ServerProcess::start_coordinator(&cfg);

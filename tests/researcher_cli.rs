@@ -26,13 +26,7 @@ fn cli(
 #[test]
 fn run_results_and_budget_from_the_command_line() {
     let dir = federation_fixture(1);
-    let node = NodeProcess::start(&node_config(
-        dir.path(),
-        "P01",
-        5.0,
-        "client_ca = \"certs/ca.crt\"",
-    ));
-    let cfg = coordinator_config(dir.path(), "coordinator", &[("P01", &node.url)], "");
+    let (node, cfg) = mtls_node_and_coordinator_config(dir.path());
     let coordinator = ServerProcess::start_coordinator(&cfg);
     let url = coordinator.url.as_str();
 

@@ -268,3 +268,15 @@ pub async fn wait_for_run(c: &reqwest::Client, url: &str, id: &str) -> serde_jso
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// Node P01 with mutual TLS, started, and a coordinator config (not started) pointing at it.
+pub fn mtls_node_and_coordinator_config(dir: &Path) -> (ServerProcess, PathBuf) {
+    let node = ServerProcess::start(&node_config(
+        dir,
+        "P01",
+        5.0,
+        "client_ca = \"certs/ca.crt\"",
+    ));
+    let cfg = coordinator_config(dir, "coordinator", &[("P01", &node.url)], "");
+    (node, cfg)
+}
