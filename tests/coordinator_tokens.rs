@@ -22,7 +22,7 @@ fn create(config: &std::path::Path, role: &str, name: &str) -> String {
 #[tokio::test]
 async fn authorization_matrix_cell_by_cell_and_token_lifecycle() {
     let dir = federation_fixture(1);
-    let (node, cfg) = mtls_node_and_coordinator_config(dir.path());
+    let (_node, cfg) = mtls_node_and_coordinator_config(dir.path());
     // Tokens made before the coordinator starts and after (it reads the store per request).
     let researcher = create(&cfg, "researcher", "Rita Researcher");
     let coordinator = ServerProcess::start_coordinator(&cfg);

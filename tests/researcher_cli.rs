@@ -26,7 +26,7 @@ fn cli(
 #[test]
 fn run_results_and_budget_from_the_command_line() {
     let dir = federation_fixture(1);
-    let (node, cfg) = mtls_node_and_coordinator_config(dir.path());
+    let (_node, cfg) = mtls_node_and_coordinator_config(dir.path());
     let coordinator = ServerProcess::start_coordinator(&cfg);
     let url = coordinator.url.as_str();
 
