@@ -32,6 +32,7 @@ async fn authorization_matrix_cell_by_cell_and_token_lifecycle() {
     let url = &coordinator.url;
     let c = client(dir.path());
     let run_id = start_run(&c, url, "care.unique_youths", "2024Q1").await;
+    assert_eq!(wait_for_run(&c, url, &run_id).await["status"], "done");
 
     let callers: [(&str, Option<&str>); 4] = [
         ("public", None),
@@ -40,11 +41,17 @@ async fn authorization_matrix_cell_by_cell_and_token_lifecycle() {
         ("admin", Some(&admin)),
     ];
     let run_body = serde_json::json!({ "indicator": "care.unique_youths", "period": "2024Q2" });
+    let reading = serde_json::json!({ "nl": "Stabiel ten opzichte van vorig kwartaal.", "en": "Stable since last quarter." });
     // (method, path, expected status for public, researcher, reviewer, admin)
     let matrix: Vec<(&str, String, [u16; 4])> = vec![
         ("POST", "/v1/runs".into(), [401, 202, 403, 403]),
         ("GET", format!("/v1/runs/{run_id}"), [401, 200, 200, 200]),
         ("GET", "/v1/budget".into(), [401, 200, 200, 200]),
+        (
+            "PUT",
+            "/v1/indicators/care.unique_youths/2024Q1/interpretation".into(),
+            [401, 403, 200, 403],
+        ),
         ("GET", "/v1/tokens".into(), [401, 403, 403, 200]),
         (
             "POST",
@@ -65,6 +72,7 @@ async fn authorization_matrix_cell_by_cell_and_token_lifecycle() {
         for ((who, tok), want) in callers.iter().zip(expected) {
             let mut req = match *method {
                 "POST" => c.post(format!("{url}{path}")).json(&run_body),
+                "PUT" => c.put(format!("{url}{path}")).json(&reading),
                 _ => c.get(format!("{url}{path}")),
             };
             if let Some(t) = tok {
@@ -82,6 +90,52 @@ async fn authorization_matrix_cell_by_cell_and_token_lifecycle() {
                 );
             }
         }
+    }
+
+    // The interpretation travels with the published numbers; refusals say why.
+    let published: serde_json::Value = c
+        .get(format!("{url}/v1/indicators"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let reading_back = &published["indicators"][0]["interpretations"][0];
+    assert_eq!(reading_back["period"], "2024Q1");
+    assert_eq!(reading_back["nl"], reading["nl"]);
+    assert_eq!(reading_back["reviewer"], "Rob Reviewer");
+    for (path, body, status, code) in [
+        (
+            "care.unique_youths/2023Q1",
+            reading.clone(),
+            404,
+            "not_published",
+        ),
+        ("no.such/2024Q1", reading.clone(), 404, "unknown_indicator"),
+        (
+            "care.unique_youths/2024Q1",
+            serde_json::json!({ "nl": "  " }),
+            400,
+            "bad_request",
+        ),
+        (
+            "care.unique_youths/2024Q1",
+            serde_json::json!({ "fr": "x" }),
+            400,
+            "bad_request",
+        ),
+    ] {
+        let r = c
+            .put(format!("{url}/v1/indicators/{path}/interpretation"))
+            .bearer_auth(&reviewer)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), status, "{path} {body}");
+        let e: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(e["error"], code, "{path} {body}");
     }
 
     // Listing shows ids, names and roles, never a token.

@@ -75,6 +75,21 @@ pub const DOCUMENT: &str = r##"{
         }
       }
     },
+    "/v1/indicators/{indicator}/{period}/interpretation": {
+      "put": {
+        "summary": "Attach or replace a reviewer's interpretation (duiding) of a published indicator and quarter",
+        "security": [{ "reviewer": [] }],
+        "parameters": [
+          { "name": "indicator", "in": "path", "required": true, "schema": { "type": "string" } },
+          { "name": "period", "in": "path", "required": true, "schema": { "type": "string", "example": "2024Q1" } }
+        ],
+        "requestBody": { "required": true, "content": { "application/json": { "schema": { "type": "object", "additionalProperties": false,
+          "properties": { "nl": { "type": "string", "maxLength": 4000 }, "en": { "type": "string", "maxLength": 4000 } } } } } },
+        "responses": { "200": { "description": "Stored; shown with the published numbers" }, "400": { "description": "No text, unknown field or too long" },
+          "401": { "description": "No bearer token" }, "403": { "description": "Not a reviewer token" },
+          "404": { "description": "Unknown indicator, or nothing published for that quarter" } }
+      }
+    },
     "/v1/budget": {
       "get": {
         "summary": "Each node's privacy budget as the node reports it (ρ budget, spent, remaining, ε at δ)",

@@ -148,6 +148,107 @@ async fn node_budgets(State(state): State<Arc<AppState>>, headers: HeaderMap) ->
     Json(serde_json::json!({ "nodes": nodes })).into_response()
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InterpretationBody {
+    nl: Option<String>,
+    en: Option<String>,
+}
+
+/// Longest interpretation text accepted, per language.
+const MAX_INTERPRETATION_CHARS: usize = 4000;
+
+/// A reviewer attaches (or replaces) the interpretation of a published indicator and quarter.
+async fn put_interpretation(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path((indicator, period)): Path<(String, String)>,
+    body: axum::body::Bytes,
+) -> Response {
+    let caller = match authorize(&state, &headers, &[Role::Reviewer]) {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let text: InterpretationBody = match serde_json::from_slice(&body) {
+        Ok(t) => t,
+        Err(e) => {
+            return error_response(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                format!("body must be {{\"nl\": \"…\", \"en\": \"…\"}} (at least one): {e}"),
+            );
+        }
+    };
+    let clean = |t: Option<String>| t.map(|s| s.trim().to_string()).filter(|s| !s.is_empty());
+    let (nl, en) = (clean(text.nl), clean(text.en));
+    if nl.is_none() && en.is_none() {
+        return error_response(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "give the interpretation in Dutch (nl), English (en) or both",
+        );
+    }
+    if [&nl, &en].iter().any(|t| {
+        t.as_ref()
+            .is_some_and(|s| s.chars().count() > MAX_INTERPRETATION_CHARS)
+    }) {
+        return error_response(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!("an interpretation may be at most {MAX_INTERPRETATION_CHARS} characters"),
+        );
+    }
+    if state.runner.catalog.get(&indicator).is_none() {
+        return error_response(
+            StatusCode::NOT_FOUND,
+            "unknown_indicator",
+            format!("'{indicator}' is not in the approved catalog"),
+        );
+    }
+    match state.runner.store.is_published(&indicator, &period) {
+        Ok(true) => {}
+        Ok(false) => {
+            return error_response(
+                StatusCode::NOT_FOUND,
+                "not_published",
+                format!("{indicator} has no published figures for {period}"),
+            );
+        }
+        Err(e) => return error_response(StatusCode::INTERNAL_SERVER_ERROR, "store", e.to_string()),
+    }
+    let interpretation = crate::store::Interpretation {
+        indicator,
+        period,
+        nl,
+        en,
+        reviewer: caller.name.clone(),
+        updated_at: crate::store::now_rfc3339(),
+    };
+    if let Err(e) = state.runner.audit.append(policies::audit::AuditEvent {
+        actor: caller.name,
+        action: "interpretation.set".into(),
+        indicator: Some(interpretation.indicator.clone()),
+        parameters: serde_json::json!({ "period": interpretation.period }),
+        answer_digest: Some(policies::audit::digest(
+            serde_json::to_string(&interpretation)
+                .unwrap_or_default()
+                .as_bytes(),
+        )),
+        outcome: "stored".into(),
+        ..Default::default()
+    }) {
+        return error_response(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "audit_failed",
+            e.to_string(),
+        );
+    }
+    match state.runner.store.set_interpretation(&interpretation) {
+        Ok(()) => Json(interpretation).into_response(),
+        Err(e) => error_response(StatusCode::INTERNAL_SERVER_ERROR, "store", e.to_string()),
+    }
+}
+
 async fn list_tokens(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
     if let Err(r) = authorize(&state, &headers, &[Role::Admin]) {
         return r;
@@ -353,6 +454,7 @@ async fn list_indicators(
             .into_response()
     } else {
         let catalog = &state.runner.catalog;
+        let interpretations = state.runner.store.interpretations().unwrap_or_default();
         let indicators: Vec<serde_json::Value> = catalog
             .indicators
             .values()
@@ -365,6 +467,7 @@ async fn list_indicators(
                     "definition": i.definition,
                     "content_hash": i.content_hash,
                     "records": records.iter().filter(|r| r.indicator == i.id).collect::<Vec<_>>(),
+                    "interpretations": interpretations.iter().filter(|x| x.indicator == i.id).collect::<Vec<_>>(),
                 })
             })
             .collect();
@@ -444,6 +547,10 @@ pub fn router(state: Arc<AppState>, body_limit: usize) -> Router {
         .route("/v1/runs/{id}", get(get_run))
         .route("/v1/indicators", get(list_indicators))
         .route("/v1/budget", get(node_budgets))
+        .route(
+            "/v1/indicators/{indicator}/{period}/interpretation",
+            axum::routing::put(put_interpretation),
+        )
         .route("/v1/tokens", get(list_tokens))
         .route("/v1/tokens/{id}/revoke", post(revoke_token))
         .route("/openapi.json", get(openapi))

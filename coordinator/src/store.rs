@@ -61,6 +61,21 @@ impl RunStatus {
     }
 }
 
+/// A reviewer's reading (duiding) of a published indicator for one quarter, in Dutch and/or English.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Interpretation {
+    pub indicator: String,
+    pub period: String,
+    pub nl: Option<String>,
+    pub en: Option<String>,
+    pub reviewer: String,
+    pub updated_at: String,
+}
+
+pub fn now_rfc3339() -> String {
+    now()
+}
+
 /// What a token may do. See the authorization matrix in the README.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -164,6 +179,15 @@ impl RunStore {
                  error TEXT,
                  updated_at TEXT NOT NULL,
                  PRIMARY KEY (run_id, base, quarter, node)
+             );
+             CREATE TABLE IF NOT EXISTS interpretations (
+                 indicator TEXT NOT NULL,
+                 period TEXT NOT NULL,
+                 nl TEXT,
+                 en TEXT,
+                 reviewer TEXT NOT NULL,
+                 updated_at TEXT NOT NULL,
+                 PRIMARY KEY (indicator, period)
              );
              CREATE TABLE IF NOT EXISTS tokens (
                  id TEXT PRIMARY KEY,
@@ -447,6 +471,49 @@ impl RunStore {
                 Self::token_from_row,
             )
             .optional()?)
+    }
+
+    /// Whether any record of this indicator and quarter is published.
+    pub fn is_published(&self, indicator: &str, period: &str) -> Result<bool, StoreError> {
+        Ok(self
+            .conn()?
+            .query_row(
+                "SELECT 1 FROM published WHERE indicator = ?1 AND period = ?2 LIMIT 1",
+                params![indicator, period],
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some())
+    }
+
+    pub fn set_interpretation(&self, i: &Interpretation) -> Result<(), StoreError> {
+        self.conn()?.execute(
+            "INSERT INTO interpretations (indicator, period, nl, en, reviewer, updated_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+             ON CONFLICT (indicator, period) DO UPDATE SET nl = excluded.nl, en = excluded.en,
+                 reviewer = excluded.reviewer, updated_at = excluded.updated_at",
+            params![i.indicator, i.period, i.nl, i.en, i.reviewer, i.updated_at],
+        )?;
+        Ok(())
+    }
+
+    pub fn interpretations(&self) -> Result<Vec<Interpretation>, StoreError> {
+        let conn = self.conn()?;
+        let mut stmt = conn.prepare(
+            "SELECT indicator, period, nl, en, reviewer, updated_at FROM interpretations
+             ORDER BY indicator, period",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok(Interpretation {
+                indicator: r.get(0)?,
+                period: r.get(1)?,
+                nl: r.get(2)?,
+                en: r.get(3)?,
+                reviewer: r.get(4)?,
+                updated_at: r.get(5)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     pub fn published(&self) -> Result<Vec<Published>, StoreError> {
