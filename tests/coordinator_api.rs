@@ -123,14 +123,7 @@ async fn researcher_api_authenticates_runs_combine_exactly_and_publish() {
     assert_eq!(before["rho_spent"], after["rho_spent"]);
 
     // Public endpoints, no token needed.
-    let published: serde_json::Value = c
-        .get(format!("{url}/v1/indicators"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let published: serde_json::Value = get_json(&c, format!("{url}/v1/indicators")).await;
     let ind = &published["indicators"][0];
     assert_eq!(ind["id"], "care.unique_youths");
     assert_eq!(ind["records"].as_array().unwrap().len(), 2);
@@ -155,14 +148,7 @@ async fn researcher_api_authenticates_runs_combine_exactly_and_publish() {
         .await
         .unwrap();
     assert_eq!(r.status(), 400);
-    let openapi: serde_json::Value = c
-        .get(format!("{url}/openapi.json"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let openapi: serde_json::Value = get_json(&c, format!("{url}/openapi.json")).await;
     for path in [
         "/v1/runs",
         "/v1/runs/{id}",
@@ -263,14 +249,7 @@ async fn one_node_down_is_stated_in_every_record_and_publication_follows_quorum(
             (Some(2), Some(3))
         );
     }
-    let published: serde_json::Value = c
-        .get(format!("{}/v1/indicators", lenient.url))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let published: serde_json::Value = get_json(&c, format!("{}/v1/indicators", lenient.url)).await;
     for r in published["indicators"][0]["records"].as_array().unwrap() {
         assert_eq!(
             r["complete"], false,
@@ -286,13 +265,6 @@ async fn one_node_down_is_stated_in_every_record_and_publication_follows_quorum(
         run["error"].as_str().unwrap().contains("below quorum"),
         "{run}"
     );
-    let published: serde_json::Value = c
-        .get(format!("{}/v1/indicators", strict.url))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let published: serde_json::Value = get_json(&c, format!("{}/v1/indicators", strict.url)).await;
     assert_eq!(published["indicators"].as_array().unwrap().len(), 0);
 }

@@ -93,14 +93,7 @@ async fn authorization_matrix_cell_by_cell_and_token_lifecycle() {
     }
 
     // The interpretation travels with the published numbers; refusals say why.
-    let published: serde_json::Value = c
-        .get(format!("{url}/v1/indicators"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let published: serde_json::Value = get_json(&c, format!("{url}/v1/indicators")).await;
     let reading_back = &published["indicators"][0]["interpretations"][0];
     assert_eq!(reading_back["period"], "2024Q1");
     assert_eq!(reading_back["nl"], reading["nl"]);

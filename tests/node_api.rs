@@ -240,14 +240,7 @@ async fn health_and_metrics_are_served() {
     let cfg = node_config(dir.path(), "P01", 5.0, "");
     let node = NodeProcess::start(&cfg);
     let c = client(dir.path());
-    let h: serde_json::Value = c
-        .get(format!("{}/healthz", node.url))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let h: serde_json::Value = get_json(&c, format!("{}/healthz", node.url)).await;
     assert_eq!(h["status"], "ok");
     evaluate(&c, &node.url, "care.unique_youths", "2024Q1").await;
     let m = c

@@ -280,3 +280,14 @@ pub fn mtls_node_and_coordinator_config(dir: &Path) -> (ServerProcess, PathBuf) 
     let cfg = coordinator_config(dir, "coordinator", &[("P01", &node.url)], "");
     (node, cfg)
 }
+
+/// GET a URL and parse the JSON answer (whatever the status).
+pub async fn get_json(c: &reqwest::Client, url: String) -> serde_json::Value {
+    c.get(url)
+        .send()
+        .await
+        .expect("request")
+        .json()
+        .await
+        .expect("json body")
+}
