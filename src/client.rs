@@ -64,12 +64,32 @@ impl Client {
         let status = r.status();
         let body: serde_json::Value = r.json().await.context("the coordinator's answer")?;
         if !status.is_success() {
+            let problems: Vec<String> = body["problems"]
+                .as_array()
+                .map(|ps| {
+                    ps.iter()
+                        .filter_map(|p| p.as_str().map(|p| format!("\n  {p}")))
+                        .collect()
+                })
+                .unwrap_or_default();
             bail!(
-                "coordinator refused ({status}): {}",
-                body["message"].as_str().unwrap_or(&body.to_string())
+                "coordinator refused ({status}, {}): {}{}",
+                body["error"].as_str().unwrap_or("error"),
+                body["message"].as_str().unwrap_or(&body.to_string()),
+                problems.concat()
             );
         }
         Ok(body)
+    }
+
+    pub async fn get(&self, path: &str) -> Result<serde_json::Value> {
+        self.send(self.http.get(format!("{}{path}", self.base)))
+            .await
+    }
+
+    pub async fn post(&self, path: &str, body: &serde_json::Value) -> Result<serde_json::Value> {
+        self.send(self.http.post(format!("{}{path}", self.base)).json(body))
+            .await
     }
 
     pub async fn start_run(&self, indicator: &str, period: &str) -> Result<String> {
@@ -137,7 +157,7 @@ fn number(v: &serde_json::Value) -> String {
     v.as_f64().map(|x| x.to_string()).unwrap_or_default()
 }
 
-fn print_results(run: &serde_json::Value, format: &str) -> Result<()> {
+pub fn print_results(run: &serde_json::Value, format: &str) -> Result<()> {
     let empty = Vec::new();
     let records = run["results"].as_array().unwrap_or(&empty);
     match format {

@@ -3,6 +3,8 @@
 mod certs;
 mod client;
 mod demo;
+mod governance;
+mod sandbox;
 mod synth;
 
 use anyhow::{Context, Result};
@@ -97,6 +99,52 @@ enum Command {
         #[command(flatten)]
         connection: client::Connection,
     },
+    /// Propose a new indicator (TOML) for review, with the purpose it serves.
+    Propose {
+        file: PathBuf,
+        #[arg(long)]
+        purpose: String,
+        #[command(flatten)]
+        connection: client::Connection,
+    },
+    /// List proposals and their state.
+    Proposals {
+        #[command(flatten)]
+        connection: client::Connection,
+    },
+    /// Evaluate a proposal on synthetic providers: the output's shape and noise, no budget spent.
+    DryRun {
+        proposal: String,
+        /// A quarter or range within the synthetic data (default: its last quarter).
+        #[arg(long)]
+        period: Option<String>,
+        #[arg(long, default_value = "table", value_parser = ["table", "csv", "json"])]
+        format: String,
+        #[command(flatten)]
+        connection: client::Connection,
+    },
+    /// Approve a proposal as a reviewer: signs its exact content with your ed25519 key.
+    Approve {
+        proposal: String,
+        /// Your signing key (from `stroom keygen`).
+        #[arg(long, env = "STROOM_SIGNING_KEY")]
+        key: PathBuf,
+        #[command(flatten)]
+        connection: client::Connection,
+    },
+    /// Reject a proposal as a reviewer, with the reason.
+    Reject {
+        proposal: String,
+        #[arg(long)]
+        reason: String,
+        #[command(flatten)]
+        connection: client::Connection,
+    },
+    /// Make a reviewer's ed25519 signing key; prints the public key to register and to give nodes.
+    Keygen {
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Check hash-chained audit logs.
     Audit {
         #[command(subcommand)]
@@ -126,6 +174,10 @@ enum TokenAction {
         /// When it stops working: a duration (90d, 12h) or a date (2027-01-01).
         #[arg(long)]
         expires: Option<String>,
+        /// A reviewer's ed25519 public key (hex, from `stroom keygen`): approvals must be signed
+        /// with its private half.
+        #[arg(long)]
+        public_key: Option<String>,
     },
     /// List tokens (id, name, role, expiry, revocation); never the tokens themselves.
     List,
@@ -148,6 +200,9 @@ enum AuditAction {
 enum NodeAction {
     /// Validate configuration, catalog and data; print row counts; start nothing.
     Check,
+    /// Accept a signed indicator on this node (when governance.require_acceptance is set): shows
+    /// it as this node verifies it and records acceptance of exactly that content.
+    Accept { indicator: String },
 }
 
 fn default_catalog() -> PathBuf {
@@ -255,6 +310,29 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode> {
             connection,
         } => client::results(&connection, &run, &format).await,
         Command::Budget { connection } => client::budget(&connection).await,
+        Command::Propose {
+            file,
+            purpose,
+            connection,
+        } => governance::propose(&connection, &file, &purpose).await,
+        Command::Proposals { connection } => governance::proposals(&connection).await,
+        Command::DryRun {
+            proposal,
+            period,
+            format,
+            connection,
+        } => governance::dry_run(&connection, &proposal, period.as_deref(), &format).await,
+        Command::Approve {
+            proposal,
+            key,
+            connection,
+        } => governance::approve(&connection, &proposal, &key).await,
+        Command::Reject {
+            proposal,
+            reason,
+            connection,
+        } => governance::reject(&connection, &proposal, &reason).await,
+        Command::Keygen { out } => governance::keygen(&out),
         Command::Token { action, config } => {
             let config = config.context("--config FILE (the coordinator's) is required")?;
             token_command(action, &config)
@@ -288,6 +366,9 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode> {
             let cfg = node::config::NodeConfig::load(&config)?;
             match action {
                 Some(NodeAction::Check) => node_check(cfg).await,
+                Some(NodeAction::Accept { indicator }) => {
+                    governance::node_accept(&cfg, &indicator).await
+                }
                 None => node_serve(cfg).await,
             }
         }
@@ -308,18 +389,29 @@ fn token_command(action: TokenAction, config: &std::path::Path) -> Result<std::p
             role,
             name,
             expires,
+            public_key,
         } => {
             let role = Role::parse(&role).context("role")?;
             anyhow::ensure!(!name.trim().is_empty(), "--name must not be empty");
+            if let Some(k) = &public_key {
+                anyhow::ensure!(
+                    role == Role::Reviewer,
+                    "--public-key belongs to reviewers: they sign approvals"
+                );
+                policies::governance::parse_public_key(k).context("--public-key")?;
+            }
             let expires = expires
                 .map(|e| parse_expiry(&e, chrono::Utc::now()))
                 .transpose()
                 .map_err(|e| anyhow::anyhow!("--expires {e}"))?;
             let (info, token) = store.create_token(&name, role, expires)?;
+            if let Some(k) = &public_key {
+                store.set_reviewer_key(&name, k)?;
+            }
             audit.append(policies::audit::AuditEvent {
                 actor,
                 action: "token.create".into(),
-                parameters: serde_json::json!({ "token": info.id, "name": info.name, "role": role.as_str(), "expires_at": info.expires_at }),
+                parameters: serde_json::json!({ "token": info.id, "name": info.name, "role": role.as_str(), "expires_at": info.expires_at, "public_key": public_key }),
                 outcome: "created".into(),
                 ..Default::default()
             })?;
@@ -374,8 +466,21 @@ async fn coordinator_serve(config: PathBuf) -> Result<std::process::ExitCode> {
     let catalog = policies::Catalog::load(&cfg.catalog_dir)
         .await
         .with_context(|| format!("catalog {}", cfg.catalog_dir.display()))?;
-    let runner = Arc::new(coordinator::runs::Runner::new(&cfg, catalog)?);
-    let running = coordinator::server::start(&cfg, runner).await?;
+    let mut runner = coordinator::runs::Runner::new(&cfg, catalog)?;
+    let gov = &cfg.governance;
+    if gov.dry_run_providers > 0 {
+        runner.sandbox = Some(Arc::new(sandbox::SyntheticProviders::new(
+            &gov.dry_run_dir,
+            gov.dry_run_providers,
+            gov.dry_run_seed,
+        )));
+    }
+    let version = runner
+        .reload_catalog()
+        .await
+        .context("the approved catalog in the run store")?;
+    tracing::info!(catalog_version = version, "catalog loaded");
+    let running = coordinator::server::start(&cfg, Arc::new(runner)).await?;
     // Printed on stdout for scripts and tests that start a coordinator on port 0.
     println!("coordinator listening on https://{}", running.addr);
     tracing::info!(addr = %running.addr, nodes = cfg.nodes.len(), "serving");

@@ -21,6 +21,49 @@ pub struct CoordinatorConfig {
     #[serde(default)]
     pub researchers: Vec<Researcher>,
     pub limits: LimitsConfig,
+    #[serde(default)]
+    pub governance: GovernanceConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GovernanceConfig {
+    /// Distinct reviewer approvals (none by the proposer) that make a proposal approved.
+    #[serde(default = "default_required_approvals")]
+    pub required_approvals: usize,
+    /// Synthetic providers a proposal's dry run is evaluated on (0 disables dry runs).
+    #[serde(default = "default_dry_run_providers")]
+    pub dry_run_providers: usize,
+    /// Seed of the dry-run data; fixed so that every dry run sees the same synthetic records.
+    #[serde(default = "default_dry_run_seed")]
+    pub dry_run_seed: u64,
+    /// Where the dry-run data is written (made on first start).
+    #[serde(default = "default_dry_run_dir")]
+    pub dry_run_dir: PathBuf,
+}
+
+fn default_required_approvals() -> usize {
+    2
+}
+fn default_dry_run_providers() -> usize {
+    3
+}
+fn default_dry_run_seed() -> u64 {
+    20240101
+}
+fn default_dry_run_dir() -> PathBuf {
+    PathBuf::from("dry-run")
+}
+
+impl Default for GovernanceConfig {
+    fn default() -> Self {
+        GovernanceConfig {
+            required_approvals: default_required_approvals(),
+            dry_run_providers: default_dry_run_providers(),
+            dry_run_seed: default_dry_run_seed(),
+            dry_run_dir: default_dry_run_dir(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -133,6 +176,7 @@ const KEYS: &[&str] = &[
     "nodes",
     "researchers",
     "limits",
+    "governance",
 ];
 
 fn config_env() -> config::Map<String, String> {
@@ -184,6 +228,7 @@ impl CoordinatorConfig {
             &mut cfg.tls.ca,
             &mut cfg.tls.cert,
             &mut cfg.tls.key,
+            &mut cfg.governance.dry_run_dir,
         ] {
             if p.is_relative() {
                 *p = base.join(&*p);
@@ -215,6 +260,21 @@ impl CoordinatorConfig {
             return Err(invalid(
                 "fanout",
                 "attempts and concurrency must be at least 1".into(),
+            ));
+        }
+        if self.governance.required_approvals == 0 {
+            return Err(invalid(
+                "governance.required_approvals",
+                "must be at least 1: no indicator is approved without a reviewer".into(),
+            ));
+        }
+        if self.governance.dry_run_providers > 50 {
+            return Err(invalid(
+                "governance.dry_run_providers",
+                format!(
+                    "at most 50 synthetic providers, found {}",
+                    self.governance.dry_run_providers
+                ),
             ));
         }
         if self.nodes.is_empty() {

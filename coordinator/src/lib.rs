@@ -6,10 +6,13 @@
 
 pub mod combine;
 pub mod config;
+pub mod governance_api;
 pub mod national;
 pub mod node_client;
 pub mod openapi;
+pub mod proposals;
 pub mod publish;
 pub mod runs;
+pub mod sandbox;
 pub mod server;
 pub mod store;

@@ -34,6 +34,8 @@ pub enum RunError {
     Node(#[from] NodeError),
     #[error(transparent)]
     Audit(#[from] policies::audit::AuditError),
+    #[error("catalog: {0}")]
+    Catalog(String),
 }
 
 /// The most quarters one run may cover: each quarter is one release per node and base indicator.
@@ -51,7 +53,14 @@ pub struct FanoutCounters {
 }
 
 pub struct Runner {
-    pub catalog: Catalog,
+    /// The catalog folder plus every indicator approved through governance; replaced whole when
+    /// an approval makes a new catalog version.
+    catalog: std::sync::RwLock<Arc<Catalog>>,
+    base_sources: Vec<(std::path::PathBuf, String)>,
+    catalog_version: AtomicU64,
+    pub required_approvals: usize,
+    /// Synthetic providers that dry runs of proposals are evaluated on; none disables dry runs.
+    pub sandbox: Option<Arc<dyn crate::sandbox::Sandbox>>,
     pub store: RunStore,
     pub audit: AuditLog,
     pub targets: Vec<Target>,
@@ -77,8 +86,18 @@ impl Runner {
                 })
             })
             .collect::<Result<_, NodeError>>()?;
+        let mut base_sources = Vec::new();
+        for file in catalog.files.values() {
+            let text = std::fs::read_to_string(file)
+                .map_err(|e| RunError::Catalog(format!("{}: {e}", file.display())))?;
+            base_sources.push((file.clone(), text));
+        }
         Ok(Runner {
-            catalog,
+            catalog: std::sync::RwLock::new(Arc::new(catalog)),
+            base_sources,
+            catalog_version: AtomicU64::new(0),
+            required_approvals: cfg.governance.required_approvals,
+            sandbox: None,
             store: RunStore::open(&cfg.store.path)?,
             audit: AuditLog::open(&cfg.audit.path)?,
             targets,
@@ -88,7 +107,56 @@ impl Runner {
         })
     }
 
-    fn targets_for(&self, base: &Indicator) -> Vec<&Target> {
+    pub fn catalog(&self) -> Arc<Catalog> {
+        match self.catalog.read() {
+            Ok(c) => c.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// The newest signed catalog version this coordinator serves (0: none yet).
+    pub fn catalog_version(&self) -> u64 {
+        self.catalog_version.load(Ordering::SeqCst)
+    }
+
+    /// The catalog folder's files plus `extra` sources, checked as one catalog.
+    pub async fn catalog_with(
+        &self,
+        extra: &[(std::path::PathBuf, String)],
+    ) -> Result<Catalog, policies::CatalogError> {
+        let current = self.catalog();
+        let mut sources = self.base_sources.clone();
+        let approved = self
+            .store
+            .latest_catalog()
+            .map(|c| c.entries)
+            .unwrap_or_default();
+        for e in approved {
+            sources.push((approved_file(&e.id), e.toml));
+        }
+        sources.extend_from_slice(extra);
+        Catalog::from_sources(&current.dir, &sources).await
+    }
+
+    /// Rebuilds the catalog from the folder and the newest signed catalog version in the store.
+    pub async fn reload_catalog(&self) -> Result<u64, RunError> {
+        let latest = self
+            .store
+            .latest_catalog()
+            .map_err(|e| RunError::Catalog(e.to_string()))?;
+        let catalog = self
+            .catalog_with(&[])
+            .await
+            .map_err(|e| RunError::Catalog(e.to_string()))?;
+        match self.catalog.write() {
+            Ok(mut c) => *c = Arc::new(catalog),
+            Err(poisoned) => *poisoned.into_inner() = Arc::new(catalog),
+        }
+        self.catalog_version.store(latest.version, Ordering::SeqCst);
+        Ok(latest.version)
+    }
+
+    pub fn targets_for(&self, base: &Indicator) -> Vec<&Target> {
         let unit = base.query().map(|q| q.privacy_unit.as_str()).unwrap_or("");
         self.targets
             .iter()
@@ -104,7 +172,10 @@ impl Runner {
             actor: who.to_string(),
             action: "run.start".into(),
             indicator: Some(indicator.to_string()),
-            content_hash: self.catalog.get(indicator).map(|i| i.content_hash.clone()),
+            content_hash: self
+                .catalog()
+                .get(indicator)
+                .map(|i| i.content_hash.clone()),
             parameters: serde_json::json!({
                 "period": period,
                 "run": result.as_ref().ok(),
@@ -124,8 +195,8 @@ impl Runner {
         period: &str,
         who: &str,
     ) -> Result<String, RunError> {
-        let ind = self
-            .catalog
+        let catalog = self.catalog();
+        let ind = catalog
             .get(indicator)
             .ok_or_else(|| RunError::UnknownIndicator(indicator.to_string()))?;
         let parsed: Period = period.parse().map_err(|e| RunError::BadPeriod {
@@ -139,7 +210,7 @@ impl Runner {
                 message: format!("covers {quarters} quarters; at most {MAX_QUARTERS} per run"),
             });
         }
-        for base in publish::bases(&self.catalog, ind) {
+        for base in publish::bases(&catalog, ind) {
             if self.targets_for(base).is_empty() {
                 let unit = base
                     .query()
@@ -178,8 +249,8 @@ impl Runner {
         let Some((run, _)) = self.store.run(run_id)? else {
             return Ok(());
         };
-        let ind = self
-            .catalog
+        let catalog = self.catalog();
+        let ind = catalog
             .get(&run.indicator)
             .ok_or_else(|| RunError::UnknownIndicator(run.indicator.clone()))?;
         let period: Period = run.period.parse().map_err(|e| RunError::BadPeriod {
@@ -192,7 +263,8 @@ impl Runner {
             .into_iter()
             .map(|q| Period { first: q, last: q })
             .collect();
-        let bases = publish::bases(&self.catalog, ind);
+        let bases = publish::bases(&catalog, ind);
+        let catalog_version = Some(self.catalog_version()).filter(|v| *v > 0);
 
         // Ask only what is not stored yet.
         let answered: BTreeSet<(String, String, String)> = self
@@ -212,6 +284,7 @@ impl Runner {
                             indicator: base.id.clone(),
                             period: *q,
                             content_hash: Some(base.content_hash.clone()),
+                            catalog_version,
                         };
                         jobs.push((request, t.client.clone()));
                     }
@@ -248,12 +321,13 @@ impl Runner {
             )?;
         }
         drop(stream);
-        self.finish(run_id, ind, &bases, &quarters).await
+        self.finish(run_id, &catalog, ind, &bases, &quarters).await
     }
 
     async fn finish(
         &self,
         run_id: &str,
+        catalog: &Catalog,
         ind: &Indicator,
         bases: &[&Indicator],
         quarters: &[Period],
@@ -302,7 +376,7 @@ impl Runner {
                     }
                 }
             }
-            records.extend(publish::records(&self.catalog, ind, &quarter, &by_base));
+            records.extend(publish::records(catalog, ind, &quarter, &by_base));
         }
         let (status, error) = if records.is_empty() {
             (
@@ -332,7 +406,7 @@ impl Runner {
         let published: Option<Vec<_>> = (status != RunStatus::Failed && quorum_met).then(|| {
             records
                 .iter()
-                .map(|r| publish::publish(&self.catalog, r))
+                .map(|r| publish::publish(catalog, r))
                 .collect()
         });
         self.store.finish(
@@ -365,8 +439,14 @@ impl Runner {
                     .as_bytes(),
             )),
             outcome: format!("{status:?}").to_lowercase(),
+            reason: error.clone(),
         })?;
         tracing::info!(run = %run_id, status = ?status, records = records.len(), "run finished");
         Ok(())
     }
+}
+
+/// The name an approved indicator's text goes by in catalog problems.
+pub fn approved_file(id: &str) -> std::path::PathBuf {
+    std::path::PathBuf::from("approved").join(format!("{id}.toml"))
 }

@@ -36,7 +36,11 @@ pub struct AppState {
     http_requests: AtomicU64,
 }
 
-fn error_response(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
+pub(crate) fn error_response(
+    status: StatusCode,
+    code: &str,
+    message: impl Into<String>,
+) -> Response {
     (
         status,
         Json(ErrorBody {
@@ -49,9 +53,9 @@ fn error_response(status: StatusCode, code: &str, message: impl Into<String>) ->
 
 /// Who is calling, from the bearer token.
 #[derive(Debug, Clone)]
-struct Caller {
-    name: String,
-    role: Role,
+pub(crate) struct Caller {
+    pub(crate) name: String,
+    pub(crate) role: Role,
 }
 
 fn forbidden(message: String) -> Response {
@@ -61,7 +65,11 @@ fn forbidden(message: String) -> Response {
 /// The caller behind the request's bearer token when its role is one of `allowed`, or the
 /// refusal to send: 401 without a usable token, 403 for an unknown, revoked or expired token or
 /// the wrong role.
-fn authorize(state: &AppState, headers: &HeaderMap, allowed: &[Role]) -> Result<Caller, Response> {
+pub(crate) fn authorize(
+    state: &AppState,
+    headers: &HeaderMap,
+    allowed: &[Role],
+) -> Result<Caller, Response> {
     let roles = allowed
         .iter()
         .map(Role::as_str)
@@ -198,7 +206,7 @@ async fn put_interpretation(
             format!("an interpretation may be at most {MAX_INTERPRETATION_CHARS} characters"),
         );
     }
-    if state.runner.catalog.get(&indicator).is_none() {
+    if state.runner.catalog().get(&indicator).is_none() {
         return error_response(
             StatusCode::NOT_FOUND,
             "unknown_indicator",
@@ -453,7 +461,7 @@ async fn list_indicators(
         )
             .into_response()
     } else {
-        let catalog = &state.runner.catalog;
+        let catalog = state.runner.catalog();
         let interpretations = state.runner.store.interpretations().unwrap_or_default();
         let indicators: Vec<serde_json::Value> = catalog
             .indicators
@@ -550,6 +558,25 @@ pub fn router(state: Arc<AppState>, body_limit: usize) -> Router {
         .route(
             "/v1/indicators/{indicator}/{period}/interpretation",
             axum::routing::put(put_interpretation),
+        )
+        .route(
+            "/v1/proposals",
+            post(crate::governance_api::create_proposal).get(crate::governance_api::list_proposals),
+        )
+        .route("/v1/proposals/{id}", get(crate::governance_api::get_proposal))
+        .route(
+            "/v1/proposals/{id}/dry-run",
+            post(crate::governance_api::dry_run),
+        )
+        .route(
+            "/v1/proposals/{id}/approve",
+            post(crate::governance_api::approve),
+        )
+        .route("/v1/proposals/{id}/reject", post(crate::governance_api::reject))
+        .route("/v1/catalog", get(crate::governance_api::latest_catalog))
+        .route(
+            "/v1/catalog/{version}",
+            get(crate::governance_api::catalog_version),
         )
         .route("/v1/tokens", get(list_tokens))
         .route("/v1/tokens/{id}/revoke", post(revoke_token))

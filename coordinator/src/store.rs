@@ -144,7 +144,7 @@ pub struct RunStore {
     conn: Mutex<Connection>,
 }
 
-fn now() -> String {
+pub(crate) fn now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
@@ -207,12 +207,13 @@ impl RunStore {
                  PRIMARY KEY (indicator, period, grp)
              );",
         )?;
+        conn.execute_batch(crate::proposals::SCHEMA)?;
         Ok(RunStore {
             conn: Mutex::new(conn),
         })
     }
 
-    fn conn(&self) -> Result<std::sync::MutexGuard<'_, Connection>, StoreError> {
+    pub(crate) fn conn(&self) -> Result<std::sync::MutexGuard<'_, Connection>, StoreError> {
         self.conn.lock().map_err(|_| StoreError::Poisoned)
     }
 

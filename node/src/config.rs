@@ -21,7 +21,63 @@ pub struct NodeConfig {
     pub tls: TlsConfig,
     pub limits: LimitsConfig,
     #[serde(default)]
+    pub governance: GovernanceConfig,
+    #[serde(default)]
     pub testing: TestingConfig,
+}
+
+/// The node's own say over which indicators it answers, beyond its local catalog folder:
+/// indicators approved through the coordinator count only when enough reviewers this node trusts
+/// signed them, and the operator may still require local acceptance, deny, or cap their cost.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GovernanceConfig {
+    /// Where to fetch signed catalog versions (`GET /v1/catalog`); none means local catalog only.
+    #[serde(default)]
+    pub coordinator_url: Option<String>,
+    /// Reviewer public keys (ed25519, hex) whose signatures this node accepts.
+    #[serde(default)]
+    pub reviewer_keys: Vec<policies::governance::TrustedKey>,
+    /// Distinct trusted reviewer signatures an indicator needs.
+    #[serde(default = "default_required_signatures")]
+    pub required_signatures: usize,
+    /// Answer a signed indicator only after `stroom node accept ID` on this node.
+    #[serde(default)]
+    pub require_acceptance: bool,
+    /// Indicator ids this node never answers, whoever approved them.
+    #[serde(default)]
+    pub deny: Vec<String>,
+    /// Highest ρ one release of any indicator may cost here.
+    #[serde(default)]
+    pub max_rho: Option<f64>,
+    /// Per-indicator caps on ρ per release, tighter than `max_rho`.
+    #[serde(default)]
+    pub caps: std::collections::BTreeMap<String, f64>,
+    #[serde(default = "default_fetch_timeout_ms")]
+    pub fetch_timeout_ms: u64,
+}
+
+fn default_required_signatures() -> usize {
+    2
+}
+
+fn default_fetch_timeout_ms() -> u64 {
+    5000
+}
+
+impl Default for GovernanceConfig {
+    fn default() -> Self {
+        GovernanceConfig {
+            coordinator_url: None,
+            reviewer_keys: Vec::new(),
+            required_signatures: default_required_signatures(),
+            require_acceptance: false,
+            deny: Vec::new(),
+            max_rho: None,
+            caps: Default::default(),
+            fetch_timeout_ms: default_fetch_timeout_ms(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -146,6 +202,7 @@ const KEYS: &[&str] = &[
     "budget",
     "tls",
     "limits",
+    "governance",
     "testing",
 ];
 
@@ -260,6 +317,58 @@ impl NodeConfig {
                 return Err(invalid(
                     "data.tables",
                     format!("'{t}' is not a table of the data model"),
+                ));
+            }
+        }
+        let g = &self.governance;
+        if g.required_signatures == 0 {
+            return Err(invalid(
+                "governance.required_signatures",
+                "must be at least 1".into(),
+            ));
+        }
+        for k in &g.reviewer_keys {
+            if let Err(e) = policies::governance::parse_public_key(&k.public_key) {
+                return Err(invalid(
+                    "governance.reviewer_keys",
+                    format!("key of '{}': {e}", k.name),
+                ));
+            }
+        }
+        if g.coordinator_url.is_some() && g.reviewer_keys.len() < g.required_signatures {
+            return Err(invalid(
+                "governance.reviewer_keys",
+                format!(
+                    "{} trusted key(s) can never give the {} signatures governance.required_signatures asks",
+                    g.reviewer_keys.len(),
+                    g.required_signatures
+                ),
+            ));
+        }
+        if let Some(url) = &g.coordinator_url
+            && !url.starts_with("https://")
+        {
+            return Err(invalid(
+                "governance.coordinator_url",
+                format!("'{url}' must be an https:// address"),
+            ));
+        }
+        if g.coordinator_url.is_some() && self.tls.client_ca.is_none() {
+            return Err(invalid(
+                "governance.coordinator_url",
+                "fetching from the coordinator needs tls.client_ca (the federation CA) to check its certificate".into(),
+            ));
+        }
+        for (key, rho) in g
+            .max_rho
+            .iter()
+            .map(|r| ("*", r))
+            .chain(g.caps.iter().map(|(k, r)| (k.as_str(), r)))
+        {
+            if !(rho.is_finite() && *rho > 0.0) {
+                return Err(invalid(
+                    "governance.caps",
+                    format!("cap for '{key}' must be a positive ρ, found {rho}"),
                 ));
             }
         }

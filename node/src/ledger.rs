@@ -101,7 +101,14 @@ impl Ledger {
                 reserved_at   TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
                 released_at   TEXT
             );
-            CREATE INDEX IF NOT EXISTS releases_by_period ON releases (budget_period);",
+            CREATE INDEX IF NOT EXISTS releases_by_period ON releases (budget_period);
+            CREATE TABLE IF NOT EXISTS acceptances (
+                indicator     TEXT NOT NULL,
+                content_hash  TEXT NOT NULL,
+                accepted_by   TEXT NOT NULL,
+                accepted_at   TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
+                PRIMARY KEY (indicator, content_hash)
+            );",
         )
         .map_err(err)?;
         Ok(Ledger {
@@ -115,6 +122,31 @@ impl Ledger {
             path: self.path.clone(),
             source,
         }
+    }
+
+    /// Records the operator's local acceptance of one exact indicator content.
+    pub fn accept(&self, indicator: &str, content_hash: &str, by: &str) -> Result<(), LedgerError> {
+        self.conn
+            .execute(
+                "INSERT OR IGNORE INTO acceptances (indicator, content_hash, accepted_by)
+                 VALUES (?1, ?2, ?3)",
+                params![indicator, content_hash, by],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// Whether the operator accepted this indicator with exactly this content.
+    pub fn is_accepted(&self, indicator: &str, content_hash: &str) -> Result<bool, LedgerError> {
+        self.conn
+            .query_row(
+                "SELECT 1 FROM acceptances WHERE indicator = ?1 AND content_hash = ?2",
+                params![indicator, content_hash],
+                |_| Ok(()),
+            )
+            .optional()
+            .map(|r| r.is_some())
+            .map_err(|e| self.err(e))
     }
 
     pub fn lookup(&self, key: &str) -> Result<Option<Entry>, LedgerError> {

@@ -9,6 +9,7 @@ pub mod clock;
 pub mod config;
 pub mod contributions;
 pub mod evaluate;
+pub mod governance;
 pub mod ledger;
 pub mod metrics;
 pub mod noise;
@@ -62,6 +63,9 @@ pub struct Node {
     pub audit: policies::audit::AuditLog,
     pub metrics: Metrics,
     pub clock: Arc<dyn Clock>,
+    /// The verified part of the newest signed catalog fetched from the coordinator. The async lock
+    /// makes concurrent requests for a new indicator share one fetch.
+    pub fetched: tokio::sync::Mutex<governance::Fetched>,
     key_locks: tokio::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
@@ -106,6 +110,7 @@ impl Node {
             audit,
             metrics: Metrics::default(),
             clock,
+            fetched: tokio::sync::Mutex::new(governance::Fetched::default()),
             key_locks: tokio::sync::Mutex::new(HashMap::new()),
         })
     }

@@ -37,6 +37,8 @@ pub enum ReleaseError {
     Eval(#[from] EvalError),
     #[error("noise: {0}")]
     Noise(#[from] NoiseError),
+    #[error(transparent)]
+    Refused(#[from] crate::governance::Refusal),
     #[error("internal: {0}")]
     Internal(String),
 }
@@ -53,6 +55,7 @@ impl ReleaseError {
             ReleaseError::Ledger(_) => "ledger_error",
             ReleaseError::Eval(_) => "evaluation_failed",
             ReleaseError::Noise(_) => "noise_failed",
+            ReleaseError::Refused(r) => r.code(),
             ReleaseError::Internal(_) => "internal",
         }
     }
@@ -108,19 +111,69 @@ pub async fn evaluate(node: &Arc<Node>, req: &EvaluateRequest) -> Result<Release
             ReleaseError::UnknownIndicator(_)
             | ReleaseError::Derived(_)
             | ReleaseError::HashMismatch { .. }
-            | ReleaseError::PeriodOutsideData { .. },
+            | ReleaseError::PeriodOutsideData { .. }
+            | ReleaseError::Refused(_),
         ) => Metrics::inc(&m.rejected),
         Err(_) => Metrics::inc(&m.failed),
     }
     result
 }
 
+/// The indicator a request names, from the local catalog or else from the signed catalog
+/// (fetched anew when the request names a newer version or an indicator not seen yet), after
+/// the operator's local policy allows it.
+pub async fn resolve(node: &Arc<Node>, req: &EvaluateRequest) -> Result<Indicator, ReleaseError> {
+    let gov = &node.config.governance;
+    let (ind, fetched) = match node.catalog.get(&req.indicator) {
+        Some(ind) => (ind.clone(), false),
+        None if gov.coordinator_url.is_none() => {
+            return Err(ReleaseError::UnknownIndicator(req.indicator.clone()));
+        }
+        None => {
+            let mut state = node.fetched.lock().await;
+            let known = state.accepted.contains_key(&req.indicator)
+                || state.refused.contains_key(&req.indicator);
+            let newer = req.catalog_version.is_some_and(|v| v > state.version);
+            if !known || newer {
+                let ca = node.config.tls.client_ca.clone().unwrap_or_default();
+                let version = crate::governance::fetch(gov, &ca).await?;
+                *state = crate::governance::verify_catalog(
+                    &version,
+                    gov,
+                    &node.tables,
+                    &node.config.data.coverage,
+                )
+                .await;
+                tracing::info!(
+                    version = state.version,
+                    verified = state.accepted.len(),
+                    refused = state.refused.len(),
+                    "signed catalog fetched"
+                );
+            }
+            if let Some(r) = state.refused.get(&req.indicator) {
+                return Err(r.clone().into());
+            }
+            let ind = state
+                .accepted
+                .get(&req.indicator)
+                .cloned()
+                .ok_or_else(|| ReleaseError::UnknownIndicator(req.indicator.clone()))?;
+            (ind, true)
+        }
+    };
+    let accepted = if fetched && gov.require_acceptance {
+        let (id, hash) = (ind.id.clone(), ind.content_hash.clone());
+        ledger_call(node, move |l| l.is_accepted(&id, &hash)).await?
+    } else {
+        false
+    };
+    crate::governance::local_policy(gov, &ind, fetched, || accepted)?;
+    Ok(ind)
+}
+
 async fn evaluate_inner(node: &Arc<Node>, req: &EvaluateRequest) -> Result<Released, ReleaseError> {
-    let ind = node
-        .catalog
-        .get(&req.indicator)
-        .ok_or_else(|| ReleaseError::UnknownIndicator(req.indicator.clone()))?
-        .clone();
+    let ind = resolve(node, req).await?;
     let query = ind
         .query()
         .ok_or_else(|| ReleaseError::Derived(ind.id.clone()))?
@@ -181,21 +234,7 @@ async fn evaluate_inner(node: &Arc<Node>, req: &EvaluateRequest) -> Result<Relea
         tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
     }
 
-    let noisy = {
-        let measures = measures.clone();
-        let cells = cells.clone();
-        tokio::task::spawn_blocking(move || -> Result<Vec<Vec<i64>>, NoiseError> {
-            measures
-                .iter()
-                .map(|m| {
-                    let exact = cells.measure(&m.name).unwrap_or_default();
-                    noise::add_noise(m, exact)
-                })
-                .collect()
-        })
-        .await
-        .map_err(|e| ReleaseError::Internal(e.to_string()))??
-    };
+    let noisy = draw_noise(&measures, &cells).await?;
 
     let meta = AnswerMeta {
         node_id: node.config.node_id.clone(),
@@ -221,6 +260,60 @@ async fn evaluate_inner(node: &Arc<Node>, req: &EvaluateRequest) -> Result<Relea
         bytes,
         replayed: false,
     })
+}
+
+/// OpenDP noise for every measure's cells, off the async threads.
+async fn draw_noise(
+    measures: &[Measure],
+    cells: &evaluate::Cells,
+) -> Result<Vec<Vec<i64>>, ReleaseError> {
+    let measures = measures.to_vec();
+    let cells = cells.clone();
+    Ok(
+        tokio::task::spawn_blocking(move || -> Result<Vec<Vec<i64>>, NoiseError> {
+            measures
+                .iter()
+                .map(|m| {
+                    let exact = cells.measure(&m.name).unwrap_or_default();
+                    noise::add_noise(m, exact)
+                })
+                .collect()
+        })
+        .await
+        .map_err(|e| ReleaseError::Internal(e.to_string()))??,
+    )
+}
+
+/// A noisy answer drawn outside any ledger, for dry runs on synthetic records only: the same
+/// bounding, noise and encoding as a release, with budget period `sandbox`.
+pub async fn sandbox_answer(
+    node_id: &str,
+    tables: &crate::tables::Tables,
+    ind: &Indicator,
+    period: &Period,
+) -> Result<Vec<u8>, ReleaseError> {
+    let query = ind
+        .query()
+        .ok_or_else(|| ReleaseError::Derived(ind.id.clone()))?;
+    let cells = evaluate::cells(tables, query, period, Bounding::Bounded).await?;
+    let measures = query.measures(period.quarters().len());
+    let noisy = draw_noise(&measures, &cells).await?;
+    let meta = AnswerMeta {
+        node_id: node_id.to_string(),
+        indicator: ind.id.clone(),
+        content_hash: ind.content_hash.clone(),
+        period: *period,
+        snapshot: tables.snapshot.clone(),
+        release_key: release_key(ind, period, &tables.snapshot),
+        aggregate: query.aggregate.kind().to_string(),
+        group_columns: cells.group_columns.clone(),
+        measures: measures.iter().map(noise_meta).collect(),
+        rho: query.cost.rho(),
+        budget_period: "sandbox".into(),
+        released_at: chrono::Utc::now().to_rfc3339(),
+    };
+    let batch = answer_batch(&cells, &measures, &noisy)?;
+    wire::encode_answer(&batch, &meta).map_err(|e| ReleaseError::Internal(e.to_string()))
 }
 
 struct OwnedRelease {

@@ -38,6 +38,10 @@ fn release_error(e: &ReleaseError) -> Response {
         }
         ReleaseError::HashMismatch { .. } => StatusCode::CONFLICT,
         ReleaseError::Budget(_) => StatusCode::FORBIDDEN,
+        ReleaseError::Refused(crate::governance::Refusal::Fetch(_)) => {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
+        ReleaseError::Refused(_) => StatusCode::FORBIDDEN,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     };
     error_response(status, e.code(), e.to_string())
@@ -89,17 +93,28 @@ async fn evaluate(
             return error_response(status, code, message);
         }
     };
-    let content_hash = node
-        .catalog
-        .get(&req.indicator)
-        .map(|i| i.content_hash.clone());
     let result = release::evaluate(&node, &req).await;
+    let content_hash = match node.catalog.get(&req.indicator) {
+        Some(i) => Some(i.content_hash.clone()),
+        None => node
+            .fetched
+            .lock()
+            .await
+            .accepted
+            .get(&req.indicator)
+            .map(|i| i.content_hash.clone()),
+    };
     let event = AuditEvent {
         actor,
         action: "evaluate".into(),
         indicator: Some(req.indicator.clone()),
         content_hash,
-        parameters: serde_json::json!({ "period": req.period.to_string() }),
+        parameters: match req.catalog_version {
+            Some(v) => {
+                serde_json::json!({ "period": req.period.to_string(), "catalog_version": v })
+            }
+            None => serde_json::json!({ "period": req.period.to_string() }),
+        },
         rho: match &result {
             Ok(r) if !r.replayed => decode_answer(&r.bytes).ok().map(|(_, m)| m.rho),
             _ => Some(0.0),
@@ -110,6 +125,7 @@ async fn evaluate(
             Ok(_) => "released".into(),
             Err(e) => format!("refused: {}", e.code()),
         },
+        reason: result.as_ref().err().map(|e| e.to_string()),
     };
     // Nothing leaves without its audit entry on disk.
     if let Err(e) = audit(&node, event).await {

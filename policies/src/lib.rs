@@ -5,6 +5,7 @@ pub mod audit;
 pub mod catalog;
 pub mod cdm;
 pub mod contract;
+pub mod governance;
 pub mod indicator;
 pub mod period;
 pub mod problem;

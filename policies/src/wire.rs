@@ -21,6 +21,9 @@ pub struct EvaluateRequest {
     /// The content hash the caller expects; a node refuses when its own copy differs.
     #[serde(default)]
     pub content_hash: Option<String>,
+    /// The signed catalog version the caller knows; a node behind it fetches the newer one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub catalog_version: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
