@@ -58,6 +58,28 @@ async fn authorization_matrix_cell_by_cell_and_token_lifecycle() {
             "/v1/tokens/ffffffff/revoke".into(),
             [401, 403, 403, 404],
         ),
+        // Governance endpoints. The body sent is a run request, which no proposal endpoint
+        // takes: a role that passes authorization gets 400 for the body (404 for the unknown
+        // proposal id), a role that does not gets 401/403 before the body is read.
+        ("POST", "/v1/proposals".into(), [401, 400, 403, 403]),
+        ("GET", "/v1/proposals".into(), [401, 200, 200, 200]),
+        ("GET", "/v1/proposals/p-none".into(), [401, 404, 404, 404]),
+        (
+            "POST",
+            "/v1/proposals/p-none/dry-run".into(),
+            [401, 400, 400, 403],
+        ),
+        (
+            "POST",
+            "/v1/proposals/p-none/approve".into(),
+            [401, 403, 400, 403],
+        ),
+        (
+            "POST",
+            "/v1/proposals/p-none/reject".into(),
+            [401, 403, 400, 403],
+        ),
+        ("GET", "/v1/catalog".into(), [200, 200, 200, 200]),
         ("GET", "/v1/indicators".into(), [200, 200, 200, 200]),
         (
             "GET",

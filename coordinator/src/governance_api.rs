@@ -72,8 +72,13 @@ struct ProposeBody {
     purpose: String,
 }
 
-/// The file name a proposal's text goes by in its problems.
-const PROPOSAL_FILE: &str = "proposal.toml";
+/// The file name a proposal's text goes by in its problems: `<id>.toml`, as in a catalog folder.
+fn proposal_file(toml: &str) -> std::path::PathBuf {
+    let id = policies::indicator::declared_id(toml)
+        .filter(|id| policies::indicator::valid_id(id))
+        .unwrap_or_else(|| "proposal".into());
+    std::path::PathBuf::from(format!("{id}.toml"))
+}
 
 /// What the proposal costs each node and how wide its national intervals are expected to be.
 fn estimate(state: &AppState, catalog: &Catalog, ind: &Indicator) -> serde_json::Value {
@@ -134,9 +139,10 @@ pub async fn create_proposal(
         Ok(p) => p,
         Err(r) => return r,
     };
+    let file = proposal_file(&req.toml);
     let candidate = state
         .runner
-        .catalog_with(&[(std::path::PathBuf::from(PROPOSAL_FILE), req.toml.clone())])
+        .catalog_with(&[(file.clone(), req.toml.clone())])
         .await;
     let catalog = match candidate {
         Ok(c) => c,
@@ -156,7 +162,7 @@ pub async fn create_proposal(
     let Some(ind) = catalog
         .files
         .iter()
-        .find(|(_, f)| f.as_path() == std::path::Path::new(PROPOSAL_FILE))
+        .find(|(_, f)| **f == file)
         .and_then(|(id, _)| catalog.get(id))
         .cloned()
     else {
@@ -326,10 +332,7 @@ pub async fn dry_run(
     let extra = if proposal.status == ProposalStatus::Approved {
         Vec::new()
     } else {
-        vec![(
-            std::path::PathBuf::from(PROPOSAL_FILE),
-            proposal.toml.clone(),
-        )]
+        vec![(proposal_file(&proposal.toml), proposal.toml.clone())]
     };
     let catalog = match state.runner.catalog_with(&extra).await {
         Ok(c) => c,

@@ -112,6 +112,81 @@ pub const DOCUMENT: &str = r##"{
         "responses": { "200": { "description": "Revoked" }, "401": { "description": "No bearer token" }, "403": { "description": "Not an admin token" }, "404": { "description": "No such active token" } }
       }
     },
+    "/v1/proposals": {
+      "post": {
+        "summary": "Propose an indicator (TOML text) with its purpose; checked like `stroom policy check`, answered with its cost and expected interval width",
+        "security": [{ "researcher": [] }],
+        "requestBody": { "required": true, "content": { "application/json": { "schema": { "type": "object", "required": ["toml", "purpose"], "additionalProperties": false,
+          "properties": { "toml": { "type": "string" }, "purpose": { "type": "string", "maxLength": 4000 } } } } } },
+        "responses": { "201": { "description": "Pending proposal, estimate (rho per node per quarter, epsilon at delta 1e-6, 95% half-width per measure)" },
+          "400": { "description": "Bad body or empty purpose" }, "401": { "description": "No bearer token" }, "403": { "description": "Not a researcher token" },
+          "409": { "description": "A proposal for this indicator id is pending" },
+          "422": { "description": "Invalid indicator; `problems` lists every problem as file: field: message" } }
+      },
+      "get": {
+        "summary": "Every proposal with its approvals, rejection and catalog version",
+        "security": [{ "researcher": [] }, { "reviewer": [] }, { "admin": [] }],
+        "responses": { "200": { "description": "Proposals and the approvals required" }, "401": { "description": "No bearer token" }, "403": { "description": "Token refused" } }
+      }
+    },
+    "/v1/proposals/{id}": {
+      "get": {
+        "summary": "One proposal",
+        "security": [{ "researcher": [] }, { "reviewer": [] }, { "admin": [] }],
+        "parameters": [{ "name": "id", "in": "path", "required": true, "schema": { "type": "string" } }],
+        "responses": { "200": { "description": "The proposal" }, "401": { "description": "No bearer token" }, "403": { "description": "Token refused" }, "404": { "description": "No such proposal" } }
+      }
+    },
+    "/v1/proposals/{id}/dry-run": {
+      "post": {
+        "summary": "Evaluate the proposal on synthetic providers (no node asked, no budget spent)",
+        "security": [{ "researcher": [] }, { "reviewer": [] }],
+        "parameters": [{ "name": "id", "in": "path", "required": true, "schema": { "type": "string" } }],
+        "requestBody": { "required": false, "content": { "application/json": { "schema": { "type": "object", "additionalProperties": false,
+          "properties": { "period": { "type": "string", "example": "2024Q1" } } } } } },
+        "responses": { "200": { "description": "National records computed on synthetic data", "content": { "application/json": { "schema": { "type": "object",
+            "properties": { "records": { "type": "array", "items": { "$ref": "#/components/schemas/Record" } }, "synthetic": { "type": "boolean" } } } } } },
+          "400": { "description": "Bad body or period outside the synthetic data" }, "401": { "description": "No bearer token" }, "403": { "description": "Not a researcher or reviewer token" },
+          "404": { "description": "No such proposal" }, "503": { "description": "Dry runs are off" } }
+      }
+    },
+    "/v1/proposals/{id}/approve": {
+      "post": {
+        "summary": "Approve with the reviewer's ed25519 signature over 'stroom indicator approval v1\\nindicator=ID\\ncontent_sha256=HASH\\n'",
+        "security": [{ "reviewer": [] }],
+        "parameters": [{ "name": "id", "in": "path", "required": true, "schema": { "type": "string" } }],
+        "requestBody": { "required": true, "content": { "application/json": { "schema": { "type": "object", "required": ["signature"], "additionalProperties": false,
+          "properties": { "signature": { "type": "string", "description": "hex" } } } } } },
+        "responses": { "200": { "description": "Approval recorded; `outcome.catalog_version` is set when it completed the proposal" },
+          "400": { "description": "Bad body or a signature that does not verify with the reviewer's registered key" },
+          "401": { "description": "No bearer token" }, "403": { "description": "Not a reviewer, no registered key, or the proposer's own proposal" },
+          "404": { "description": "No such proposal" }, "409": { "description": "Already approved by this reviewer, or not pending" } }
+      }
+    },
+    "/v1/proposals/{id}/reject": {
+      "post": {
+        "summary": "Reject with a reason",
+        "security": [{ "reviewer": [] }],
+        "parameters": [{ "name": "id", "in": "path", "required": true, "schema": { "type": "string" } }],
+        "requestBody": { "required": true, "content": { "application/json": { "schema": { "type": "object", "required": ["reason"], "additionalProperties": false,
+          "properties": { "reason": { "type": "string", "maxLength": 4000 } } } } } },
+        "responses": { "200": { "description": "Rejected" }, "400": { "description": "No reason" }, "401": { "description": "No bearer token" },
+          "403": { "description": "Not a reviewer token" }, "404": { "description": "No such proposal" }, "409": { "description": "Not pending" } }
+      }
+    },
+    "/v1/catalog": {
+      "get": {
+        "summary": "The newest signed catalog version: every approved indicator's exact text and its reviewers' signatures (version 0 and no entries before the first approval)",
+        "responses": { "200": { "description": "Catalog version" } }
+      }
+    },
+    "/v1/catalog/{version}": {
+      "get": {
+        "summary": "One signed catalog version",
+        "parameters": [{ "name": "version", "in": "path", "required": true, "schema": { "type": "integer" } }],
+        "responses": { "200": { "description": "Catalog version" }, "400": { "description": "Not a number" }, "404": { "description": "No such version" } }
+      }
+    },
     "/openapi.json": { "get": { "summary": "This document", "responses": { "200": { "description": "OpenAPI 3.1" } } } },
     "/healthz": { "get": { "summary": "Liveness", "responses": { "200": { "description": "ok" } } } },
     "/metrics": { "get": { "summary": "Prometheus metrics", "responses": { "200": { "description": "text/plain; version=0.0.4" } } } }

@@ -50,11 +50,19 @@ pub struct GovernanceConfig {
     /// Highest ρ one release of any indicator may cost here.
     #[serde(default)]
     pub max_rho: Option<f64>,
-    /// Per-indicator caps on ρ per release, tighter than `max_rho`.
+    /// Per-indicator caps on ρ per release (a list: indicator ids contain dots, which the
+    /// configuration layer would read as nesting in a table's keys).
     #[serde(default)]
-    pub caps: std::collections::BTreeMap<String, f64>,
+    pub caps: Vec<CostCap>,
     #[serde(default = "default_fetch_timeout_ms")]
     pub fetch_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CostCap {
+    pub indicator: String,
+    pub max_rho: f64,
 }
 
 fn default_required_signatures() -> usize {
@@ -363,7 +371,7 @@ impl NodeConfig {
             .max_rho
             .iter()
             .map(|r| ("*", r))
-            .chain(g.caps.iter().map(|(k, r)| (k.as_str(), r)))
+            .chain(g.caps.iter().map(|c| (c.indicator.as_str(), &c.max_rho)))
         {
             if !(rho.is_finite() && *rho > 0.0) {
                 return Err(invalid(

@@ -117,9 +117,12 @@ pub fn local_policy(
     }
     if let Some(q) = ind.query() {
         let cost = q.cost.rho();
-        let cap = [cfg.caps.get(&ind.id).copied(), cfg.max_rho]
-            .into_iter()
-            .flatten()
+        let cap = cfg
+            .caps
+            .iter()
+            .filter(|c| c.indicator == ind.id)
+            .map(|c| c.max_rho)
+            .chain(cfg.max_rho)
             .fold(f64::INFINITY, f64::min);
         if cost > cap {
             return Err(Refusal::OverCap {

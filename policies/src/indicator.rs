@@ -203,6 +203,13 @@ pub fn content_hash(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
+/// The `id` an indicator text declares, when it parses far enough to say; used to name a text
+/// that arrives without a file (a proposal) as `<id>.toml`.
+pub fn declared_id(text: &str) -> Option<String> {
+    let table: Table = text.parse().ok()?;
+    table.get("id")?.as_str().map(str::to_string)
+}
+
 /// Parse one indicator file's text. `file` is used only to name problems.
 pub fn parse(file: &Path, text: &str) -> Result<Indicator, Problems> {
     let mut p = Problems::new(file);
