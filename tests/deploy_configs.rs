@@ -46,6 +46,10 @@ fn bad_coordinator_config_is_refused_naming_file_and_key() {
             "listed twice",
         ),
         ("listen = [\n", "bad.toml"),
+        (
+            "[governance]\nrequired_approvals = 0\n[[nodes]]\nid = \"P01\"\nurl = \"https://x\"\n",
+            "'governance.required_approvals'",
+        ),
     ];
     for (text, expected) in cases {
         let file = dir.path().join("bad.toml");
@@ -59,6 +63,51 @@ fn bad_coordinator_config_is_refused_naming_file_and_key() {
         assert!(
             stderr.contains(expected) && stderr.contains("bad.toml"),
             "{text}: {stderr}"
+        );
+    }
+}
+
+#[test]
+fn bad_node_governance_is_refused_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = "ab".repeat(32);
+    let cases = [
+        (
+            "[governance]\nreviewer_keys = [{ name = \"a\", public_key = \"abcd\" }]\n".to_string(),
+            "'governance.reviewer_keys'",
+        ),
+        (
+            format!(
+                "[tls]\nclient_ca = \"ca.crt\"\n[governance]\ncoordinator_url = \"https://c:1\"\nreviewer_keys = [{{ name = \"a\", public_key = \"{key}\" }}]\n"
+            ),
+            "can never give the 2 signatures",
+        ),
+        (
+            "[governance]\ncoordinator_url = \"http://c:1\"\n".to_string(),
+            "'governance.coordinator_url'",
+        ),
+        (
+            "[governance]\ncaps = [{ indicator = \"x\", max_rho = -1.0 }]\n".to_string(),
+            "'governance.caps'",
+        ),
+        (
+            "[governance]\nrequired_signatures = 0\n".to_string(),
+            "'governance.required_signatures'",
+        ),
+    ];
+    for (extra, expected) in cases {
+        let file = dir.path().join("node.toml");
+        std::fs::write(
+            &file,
+            format!("node_id = \"P01\"\n[data]\ncoverage = \"2024Q1:2024Q4\"\n{extra}"),
+        )
+        .unwrap();
+        let err = node::config::NodeConfig::load(&file)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(expected) && err.contains("node.toml"),
+            "{extra}: {err}"
         );
     }
 }

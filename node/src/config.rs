@@ -343,6 +343,14 @@ impl NodeConfig {
                 ));
             }
         }
+        if let Some(url) = &g.coordinator_url
+            && !url.starts_with("https://")
+        {
+            return Err(invalid(
+                "governance.coordinator_url",
+                format!("'{url}' must be an https:// address"),
+            ));
+        }
         if g.coordinator_url.is_some() && g.reviewer_keys.len() < g.required_signatures {
             return Err(invalid(
                 "governance.reviewer_keys",
@@ -351,14 +359,6 @@ impl NodeConfig {
                     g.reviewer_keys.len(),
                     g.required_signatures
                 ),
-            ));
-        }
-        if let Some(url) = &g.coordinator_url
-            && !url.starts_with("https://")
-        {
-            return Err(invalid(
-                "governance.coordinator_url",
-                format!("'{url}' must be an https:// address"),
             ));
         }
         if g.coordinator_url.is_some() && self.tls.client_ca.is_none() {
