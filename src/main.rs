@@ -554,12 +554,24 @@ async fn node_check(cfg: node::config::NodeConfig) -> Result<std::process::ExitC
 
 async fn node_serve(cfg: node::config::NodeConfig) -> Result<std::process::ExitCode> {
     let id = cfg.node_id.clone();
+    let ops_listen = cfg.ops.listen.clone();
     let node = Arc::new(node::Node::open(cfg).await?);
+    let ops = match &ops_listen {
+        Some(listen) => {
+            let ops = node::server::start_ops(node.clone(), listen).await?;
+            println!("node {id} health and metrics on http://{}", ops.addr);
+            Some(ops)
+        }
+        None => None,
+    };
     let running = node::server::start(node).await?;
     // Printed on stdout for scripts and tests that start a node on port 0.
     println!("node {id} listening on https://{}", running.addr);
     tracing::info!(node = %id, addr = %running.addr, "serving");
     until_interrupted().await?;
     running.shutdown().await;
+    if let Some(ops) = ops {
+        ops.shutdown().await;
+    }
     Ok(std::process::ExitCode::SUCCESS)
 }

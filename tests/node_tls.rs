@@ -80,3 +80,33 @@ async fn mutual_tls_admits_only_federation_certificates() {
         .expect("federation certificate accepted");
     assert_eq!(r.status(), 200);
 }
+
+/// Probes and scrapers hold no client certificate: the `[ops]` listener answers them over plain
+/// HTTP with health and metrics only, while every data endpoint stays behind mutual TLS.
+#[tokio::test]
+async fn ops_listener_serves_health_and_metrics_only() {
+    let dir = federation_fixture(1);
+    let cfg = node_config(
+        dir.path(),
+        "P01",
+        5.0,
+        "client_ca = \"certs/ca.crt\"\n[ops]\nlisten = \"127.0.0.1:0\"\n",
+    );
+    let cfg = node::config::NodeConfig::load(&cfg).expect("config");
+    let listen = cfg.ops.listen.clone().expect("ops listen");
+    let node = std::sync::Arc::new(node::Node::open(cfg).await.expect("node"));
+    let ops = node::server::start_ops(node, &listen).await.expect("ops");
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let c = reqwest::Client::new();
+    let base = format!("http://{}", ops.addr);
+    let health = c.get(format!("{base}/healthz")).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+    let metrics = c.get(format!("{base}/metrics")).send().await.unwrap();
+    assert_eq!(metrics.status(), 200);
+    assert!(metrics.text().await.unwrap().contains("stroom_node"));
+    for path in ["/v1/budget", "/v1/evaluate"] {
+        let r = c.get(format!("{base}{path}")).send().await.unwrap();
+        assert_eq!(r.status(), 404, "{path} must not be on the plain listener");
+    }
+    ops.shutdown().await;
+}

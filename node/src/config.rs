@@ -23,7 +23,19 @@ pub struct NodeConfig {
     #[serde(default)]
     pub governance: GovernanceConfig,
     #[serde(default)]
+    pub ops: OpsConfig,
+    #[serde(default)]
     pub testing: TestingConfig,
+}
+
+/// A plain-HTTP listener for liveness probes and metrics scrapers, which hold no client
+/// certificate. It serves `/healthz` and `/metrics` only: no data, no budget changes.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OpsConfig {
+    /// `host:port`, e.g. `0.0.0.0:9090` in a pod; unset means no such listener.
+    #[serde(default)]
+    pub listen: Option<String>,
 }
 
 /// The node's own say over which indicators it answers, beyond its local catalog folder:
@@ -211,6 +223,7 @@ const KEYS: &[&str] = &[
     "tls",
     "limits",
     "governance",
+    "ops",
     "testing",
 ];
 
@@ -379,6 +392,14 @@ impl NodeConfig {
                     format!("cap for '{key}' must be a positive ρ, found {rho}"),
                 ));
             }
+        }
+        if let Some(ops) = &self.ops.listen
+            && ops.parse::<std::net::SocketAddr>().is_err()
+        {
+            return Err(invalid(
+                "ops.listen",
+                format!("'{ops}' is not an address like 0.0.0.0:9090"),
+            ));
         }
         if self.listen.parse::<std::net::SocketAddr>().is_err() {
             return Err(invalid(

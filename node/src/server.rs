@@ -226,6 +226,29 @@ pub fn router(node: Arc<Node>) -> Router {
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
 }
 
+/// The plain-HTTP operations listener (`[ops] listen`): `/healthz` and `/metrics`, nothing else.
+pub async fn start_ops(node: Arc<Node>, listen: &str) -> Result<Running, NodeError> {
+    let listener = std::net::TcpListener::bind(listen)
+        .map_err(|e| NodeError::Server(format!("cannot listen on {listen}: {e}")))?;
+    listener
+        .set_nonblocking(true)
+        .map_err(|e| NodeError::Server(e.to_string()))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| NodeError::Server(e.to_string()))?;
+    let handle = axum_server::Handle::new();
+    let server = axum_server::from_tcp(listener)
+        .map_err(|e| NodeError::Server(e.to_string()))?
+        .handle(handle.clone());
+    let app = Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .with_state(node);
+    let task = tokio::spawn(async move { server.serve(app.into_make_service()).await });
+    Ok(Running { addr, handle, task })
+}
+
 /// A running HTTPS server; dropping the handle does not stop it, `shutdown` does.
 pub struct Running {
     pub addr: SocketAddr,
