@@ -111,3 +111,35 @@ fn bad_node_governance_is_refused_naming_the_key() {
         );
     }
 }
+
+/// The compose federation's configs load, its coordinator lists exactly its nodes, and the compose
+/// file starts each node with its own config and state volume. (Schema checks of compose.yaml and
+/// the Kubernetes manifests are deploy/validate.sh, run by CI.)
+#[test]
+fn compose_configs_load_and_agree() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy");
+    let compose = std::fs::read_to_string(root.join("compose.yaml")).unwrap();
+    let dir = root.join("compose");
+    let coordinator = coordinator::config::CoordinatorConfig::load(&dir.join("coordinator.toml"))
+        .expect("compose coordinator");
+    assert_eq!(coordinator.nodes.len(), 3);
+    for entry in &coordinator.nodes {
+        let node = node::config::NodeConfig::load(&dir.join(format!("{}.toml", entry.id)))
+            .unwrap_or_else(|e| panic!("compose node {}: {e}", entry.id));
+        assert_eq!(node.node_id, entry.id);
+        let service = entry.id.to_lowercase();
+        assert_eq!(entry.url, format!("https://{service}:7443"));
+        assert!(node.ops.listen.is_some(), "{}: health listener", entry.id);
+        assert!(
+            compose.contains(&format!("/etc/stroom/{}.toml", entry.id))
+                && compose.contains(&format!("state-{service}:/var/lib/stroom")),
+            "compose.yaml must start {} with its config and state volume",
+            entry.id
+        );
+    }
+    assert_eq!(
+        coordinator.researchers[0].token_sha256,
+        coordinator::config::token_hash("compose-researcher-token"),
+        "the token compose.yaml's comment uses"
+    );
+}
