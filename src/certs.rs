@@ -21,6 +21,19 @@ fn write(path: &Path, text: &str, private: bool) -> Result<()> {
     Ok(())
 }
 
+/// Leaf certificates run two years (rotate yearly: docs/OPERATIONS.md); the CA ten.
+const LEAF_DAYS: i64 = 730;
+const CA_DAYS: i64 = 3650;
+
+/// Valid from yesterday (clock skew) for `days` days.
+fn set_validity(p: &mut CertificateParams, days: i64) {
+    use chrono::Datelike;
+    let day = |d: chrono::NaiveDate| rcgen::date_time_ymd(d.year(), d.month() as u8, d.day() as u8);
+    let today = chrono::Utc::now().date_naive();
+    p.not_before = day(today - chrono::Days::new(1));
+    p.not_after = day(today + chrono::Days::new(days as u64));
+}
+
 /// A leaf certificate. Only the coordinator's may act as a TLS client (`clientAuth`): a node
 /// presenting its own certificate to another node is refused at the handshake.
 fn leaf(common_name: &str, extra_dns: Option<String>, client: bool) -> Result<CertificateParams> {
@@ -35,6 +48,7 @@ fn leaf(common_name: &str, extra_dns: Option<String>, client: bool) -> Result<Ce
     dn.push(DnType::CommonName, common_name);
     dn.push(DnType::OrganizationName, "Stroom federation");
     p.distinguished_name = dn;
+    set_validity(&mut p, LEAF_DAYS);
     p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     if client {
@@ -65,6 +79,7 @@ pub fn generate(out: &Path, nodes: &[String]) -> Result<()> {
     dn.push(DnType::CommonName, "Stroom federation CA");
     ca.distinguished_name = dn;
     ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    set_validity(&mut ca, CA_DAYS);
     ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     let ca_cert = ca.self_signed(&ca_key)?;
     write(&out.join("ca.crt"), &ca_cert.pem(), false)?;

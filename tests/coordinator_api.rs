@@ -182,6 +182,30 @@ async fn researcher_api_authenticates_runs_combine_exactly_and_publish() {
         metrics.contains("stroom_coordinator_runs{status=\"done\"} 1"),
         "{metrics}"
     );
+    // What an operator pages on: node reachability, request rate and latency per route,
+    // certificate expiry (the generated certificates run for years, not days).
+    for needle in [
+        "stroom_coordinator_node_up{node=\"P01\"} 1",
+        "stroom_coordinator_http_requests_total{method=\"POST\",route=\"/v1/runs\",status=\"202\"}",
+        "stroom_coordinator_http_request_duration_seconds_bucket{method=\"GET\",route=\"/v1/runs/{id}\",le=\"+Inf\"}",
+    ] {
+        assert!(
+            metrics.contains(needle),
+            "metrics lack {needle}:\n{metrics}"
+        );
+    }
+    let expiry: i64 = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("stroom_coordinator_certificate_not_after_seconds{cert=\"coordinator\"}")
+        })
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .expect("coordinator certificate expiry");
+    let now = chrono::Utc::now().timestamp();
+    // `stroom certs` issues leaf certificates for two years.
+    let days = (expiry - now) / 86400;
+    assert!((728..=731).contains(&days), "expiry in {days} days");
     let health = c.get(format!("{url}/healthz")).send().await.unwrap();
     assert_eq!(health.status(), 200);
 

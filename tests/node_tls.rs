@@ -103,7 +103,15 @@ async fn ops_listener_serves_health_and_metrics_only() {
     assert_eq!(health.status(), 200);
     let metrics = c.get(format!("{base}/metrics")).send().await.unwrap();
     assert_eq!(metrics.status(), 200);
-    assert!(metrics.text().await.unwrap().contains("stroom_node"));
+    let text = metrics.text().await.unwrap();
+    for needle in [
+        "stroom_node_rho_remaining{node=\"P01\"} 5",
+        "stroom_node_http_requests_total{node=\"P01\",method=\"GET\",route=\"/healthz\",status=\"200\"} 1",
+        "stroom_node_certificate_not_after_seconds{node=\"P01\",cert=\"node\"}",
+        "stroom_node_certificate_not_after_seconds{node=\"P01\",cert=\"federation_ca\"}",
+    ] {
+        assert!(text.contains(needle), "metrics lack {needle}:\n{text}");
+    }
     for path in ["/v1/budget", "/v1/evaluate"] {
         let r = c.get(format!("{base}{path}")).send().await.unwrap();
         assert_eq!(r.status(), 404, "{path} must not be on the plain listener");

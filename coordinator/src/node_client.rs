@@ -47,6 +47,14 @@ pub enum NodeError {
 }
 
 impl NodeError {
+    /// The node answered, with a refusal or an error of its own: it was reachable.
+    pub fn is_refusal(&self) -> bool {
+        matches!(
+            self,
+            NodeError::Refused { .. } | NodeError::Server { .. } | NodeError::BadAnswer { .. }
+        )
+    }
+
     /// Worth another attempt: the node may answer next time. Refusals (bad request, unknown
     /// indicator, exhausted budget) are final.
     pub fn is_transient(&self) -> bool {

@@ -50,6 +50,8 @@ pub struct Target {
 pub struct FanoutCounters {
     pub node_requests: AtomicU64,
     pub node_failures: AtomicU64,
+    /// Per node: whether the last contact succeeded, and when (Unix seconds).
+    pub last_contact: std::sync::Mutex<BTreeMap<String, (bool, i64)>>,
 }
 
 pub struct Runner {
@@ -105,6 +107,46 @@ impl Runner {
             concurrency: cfg.fanout.concurrency,
             counters: FanoutCounters::default(),
         })
+    }
+
+    /// Notes whether a node answered (any answer, a refusal included, means it was reachable).
+    pub fn record_contact(&self, node: &str, reachable: bool) {
+        if let Ok(mut m) = self.counters.last_contact.lock() {
+            m.insert(
+                node.to_string(),
+                (reachable, chrono::Utc::now().timestamp()),
+            );
+        }
+    }
+
+    /// `stroom_coordinator_node_up` and `…_node_last_contact_seconds` for every configured node.
+    pub fn render_node_status(&self) -> String {
+        let mut s = String::from(
+            "# HELP stroom_coordinator_node_up Whether the node answered the coordinator's last request (1), did not (0), or was not asked yet (absent).\n# TYPE stroom_coordinator_node_up gauge\n",
+        );
+        let seen = self
+            .counters
+            .last_contact
+            .lock()
+            .map(|m| m.clone())
+            .unwrap_or_default();
+        let mut last = String::from(
+            "# HELP stroom_coordinator_node_last_contact_seconds Unix time of the last request to the node.\n# TYPE stroom_coordinator_node_last_contact_seconds gauge\n",
+        );
+        for t in &self.targets {
+            if let Some((up, at)) = seen.get(&t.client.id) {
+                s.push_str(&format!(
+                    "stroom_coordinator_node_up{{node=\"{}\"}} {}\n",
+                    t.client.id,
+                    u8::from(*up)
+                ));
+                last.push_str(&format!(
+                    "stroom_coordinator_node_last_contact_seconds{{node=\"{}\"}} {at}\n",
+                    t.client.id
+                ));
+            }
+        }
+        s + &last
     }
 
     pub fn catalog(&self) -> Arc<Catalog> {
@@ -305,6 +347,12 @@ impl Runner {
                 Ok((bytes, _, _)) => Ok(bytes.clone()),
                 Err(e) => Err(e.to_string()),
             };
+            // A refusal is an answer: the node was reachable.
+            let reachable = match &result {
+                Ok(_) => true,
+                Err(e) => e.is_refusal(),
+            };
+            self.record_contact(&node, reachable);
             if let Err(e) = &stored {
                 self.counters.node_failures.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(run = %run_id, node = %node, indicator = %request.indicator, quarter = %request.period, error = %e, "node failed");

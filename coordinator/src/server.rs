@@ -17,7 +17,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 
@@ -33,7 +33,9 @@ pub struct AppState {
     pub runner: Arc<Runner>,
     /// (token sha256, researcher name)
     researchers: Vec<(String, String)>,
-    http_requests: AtomicU64,
+    http: policies::ops::HttpMetrics,
+    /// The coordinator's own certificate and the federation CA, for expiry gauges.
+    certs: Vec<(&'static str, std::path::PathBuf)>,
 }
 
 pub(crate) fn error_response(
@@ -146,8 +148,11 @@ async fn node_budgets(State(state): State<Arc<AppState>>, headers: HeaderMap) ->
     ) {
         return r;
     }
-    let asks = state.runner.targets.iter().map(|t| async move {
-        match t.client.budget().await {
+    let runner = &state.runner;
+    let asks = runner.targets.iter().map(|t| async move {
+        let answer = t.client.budget().await;
+        runner.record_contact(&t.client.id, answer.is_ok());
+        match answer {
             Ok(b) => serde_json::json!({ "node": t.client.id, "budget": b }),
             Err(e) => serde_json::json!({ "node": t.client.id, "error": e.to_string() }),
         }
@@ -507,12 +512,6 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         }
     };
     metric(
-        "stroom_coordinator_http_requests_total",
-        "counter",
-        "HTTP requests served.",
-        vec![(String::new(), state.http_requests.load(Ordering::Relaxed))],
-    );
-    metric(
         "stroom_coordinator_runs",
         "gauge",
         "Runs in the run store, by status.",
@@ -533,7 +532,25 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         "Node requests that failed after retries.",
         vec![(String::new(), c.node_failures.load(Ordering::Relaxed))],
     );
+    text.push_str(&state.http.render("stroom_coordinator", ""));
+    text.push_str(&state.runner.render_node_status());
+    let certs: Vec<(&str, Option<i64>)> = state
+        .certs
+        .iter()
+        .map(|(name, path)| (*name, pem_not_after(path)))
+        .collect();
+    text.push_str(&policies::ops::render_cert_expiry(
+        "stroom_coordinator",
+        "",
+        &certs,
+    ));
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+}
+
+/// Expiry (Unix seconds) of the first certificate in a PEM file.
+fn pem_not_after(path: &std::path::Path) -> Option<i64> {
+    let first = CertificateDer::pem_file_iter(path).ok()?.next()?.ok()?;
+    policies::ops::certificate_not_after(first.as_ref())
 }
 
 async fn openapi() -> Response {
@@ -588,8 +605,24 @@ pub fn router(state: Arc<AppState>, body_limit: usize) -> Router {
         .with_state(state)
         .layer(axum::middleware::from_fn(
             move |req: Request<Body>, next: axum::middleware::Next| {
-                counted.http_requests.fetch_add(1, Ordering::Relaxed);
-                next.run(req)
+                let counted = counted.clone();
+                async move {
+                    let method = req.method().to_string();
+                    let route = req
+                        .extensions()
+                        .get::<axum::extract::MatchedPath>()
+                        .map(|p| p.as_str().to_string())
+                        .unwrap_or_else(|| "unmatched".into());
+                    let started = std::time::Instant::now();
+                    let resp = next.run(req).await;
+                    counted.http.observe(
+                        &method,
+                        &route,
+                        resp.status().as_u16(),
+                        started.elapsed(),
+                    );
+                    resp
+                }
             },
         ))
         .layer(PropagateRequestIdLayer::x_request_id())
@@ -665,7 +698,11 @@ pub async fn start(cfg: &CoordinatorConfig, runner: Arc<Runner>) -> Result<Runni
             .iter()
             .map(|r| (r.token_sha256.to_ascii_lowercase(), r.name.clone()))
             .collect(),
-        http_requests: AtomicU64::new(0),
+        http: policies::ops::HttpMetrics::default(),
+        certs: vec![
+            ("coordinator", cfg.tls.cert.clone()),
+            ("federation_ca", cfg.tls.ca.clone()),
+        ],
     });
     let app = router(state, cfg.limits.max_body_bytes);
     let task = tokio::spawn(async move { server.serve(app.into_make_service()).await });

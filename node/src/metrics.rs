@@ -5,12 +5,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 #[derive(Default)]
 pub struct Metrics {
-    pub http_requests: AtomicU64,
     pub released: AtomicU64,
     pub replayed: AtomicU64,
     pub refused_budget: AtomicU64,
     pub rejected: AtomicU64,
     pub failed: AtomicU64,
+    /// Requests and latency per route.
+    pub http: policies::ops::HttpMetrics,
 }
 
 impl Metrics {
@@ -21,16 +22,6 @@ impl Metrics {
     pub fn render(&self, node_id: &str, rho_spent: f64, rho_budget: f64) -> String {
         let mut s = String::new();
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        let _ = writeln!(
-            s,
-            "# HELP stroom_node_http_requests_total HTTP requests received."
-        );
-        let _ = writeln!(s, "# TYPE stroom_node_http_requests_total counter");
-        let _ = writeln!(
-            s,
-            "stroom_node_http_requests_total{{node=\"{node_id}\"}} {}",
-            get(&self.http_requests)
-        );
         let _ = writeln!(
             s,
             "# HELP stroom_node_evaluations_total Evaluate requests by outcome."
@@ -63,6 +54,16 @@ impl Metrics {
         let _ = writeln!(
             s,
             "stroom_node_rho_budget{{node=\"{node_id}\"}} {rho_budget}"
+        );
+        let _ = writeln!(
+            s,
+            "# HELP stroom_node_rho_remaining zCDP rho left in the current budget period; at 0 every new release is refused."
+        );
+        let _ = writeln!(s, "# TYPE stroom_node_rho_remaining gauge");
+        let _ = writeln!(
+            s,
+            "stroom_node_rho_remaining{{node=\"{node_id}\"}} {}",
+            (rho_budget - rho_spent).max(0.0)
         );
         s
     }

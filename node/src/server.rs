@@ -185,11 +185,26 @@ async fn metrics(State(node): State<Arc<Node>>) -> Response {
         Ok(Ok(b)) => b.rho_spent,
         _ => f64::NAN,
     };
-    let text = node.metrics.render(
-        &node.config.node_id,
-        spent,
-        node.config.budget.rho_per_period,
+    let id = &node.config.node_id;
+    let mut text = node
+        .metrics
+        .render(id, spent, node.config.budget.rho_per_period);
+    text.push_str(
+        &node
+            .metrics
+            .http
+            .render("stroom_node", &format!("node=\"{id}\",")),
     );
+    let tls = &node.config.tls;
+    let mut certs = vec![("node", crate::tls::not_after(&tls.cert))];
+    if let Some(ca) = &tls.client_ca {
+        certs.push(("federation_ca", crate::tls::not_after(ca)));
+    }
+    text.push_str(&policies::ops::render_cert_expiry(
+        "stroom_node",
+        &format!("node=\"{id}\","),
+        &certs,
+    ));
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
@@ -197,23 +212,44 @@ async fn not_found() -> Response {
     error_response(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
 }
 
+/// Counts every request by method, matched route and status, with its latency.
+fn with_http_metrics(router: Router, node: Arc<Node>) -> Router {
+    router.layer(axum::middleware::from_fn(
+        move |req: Request<Body>, next: axum::middleware::Next| {
+            let counted = node.clone();
+            async move {
+                let method = req.method().to_string();
+                let route = req
+                    .extensions()
+                    .get::<axum::extract::MatchedPath>()
+                    .map(|p| p.as_str().to_string())
+                    .unwrap_or_else(|| "unmatched".into());
+                let started = std::time::Instant::now();
+                let resp = next.run(req).await;
+                counted.metrics.http.observe(
+                    &method,
+                    &route,
+                    resp.status().as_u16(),
+                    started.elapsed(),
+                );
+                resp
+            }
+        },
+    ))
+}
+
 pub fn router(node: Arc<Node>) -> Router {
     let limit = node.config.limits.max_body_bytes;
     let counted = node.clone();
-    Router::new()
+    let api = Router::new()
         .route("/v1/evaluate", post(evaluate))
         .route("/v1/budget", get(budget))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(limit))
-        .with_state(node)
-        .layer(axum::middleware::from_fn(
-            move |req: Request<Body>, next: axum::middleware::Next| {
-                crate::metrics::Metrics::inc(&counted.metrics.http_requests);
-                next.run(req)
-            },
-        ))
+        .with_state(node);
+    with_http_metrics(api, counted)
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(TraceLayer::new_for_http().make_span_with(|req: &Request<Body>| {
             let id = req
@@ -240,11 +276,13 @@ pub async fn start_ops(node: Arc<Node>, listen: &str) -> Result<Running, NodeErr
     let server = axum_server::from_tcp(listener)
         .map_err(|e| NodeError::Server(e.to_string()))?
         .handle(handle.clone());
+    let counted = node.clone();
     let app = Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .fallback(not_found)
         .with_state(node);
+    let app = with_http_metrics(app, counted);
     let task = tokio::spawn(async move { server.serve(app.into_make_service()).await });
     Ok(Running { addr, handle, task })
 }

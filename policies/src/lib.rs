@@ -7,6 +7,7 @@ pub mod cdm;
 pub mod contract;
 pub mod governance;
 pub mod indicator;
+pub mod ops;
 pub mod period;
 pub mod problem;
 pub mod sensitivity;
