@@ -80,6 +80,7 @@ async fn authorization_matrix_cell_by_cell_and_token_lifecycle() {
             [401, 403, 400, 403],
         ),
         ("GET", "/v1/catalog".into(), [200, 200, 200, 200]),
+        ("GET", "/".into(), [200, 200, 200, 200]),
         ("GET", "/v1/indicators".into(), [200, 200, 200, 200]),
         (
             "GET",
@@ -152,6 +153,59 @@ async fn authorization_matrix_cell_by_cell_and_token_lifecycle() {
         let e: serde_json::Value = r.json().await.unwrap();
         assert_eq!(e["error"], code, "{path} {body}");
     }
+
+    // The public dashboard: Dutch by default, English by its link; the published indicator under
+    // its theme with a chart, its numbers as a table, the interpretation and working downloads.
+    let page = c.get(format!("{url}/")).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    assert!(
+        page.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html")
+    );
+    let nl = page.text().await.unwrap();
+    assert!(nl.contains("<html lang=\"nl\">"), "{nl}");
+    assert!(nl.contains("id=\"theme-zorg\""), "{nl}");
+    assert!(nl.contains("<svg") && nl.contains("role=\"img\""), "{nl}");
+    assert!(nl.contains("<table>") && nl.contains("2024Q1"), "{nl}");
+    assert!(
+        nl.contains("Stabiel ten opzichte van vorig kwartaal."),
+        "{nl}"
+    );
+    assert!(nl.contains("Zo leest u deze cijfers"), "{nl}");
+    assert!(
+        !nl.contains("src=\"http") && !nl.contains("href=\"http"),
+        "no outside resources"
+    );
+    let en = c
+        .get(format!("{url}/?lang=en"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(en.contains("<html lang=\"en\">") && en.contains("How to read this"));
+    assert!(en.contains("Stable since last quarter."));
+    let link = "/v1/indicators?indicator=care.unique_youths&amp;format=csv";
+    assert!(nl.contains(link), "{nl}");
+    let csv = c
+        .get(format!("{url}{}", link.replace("&amp;", "&")))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let rows: Vec<&str> = csv.lines().skip(1).collect();
+    assert!(
+        !rows.is_empty()
+            && rows
+                .iter()
+                .all(|r| r.starts_with("care.unique_youths,2024Q")),
+        "{csv}"
+    );
 
     // Listing shows ids, names and roles, never a token.
     let out = token(&cfg, &["list"]);

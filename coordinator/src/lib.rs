@@ -6,6 +6,7 @@
 
 pub mod combine;
 pub mod config;
+pub mod dashboard;
 pub mod governance_api;
 pub mod national;
 pub mod node_client;

@@ -492,6 +492,48 @@ async fn list_indicators(
     }
 }
 
+#[derive(Debug, Deserialize)]
+struct DashboardQuery {
+    lang: Option<String>,
+}
+
+/// The public dashboard (HTML, Dutch by default, `?lang=en` for English).
+async fn dashboard(
+    State(state): State<Arc<AppState>>,
+    Query(q): Query<DashboardQuery>,
+) -> Response {
+    let runner = state.runner.clone();
+    let loaded = tokio::task::spawn_blocking(move || {
+        Ok::<_, crate::store::StoreError>((
+            runner.store.published()?,
+            runner.store.interpretations()?,
+        ))
+    })
+    .await;
+    let (records, interpretations) = match loaded {
+        Ok(Ok(x)) => x,
+        Ok(Err(e)) => {
+            return error_response(StatusCode::INTERNAL_SERVER_ERROR, "store", e.to_string());
+        }
+        Err(e) => {
+            return error_response(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string());
+        }
+    };
+    let lang = crate::dashboard::Lang::parse(q.lang.as_deref());
+    let html = crate::dashboard::render(&state.runner.catalog(), &records, &interpretations, lang);
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (
+                header::CONTENT_SECURITY_POLICY,
+                "default-src 'none'; style-src 'unsafe-inline'; img-src 'self' data:",
+            ),
+        ],
+        html,
+    )
+        .into_response()
+}
+
 async fn healthz() -> Response {
     Json(serde_json::json!({ "status": "ok" })).into_response()
 }
@@ -597,6 +639,7 @@ pub fn router(state: Arc<AppState>, body_limit: usize) -> Router {
         )
         .route("/v1/tokens", get(list_tokens))
         .route("/v1/tokens/{id}/revoke", post(revoke_token))
+        .route("/", get(dashboard))
         .route("/openapi.json", get(openapi))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
