@@ -178,26 +178,12 @@ async fn authorization_matrix_cell_by_cell_and_token_lifecycle() {
         !nl.contains("src=\"http") && !nl.contains("href=\"http"),
         "no outside resources"
     );
-    let en = c
-        .get(format!("{url}/?lang=en"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let en = get_text(&c, format!("{url}/?lang=en")).await;
     assert!(en.contains("<html lang=\"en\">") && en.contains("How to read this"));
     assert!(en.contains("Stable since last quarter."));
     let link = "/v1/indicators?indicator=care.unique_youths&amp;format=csv";
     assert!(nl.contains(link), "{nl}");
-    let csv = c
-        .get(format!("{url}{}", link.replace("&amp;", "&")))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let csv = get_text(&c, format!("{url}{}", link.replace("&amp;", "&"))).await;
     let rows: Vec<&str> = csv.lines().skip(1).collect();
     assert!(
         !rows.is_empty()

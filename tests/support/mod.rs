@@ -291,3 +291,14 @@ pub async fn get_json(c: &reqwest::Client, url: String) -> serde_json::Value {
         .await
         .expect("json body")
 }
+
+/// GET a URL and return the body as text (whatever the status).
+pub async fn get_text(c: &reqwest::Client, url: String) -> String {
+    c.get(url)
+        .send()
+        .await
+        .expect("request")
+        .text()
+        .await
+        .expect("text body")
+}
