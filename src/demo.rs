@@ -26,6 +26,8 @@ pub struct DemoOptions {
     pub providers: usize,
     pub seed: u64,
     pub catalog: PathBuf,
+    /// Keep the federation and the dashboard running after the runs, until Ctrl-C.
+    pub serve: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -245,10 +247,6 @@ pub async fn run(opts: DemoOptions) -> Result<()> {
     let truths = truth(&catalog, &manifest, &nodes, &period, &records).await?;
 
     write_outputs(out, &records, &truths)?;
-    coordinator.shutdown().await;
-    for (_, (_, running)) in nodes {
-        running.shutdown().await;
-    }
     print_table(&records, &truths);
     println!(
         "\n{} national records for {} indicators × {} quarters in {:.1}s; {} run(s) incomplete.\nWrote {}, {} and {}.\nIntervals are 95% and cover the differential-privacy noise only.",
@@ -261,6 +259,19 @@ pub async fn run(opts: DemoOptions) -> Result<()> {
         out.join("national.csv").display(),
         out.join("truth.json").display()
     );
+    if opts.serve {
+        println!(
+            "\nDashboard: {base_url}/ (certificate from the demo's CA, {}). Ctrl-C stops the federation.",
+            out.join("certs/ca.crt").display()
+        );
+        tokio::signal::ctrl_c()
+            .await
+            .context("waiting for Ctrl-C")?;
+    }
+    coordinator.shutdown().await;
+    for (_, (_, running)) in nodes {
+        running.shutdown().await;
+    }
     anyhow::ensure!(
         failed.is_empty(),
         "runs not complete: {}",

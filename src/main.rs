@@ -36,6 +36,10 @@ enum Command {
         /// Indicator catalog to run (default: the shipped one).
         #[arg(long)]
         catalog: Option<PathBuf>,
+        /// Keep the federation and the dashboard running afterwards and print the dashboard's
+        /// address; Ctrl-C stops.
+        #[arg(long)]
+        serve: bool,
     },
     /// Check indicator catalogs.
     Policy {
@@ -248,12 +252,14 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode> {
             providers,
             seed,
             catalog,
+            serve,
         } => {
             demo::run(demo::DemoOptions {
                 out,
                 providers,
                 seed,
                 catalog: catalog.unwrap_or_else(default_catalog),
+                serve,
             })
             .await?;
             Ok(std::process::ExitCode::SUCCESS)

@@ -9,21 +9,55 @@ use support::*;
 fn demo_writes_national_records_with_intervals_and_truth() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("demo");
-    let o = run(&[
-        "demo",
-        "--out",
-        out.to_str().unwrap(),
-        "--providers",
-        "2",
-        "--seed",
-        "3",
-    ]);
-    let stdout = String::from_utf8_lossy(&o.stdout);
+    // With --serve the federation and the dashboard stay up until Ctrl-C (SIGINT).
+    let mut child = stroom()
+        .args([
+            "demo",
+            "--out",
+            out.to_str().unwrap(),
+            "--providers",
+            "2",
+            "--seed",
+            "3",
+            "--serve",
+        ])
+        .env("STROOM_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(child.stdout.take().unwrap()));
+    let mut stdout = String::new();
+    let dashboard = loop {
+        let line = lines
+            .next()
+            .unwrap_or_else(|| panic!("demo ended without serving:\n{stdout}"))
+            .unwrap();
+        stdout.push_str(&line);
+        stdout.push('\n');
+        if let Some(rest) = line.strip_prefix("Dashboard: ") {
+            break rest.split_whitespace().next().unwrap().to_string();
+        }
+    };
+    let page = tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let ca = std::fs::read(out.join("certs/ca.crt")).unwrap();
+        let c = reqwest::Client::builder()
+            .tls_certs_only([reqwest::Certificate::from_pem(&ca).unwrap()])
+            .build()
+            .unwrap();
+        get_text(&c, dashboard.clone()).await
+    });
     assert!(
-        o.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&o.stderr)
+        page.contains("<html lang=\"nl\">") && page.matches("<svg").count() >= 7,
+        "the dashboard shows a chart per theme: {page}"
     );
+    let interrupted = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(interrupted.success());
+    let status = child.wait().unwrap();
+    assert!(status.success(), "demo after Ctrl-C: {status:?}\n{stdout}");
     assert!(
         stdout.contains("care.unique_youths") && stdout.contains("95% interval"),
         "{stdout}"
