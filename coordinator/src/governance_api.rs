@@ -139,10 +139,14 @@ pub async fn create_proposal(
         Ok(p) => p,
         Err(r) => return r,
     };
+    let approved = match state.runner.store.latest_catalog() {
+        Ok(c) => c,
+        Err(e) => return governance_error(e),
+    };
     let file = proposal_file(&req.toml);
     let candidate = state
         .runner
-        .catalog_with(&[(file.clone(), req.toml.clone())])
+        .catalog_with(&approved, &[(file.clone(), req.toml.clone())])
         .await;
     let catalog = match candidate {
         Ok(c) => c,
@@ -334,7 +338,11 @@ pub async fn dry_run(
     } else {
         vec![(proposal_file(&proposal.toml), proposal.toml.clone())]
     };
-    let catalog = match state.runner.catalog_with(&extra).await {
+    let approved = match state.runner.store.latest_catalog() {
+        Ok(c) => c,
+        Err(e) => return governance_error(e),
+    };
+    let catalog = match state.runner.catalog_with(&approved, &extra).await {
         Ok(c) => c,
         Err(e) => {
             return error_response(

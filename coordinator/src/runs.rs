@@ -14,6 +14,7 @@ use crate::publish::{self, Record};
 use crate::store::{RunStatus, RunStore, StoreError};
 use futures::StreamExt;
 use policies::audit::{AuditEvent, AuditLog, digest};
+use policies::governance::CatalogVersion;
 use policies::wire::{EvaluateRequest, decode_answer};
 use policies::{Catalog, Indicator, Period};
 use std::collections::{BTreeMap, BTreeSet};
@@ -161,23 +162,20 @@ impl Runner {
         self.catalog_version.load(Ordering::SeqCst)
     }
 
-    /// The catalog folder's files plus `extra` sources, checked as one catalog.
+    /// The catalog folder's files, the `approved` catalog version's entries and `extra` sources,
+    /// checked as one catalog. The caller reads `approved` from the store, so that a store it
+    /// cannot read is an error rather than a catalog silently missing its approved indicators.
     pub async fn catalog_with(
         &self,
+        approved: &CatalogVersion,
         extra: &[(std::path::PathBuf, String)],
     ) -> Result<Catalog, policies::CatalogError> {
-        let current = self.catalog();
         let mut sources = self.base_sources.clone();
-        let approved = self
-            .store
-            .latest_catalog()
-            .map(|c| c.entries)
-            .unwrap_or_default();
-        for e in approved {
-            sources.push((approved_file(&e.id), e.toml));
+        for e in &approved.entries {
+            sources.push((approved_file(&e.id), e.toml.clone()));
         }
         sources.extend_from_slice(extra);
-        Catalog::from_sources(&current.dir, &sources).await
+        Catalog::from_sources(&self.catalog().dir, &sources).await
     }
 
     /// Rebuilds the catalog from the folder and the newest signed catalog version in the store.
@@ -187,7 +185,7 @@ impl Runner {
             .latest_catalog()
             .map_err(|e| RunError::Catalog(e.to_string()))?;
         let catalog = self
-            .catalog_with(&[])
+            .catalog_with(&latest, &[])
             .await
             .map_err(|e| RunError::Catalog(e.to_string()))?;
         match self.catalog.write() {
