@@ -241,6 +241,19 @@ impl RunStore {
         }
     }
 
+    /// The proposal `id`, which must still be pending: only pending proposals are decided.
+    fn pending_in(conn: &rusqlite::Connection, id: &str) -> Result<Proposal, GovernanceError> {
+        let p = Self::proposal_in(conn, id)?
+            .ok_or_else(|| GovernanceError::UnknownProposal(id.to_string()))?;
+        if p.status != ProposalStatus::Pending {
+            return Err(GovernanceError::NotPending {
+                id: id.to_string(),
+                status: p.status.as_str(),
+            });
+        }
+        Ok(p)
+    }
+
     pub fn proposal(&self, id: &str) -> Result<Option<Proposal>, StoreError> {
         let conn = self.conn()?;
         Ok(Self::proposal_in(&conn, id)?)
@@ -272,14 +285,7 @@ impl RunStore {
     ) -> Result<ApprovalOutcome, GovernanceError> {
         let mut conn = self.conn()?;
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let p = Self::proposal_in(&tx, id)?
-            .ok_or_else(|| GovernanceError::UnknownProposal(id.to_string()))?;
-        if p.status != ProposalStatus::Pending {
-            return Err(GovernanceError::NotPending {
-                id: id.to_string(),
-                status: p.status.as_str(),
-            });
-        }
+        let p = Self::pending_in(&tx, id)?;
         if p.proposed_by == signature.reviewer {
             return Err(GovernanceError::OwnProposal(signature.reviewer.clone()));
         }
@@ -348,14 +354,7 @@ impl RunStore {
     pub fn reject(&self, id: &str, reviewer: &str, reason: &str) -> Result<(), GovernanceError> {
         let mut conn = self.conn()?;
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let p = Self::proposal_in(&tx, id)?
-            .ok_or_else(|| GovernanceError::UnknownProposal(id.to_string()))?;
-        if p.status != ProposalStatus::Pending {
-            return Err(GovernanceError::NotPending {
-                id: id.to_string(),
-                status: p.status.as_str(),
-            });
-        }
+        Self::pending_in(&tx, id)?;
         tx.execute(
             "UPDATE proposals SET status = 'rejected', decided_at = ?2, rejected_by = ?3, reason = ?4
              WHERE id = ?1",
