@@ -234,25 +234,13 @@ async fn evaluate_inner(node: &Arc<Node>, req: &EvaluateRequest) -> Result<Relea
         tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
     }
 
-    let noisy = draw_noise(&measures, &cells).await?;
-
-    let meta = AnswerMeta {
-        node_id: node.config.node_id.clone(),
-        indicator: ind.id.clone(),
-        content_hash: ind.content_hash.clone(),
-        period: req.period,
-        snapshot,
-        release_key: key.clone(),
-        aggregate: query.aggregate.kind().to_string(),
-        group_columns: cells.group_columns.clone(),
-        measures: measures.iter().map(noise_meta).collect(),
-        rho,
+    let stamp = Stamp {
+        node_id: &node.config.node_id,
+        snapshot: &snapshot,
         budget_period,
         released_at: node.clock.now().to_rfc3339(),
     };
-    let batch = answer_batch(&cells, &measures, &noisy)?;
-    let bytes =
-        wire::encode_answer(&batch, &meta).map_err(|e| ReleaseError::Internal(e.to_string()))?;
+    let bytes = noisy_answer(&stamp, &ind, &query, &req.period, &cells, &measures).await?;
     let stored = bytes.clone();
     let k = key.clone();
     ledger_call(node, move |l| l.complete(&k, &stored)).await?;
@@ -284,6 +272,43 @@ async fn draw_noise(
     )
 }
 
+/// What an answer's metadata takes from the answering node rather than from the indicator.
+struct Stamp<'a> {
+    node_id: &'a str,
+    snapshot: &'a str,
+    budget_period: String,
+    released_at: String,
+}
+
+/// Noise drawn over the bounded cells, encoded as the Arrow IPC answer a node sends. The one
+/// path for real releases and dry runs alike.
+async fn noisy_answer(
+    stamp: &Stamp<'_>,
+    ind: &Indicator,
+    query: &policies::Query,
+    period: &Period,
+    cells: &evaluate::Cells,
+    measures: &[Measure],
+) -> Result<Vec<u8>, ReleaseError> {
+    let noisy = draw_noise(measures, cells).await?;
+    let meta = AnswerMeta {
+        node_id: stamp.node_id.to_string(),
+        indicator: ind.id.clone(),
+        content_hash: ind.content_hash.clone(),
+        period: *period,
+        snapshot: stamp.snapshot.to_string(),
+        release_key: release_key(ind, period, stamp.snapshot),
+        aggregate: query.aggregate.kind().to_string(),
+        group_columns: cells.group_columns.clone(),
+        measures: measures.iter().map(noise_meta).collect(),
+        rho: query.cost.rho(),
+        budget_period: stamp.budget_period.clone(),
+        released_at: stamp.released_at.clone(),
+    };
+    let batch = answer_batch(cells, measures, &noisy)?;
+    wire::encode_answer(&batch, &meta).map_err(|e| ReleaseError::Internal(e.to_string()))
+}
+
 /// A noisy answer drawn outside any ledger, for dry runs on synthetic records only: the same
 /// bounding, noise and encoding as a release, with budget period `sandbox`.
 pub async fn sandbox_answer(
@@ -297,23 +322,13 @@ pub async fn sandbox_answer(
         .ok_or_else(|| ReleaseError::Derived(ind.id.clone()))?;
     let cells = evaluate::cells(tables, query, period, Bounding::Bounded).await?;
     let measures = query.measures(period.quarters().len());
-    let noisy = draw_noise(&measures, &cells).await?;
-    let meta = AnswerMeta {
-        node_id: node_id.to_string(),
-        indicator: ind.id.clone(),
-        content_hash: ind.content_hash.clone(),
-        period: *period,
-        snapshot: tables.snapshot.clone(),
-        release_key: release_key(ind, period, &tables.snapshot),
-        aggregate: query.aggregate.kind().to_string(),
-        group_columns: cells.group_columns.clone(),
-        measures: measures.iter().map(noise_meta).collect(),
-        rho: query.cost.rho(),
+    let stamp = Stamp {
+        node_id,
+        snapshot: &tables.snapshot,
         budget_period: "sandbox".into(),
         released_at: chrono::Utc::now().to_rfc3339(),
     };
-    let batch = answer_batch(&cells, &measures, &noisy)?;
-    wire::encode_answer(&batch, &meta).map_err(|e| ReleaseError::Internal(e.to_string()))
+    noisy_answer(&stamp, ind, query, period, &cells, &measures).await
 }
 
 struct OwnedRelease {
