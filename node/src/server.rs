@@ -262,8 +262,8 @@ pub fn router(node: Arc<Node>) -> Router {
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
 }
 
-/// The plain-HTTP operations listener (`[ops] listen`): `/healthz` and `/metrics`, nothing else.
-pub async fn start_ops(node: Arc<Node>, listen: &str) -> Result<Running, NodeError> {
+/// A non-blocking listener on `listen` (port 0 picks one) and the address it got.
+fn bind(listen: &str) -> Result<(std::net::TcpListener, SocketAddr), NodeError> {
     let listener = std::net::TcpListener::bind(listen)
         .map_err(|e| NodeError::Server(format!("cannot listen on {listen}: {e}")))?;
     listener
@@ -272,6 +272,12 @@ pub async fn start_ops(node: Arc<Node>, listen: &str) -> Result<Running, NodeErr
     let addr = listener
         .local_addr()
         .map_err(|e| NodeError::Server(e.to_string()))?;
+    Ok((listener, addr))
+}
+
+/// The plain-HTTP operations listener (`[ops] listen`): `/healthz` and `/metrics`, nothing else.
+pub async fn start_ops(node: Arc<Node>, listen: &str) -> Result<Running, NodeError> {
+    let (listener, addr) = bind(listen)?;
     let handle = axum_server::Handle::new();
     let server = axum_server::from_tcp(listener)
         .map_err(|e| NodeError::Server(e.to_string()))?
@@ -309,14 +315,7 @@ pub async fn start(node: Arc<Node>) -> Result<Running, NodeError> {
         &node.config.tls.key,
         node.config.tls.client_ca.as_deref(),
     )?;
-    let listener = std::net::TcpListener::bind(&node.config.listen)
-        .map_err(|e| NodeError::Server(format!("cannot listen on {}: {e}", node.config.listen)))?;
-    listener
-        .set_nonblocking(true)
-        .map_err(|e| NodeError::Server(e.to_string()))?;
-    let addr = listener
-        .local_addr()
-        .map_err(|e| NodeError::Server(e.to_string()))?;
+    let (listener, addr) = bind(&node.config.listen)?;
     let handle = axum_server::Handle::new();
     let server = axum_server::from_tcp_rustls(
         listener,
