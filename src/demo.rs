@@ -19,7 +19,7 @@ use std::time::Duration;
 pub const DEMO_PERIOD: &str = "2023Q1:2024Q4";
 const NODE_BUDGET: f64 = 12.0;
 const PANEL_BUDGET: f64 = 2.0;
-const PANEL_UNIT: &str = "respondent_pid";
+pub(crate) const PANEL_UNIT: &str = "respondent_pid";
 
 pub struct DemoOptions {
     pub out: PathBuf,
@@ -39,7 +39,7 @@ pub struct Truth {
     pub value_bounded: f64,
 }
 
-fn node_config(
+pub(crate) fn node_config(
     dir: &Path,
     id: &str,
     catalog: &Path,
@@ -62,7 +62,23 @@ fn node_config(
     Ok(path)
 }
 
-fn coordinator_config(
+/// Write a node's configuration under `dir/nodes/` (see `node_config`) and open the node.
+pub(crate) async fn open_node(
+    dir: &Path,
+    id: &str,
+    catalog: &Path,
+    tables: &[&str],
+    budget: f64,
+) -> Result<Arc<node::Node>> {
+    let cfg_path = node_config(dir, id, catalog, tables, budget)?;
+    let cfg = node::config::NodeConfig::load(&cfg_path)?;
+    let n = node::Node::open(cfg)
+        .await
+        .with_context(|| format!("node {id}"))?;
+    Ok(Arc::new(n))
+}
+
+pub(crate) fn coordinator_config(
     dir: &Path,
     catalog: &Path,
     nodes: &[(String, String, &str)],
@@ -82,7 +98,7 @@ fn coordinator_config(
     Ok(path)
 }
 
-fn progress(done: usize, total: usize, label: &str) {
+pub(crate) fn progress(done: usize, total: usize, label: &str) {
     let width = 30;
     let filled = done * width / total.max(1);
     eprint!(
@@ -93,7 +109,7 @@ fn progress(done: usize, total: usize, label: &str) {
     let _ = std::io::stderr().flush();
 }
 
-fn random_token() -> String {
+pub(crate) fn random_token() -> String {
     use rand::RngCore;
     let mut bytes = [0u8; 24];
     rand::rng().fill_bytes(&mut bytes);
@@ -149,13 +165,7 @@ pub async fn run(opts: DemoOptions) -> Result<()> {
                 policies::cdm::UNIT_COLUMN,
             )
         };
-        let cfg_path = node_config(out, id, &catalog_dir, &tables, budget)?;
-        let cfg = node::config::NodeConfig::load(&cfg_path)?;
-        let n = Arc::new(
-            node::Node::open(cfg)
-                .await
-                .with_context(|| format!("node {id}"))?,
-        );
+        let n = open_node(out, id, &catalog_dir, &tables, budget).await?;
         let running = node::server::start(n.clone()).await?;
         entries.push((id.clone(), format!("https://{}", running.addr), unit));
         nodes.insert(id.clone(), (n, running));
@@ -282,7 +292,12 @@ pub async fn run(opts: DemoOptions) -> Result<()> {
 
 type RunningNodes = BTreeMap<String, (Arc<node::Node>, node::server::Running)>;
 
-fn add_cells(into: &mut Option<BaseResult>, cells: &Cells, indicator: &str, quarter: &str) {
+pub(crate) fn add_cells(
+    into: &mut Option<BaseResult>,
+    cells: &Cells,
+    indicator: &str,
+    quarter: &str,
+) {
     let r = into.get_or_insert_with(|| BaseResult {
         indicator: indicator.to_string(),
         quarter: quarter.to_string(),

@@ -1,5 +1,6 @@
 //! `stroom`: the one binary of the federation.
 
+mod bench;
 mod certs;
 mod client;
 mod demo;
@@ -40,6 +41,12 @@ enum Command {
         /// address; Ctrl-C stops.
         #[arg(long)]
         serve: bool,
+    },
+    /// Measure the node's DP evaluation, the federation's fan-out and the estimates' accuracy;
+    /// each prints a table and writes JSON (figures in BENCHMARKS.md). Use a release build.
+    Bench {
+        #[command(subcommand)]
+        action: BenchAction,
     },
     /// Check indicator catalogs.
     Policy {
@@ -201,6 +208,70 @@ enum AuditAction {
 }
 
 #[derive(Subcommand)]
+enum BenchAction {
+    /// DP evaluation time and peak memory per aggregate kind on one synthetic provider, against
+    /// the plain two-level DataFusion aggregate (--scale 5800 ≈ 10 million measure rows).
+    Node {
+        #[arg(long, default_value_t = 100.0)]
+        scale: f64,
+        /// Use this provider's folder (from `stroom synth`) instead of synthesizing one.
+        #[arg(long)]
+        data: Option<PathBuf>,
+        #[arg(long, default_value_t = 7)]
+        repetitions: usize,
+        #[arg(long, default_value = "bench-node.json")]
+        out: PathBuf,
+    },
+    /// Run latency, coordinator CPU and memory for one run against N nodes on loopback (real
+    /// HTTPS with mutual TLS; the nodes share a child process).
+    Federation {
+        /// Node counts, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "10,100,1000")]
+        nodes: Vec<usize>,
+        #[arg(long, default_value_t = 9)]
+        repeats: usize,
+        #[arg(long, default_value = "care.unique_youths")]
+        indicator: String,
+        #[arg(long, default_value = "2024Q1")]
+        quarter: String,
+        #[arg(long)]
+        catalog: Option<PathBuf>,
+        #[arg(long, default_value = "bench-federation.json")]
+        out: PathBuf,
+    },
+    /// Error of the national estimates against the truth and against central DP at the same cost,
+    /// per catalog indicator, over many repetitions of the noise.
+    Accuracy {
+        #[arg(long, default_value_t = 11)]
+        providers: usize,
+        #[arg(long, default_value_t = 100)]
+        repetitions: usize,
+        #[arg(long, default_value = "2024Q1:2024Q4")]
+        period: String,
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        #[arg(long)]
+        catalog: Option<PathBuf>,
+        #[arg(long, default_value = "bench-accuracy.json")]
+        out: PathBuf,
+    },
+    /// (Used by `bench federation`.) Serve N nodes; print where; stop when stdin closes.
+    #[command(hide = true)]
+    ServeNodes {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        nodes: usize,
+        #[arg(long)]
+        catalog: PathBuf,
+        #[arg(long)]
+        indicator: String,
+        #[arg(long)]
+        quarter: String,
+    },
+}
+
+#[derive(Subcommand)]
 enum NodeAction {
     /// Validate configuration, catalog and data; print row counts; start nothing.
     Check,
@@ -293,6 +364,77 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode> {
                 manifest.seed,
                 manifest.scale
             );
+            Ok(std::process::ExitCode::SUCCESS)
+        }
+        Command::Bench { action } => {
+            match action {
+                BenchAction::Node {
+                    scale,
+                    data,
+                    repetitions,
+                    out,
+                } => {
+                    bench::node::run(bench::node::NodeBenchOptions {
+                        scale,
+                        data,
+                        repetitions,
+                        out,
+                    })
+                    .await?;
+                }
+                BenchAction::Federation {
+                    nodes,
+                    repeats,
+                    indicator,
+                    quarter,
+                    catalog,
+                    out,
+                } => {
+                    bench::federation::run(bench::federation::FederationBenchOptions {
+                        nodes,
+                        repeats,
+                        indicator,
+                        quarter,
+                        catalog: catalog.unwrap_or_else(default_catalog),
+                        out,
+                    })
+                    .await?;
+                }
+                BenchAction::Accuracy {
+                    providers,
+                    repetitions,
+                    period,
+                    seed,
+                    catalog,
+                    out,
+                } => {
+                    bench::accuracy::run(bench::accuracy::AccuracyBenchOptions {
+                        providers,
+                        repetitions,
+                        period,
+                        seed,
+                        catalog: catalog.unwrap_or_else(default_catalog),
+                        out,
+                    })
+                    .await?;
+                }
+                BenchAction::ServeNodes {
+                    dir,
+                    nodes,
+                    catalog,
+                    indicator,
+                    quarter,
+                } => {
+                    bench::federation::serve_nodes(bench::federation::ServeNodesOptions {
+                        dir,
+                        nodes,
+                        catalog,
+                        indicator,
+                        quarter,
+                    })
+                    .await?;
+                }
+            }
             Ok(std::process::ExitCode::SUCCESS)
         }
         Command::Certs { out, nodes } => {

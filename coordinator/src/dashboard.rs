@@ -130,7 +130,8 @@ fn series<'a>(records: &[&'a Published]) -> Series<'a> {
 
 /// A trend chart: one line per group over the quarters, with its 95% band.
 fn chart(id: &str, title: &str, s: &Series<'_>, lang: Lang) -> String {
-    let (w, h, left, right, top, bottom) = (640.0, 240.0, 56.0, 12.0, 12.0, 36.0);
+    // The right margin leaves room for the last quarter's label, centred on its point.
+    let (w, h, left, right, top, bottom) = (640.0, 240.0, 56.0, 30.0, 12.0, 36.0);
     let mut periods: Vec<&str> = s
         .iter()
         .flat_map(|(_, ps)| ps.iter().map(|p| p.period.as_str()))
@@ -143,16 +144,14 @@ fn chart(id: &str, title: &str, s: &Series<'_>, lang: Lang) -> String {
             .flatten()
             .filter(|v| v.is_finite())
     });
-    let (mut lo, mut hi) = values.fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| {
+    let (lo, hi) = values.fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| {
         (a.min(v), b.max(v))
     });
-    if !lo.is_finite() {
-        (lo, hi) = (0.0, 1.0);
-    }
-    lo = lo.min(0.0);
-    if hi <= lo {
-        hi = lo + 1.0;
-    }
+    let anything = lo.is_finite();
+    let (lo, hi, step) = axis(
+        if anything { lo.min(0.0) } else { 0.0 },
+        if anything { hi } else { 1.0 },
+    );
     let x = |p: &str| {
         let i = periods.iter().position(|q| *q == p).unwrap_or(0) as f64;
         let n = (periods.len().max(2) - 1) as f64;
@@ -169,8 +168,9 @@ fn chart(id: &str, title: &str, s: &Series<'_>, lang: Lang) -> String {
             "Line: national estimate per quarter; band: 95% interval. The numbers are in the table below."
         )
     );
-    for k in 0..=4 {
-        let v = lo + (hi - lo) * k as f64 / 4.0;
+    let ticks = ((hi - lo) / step).round() as usize;
+    for k in 0..=ticks {
+        let v = lo + step * k as f64;
         let yy = y(v);
         let _ = write!(
             svg,
@@ -178,7 +178,19 @@ fn chart(id: &str, title: &str, s: &Series<'_>, lang: Lang) -> String {
             w - right,
             left - 6.0,
             yy + 4.0,
-            number(Some((v * 10.0).round() / 10.0), lang)
+            axis_label(v, step, lang)
+        );
+    }
+    if !anything {
+        let _ = write!(
+            svg,
+            r##"<text class="no-values" x="{:.1}" y="{:.1}" font-size="13" text-anchor="middle" fill="#333">{}</text>"##,
+            (left + w - right) / 2.0,
+            (top + h - bottom) / 2.0,
+            lang.t(
+                "Geen waarden te tonen: alle cijfers zijn onderdrukt of onbepaald.",
+                "No values to show: every figure is suppressed or undefined."
+            )
         );
     }
     for p in &periods {
@@ -211,7 +223,7 @@ fn chart(id: &str, title: &str, s: &Series<'_>, lang: Lang) -> String {
         if upper.len() == shown.len() && lower.len() == shown.len() {
             let _ = write!(
                 svg,
-                r#"<polygon points="{} {}" fill="{colour}" fill-opacity="0.15" stroke="none"/>"#,
+                r#"<polygon class="band" points="{} {}" fill="{colour}" fill-opacity="0.15" stroke="none"/>"#,
                 upper.join(" "),
                 lower.join(" ")
             );
@@ -222,7 +234,7 @@ fn chart(id: &str, title: &str, s: &Series<'_>, lang: Lang) -> String {
             .collect();
         let _ = write!(
             svg,
-            r#"<polyline points="{}" fill="none" stroke="{colour}" stroke-width="2"/>"#,
+            r#"<polyline class="estimate" points="{}" fill="none" stroke="{colour}" stroke-width="2"/>"#,
             line.join(" ")
         );
         for p in &shown {
@@ -238,6 +250,44 @@ fn chart(id: &str, title: &str, s: &Series<'_>, lang: Lang) -> String {
     }
     svg.push_str("</svg>");
     svg
+}
+
+/// A value axis from at most `lo` to at least `hi` in round steps (1, 2, 2.5 or 5 × 10ᵏ), about
+/// four of them: (axis low, axis high, step).
+fn axis(lo: f64, hi: f64) -> (f64, f64, f64) {
+    let hi = if hi > lo { hi } else { lo + 1.0 };
+    let rough = (hi - lo) / 4.0;
+    let magnitude = 10f64.powf(rough.log10().floor());
+    let step = [1.0, 2.0, 2.5, 5.0, 10.0]
+        .iter()
+        .map(|m| m * magnitude)
+        .find(|s| *s >= rough)
+        .unwrap_or(10.0 * magnitude);
+    ((lo / step).floor() * step, (hi / step).ceil() * step, step)
+}
+
+/// An axis value with as many decimals as the step needs (0.25 → two), in the page's language.
+fn axis_label(v: f64, step: f64, lang: Lang) -> String {
+    let decimals = (0..6)
+        .find(|k| {
+            let scaled = step * 10f64.powi(*k);
+            (scaled - scaled.round()).abs() < 1e-6
+        })
+        .unwrap_or(6) as usize;
+    let s = format!("{v:.decimals$}");
+    let s = if s
+        .trim_start_matches('-')
+        .chars()
+        .all(|c| c == '0' || c == '.')
+    {
+        s.trim_start_matches('-').to_string() // no "-0"
+    } else {
+        s
+    };
+    match lang {
+        Lang::Nl => s.replace('.', ","),
+        Lang::En => s,
+    }
 }
 
 /// The numbers behind a chart, as a table: the chart's text alternative.
@@ -572,6 +622,46 @@ mod tests {
         for n in ["100", "120", "80", "70,5", "65,5 – 75,5", "10/11"] {
             assert!(t.contains(n), "{n} missing from {t}");
         }
+    }
+
+    #[test]
+    fn axis_steps_are_round_and_cover_the_values() {
+        assert_eq!(axis(0.0, 535.0), (0.0, 600.0, 200.0));
+        assert_eq!(axis(-110.0, 275.0), (-200.0, 300.0, 100.0));
+        assert_eq!(axis(0.0, 0.37), (0.0, 0.4, 0.1));
+        assert_eq!(axis(0.0, 0.0), (0.0, 1.0, 0.25));
+        for (lo, hi) in [(0.0, 7.0), (-3.5, 1234.0), (0.0, 1e6), (0.12, 0.9)] {
+            let (a, b, step) = axis(lo, hi);
+            assert!(
+                a <= lo && b >= hi && step > 0.0,
+                "{lo}..{hi} → {a}..{b} by {step}"
+            );
+            let n = (b - a) / step;
+            assert!(
+                (n - n.round()).abs() < 1e-9 && (2.0..=8.0).contains(&n.round()),
+                "{n} steps"
+            );
+        }
+    }
+
+    #[test]
+    fn axis_labels_carry_the_decimals_of_the_step() {
+        assert_eq!(axis_label(0.25, 0.25, Lang::En), "0.25");
+        assert_eq!(axis_label(0.5, 0.25, Lang::Nl), "0,50");
+        assert_eq!(axis_label(-0.0, 100.0, Lang::En), "0");
+        assert_eq!(axis_label(300.0, 100.0, Lang::En), "300");
+        assert_eq!(axis_label(0.30000000000000004, 0.1, Lang::En), "0.3");
+    }
+
+    #[test]
+    fn a_chart_with_only_suppressed_values_says_so() {
+        let mut r = rec("2024Q1", 0.0, &[]);
+        (r.estimate, r.ci_low, r.ci_high) = (None, None, None);
+        r.suppressed = true;
+        let recs = [&r];
+        let svg = chart("x", "t", &series(&recs), Lang::En);
+        assert!(svg.contains("every figure is suppressed"), "{svg}");
+        assert!(!svg.contains("class=\"band\""));
     }
 
     #[test]

@@ -1,0 +1,402 @@
+//! `stroom bench accuracy`: how close the federation's national estimates come to the truth, and
+//! to the best a central DP system could do at the same privacy cost.
+//!
+//! Over synthetic providers, every base indicator of the catalog is evaluated once per node and
+//! quarter with the catalog's contribution bounds (and once without bounds, for the truth). Then,
+//! many times over:
+//! - **federated**: every node adds its own noise at the catalog cost (as a node's release does)
+//!   and the coordinator's arithmetic (`publish::records`) turns the sums into national records;
+//! - **central DP**: the pooled bounded sums get one noise draw at the same cost, then the same
+//!   arithmetic. This is the limit any DP system with these bounds reaches with the records pooled.
+//!
+//! The error of each against the exact bounded value is pure noise; against the unbounded truth it
+//! adds the bias of the bounds. Federated over central is the price of per-node noise: for sums of
+//! P independent draws it is √P for counts.
+
+use super::{Machine, table, write_json};
+use anyhow::{Context, Result};
+use coordinator::national::BaseResult;
+use coordinator::publish::{self, Record};
+use node::evaluate::{Bounding, Cells};
+use policies::{Catalog, Period};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Instant;
+
+pub struct AccuracyBenchOptions {
+    pub providers: usize,
+    pub repetitions: usize,
+    pub period: String,
+    pub seed: u64,
+    pub catalog: PathBuf,
+    pub out: PathBuf,
+}
+
+/// A relative error a reader can still work with for a quarterly figure: ±10% (one RMSE).
+const READABLE_RELATIVE_ERROR: f64 = 0.10;
+
+#[derive(Debug, Serialize)]
+pub struct IndicatorAccuracy {
+    pub indicator: String,
+    /// ρ each node spends per quarter at the catalog's cost.
+    pub rho: f64,
+    /// Records (quarter × group) the figures average over.
+    pub records: usize,
+    /// Mean |exact value| over those records, for scale.
+    pub mean_abs_value: f64,
+    /// Root mean square error of the federated estimate against the exact bounded value (noise).
+    pub federated_rmse: f64,
+    /// … against the unbounded truth (noise and the bias of the bounds).
+    pub federated_rmse_vs_truth: f64,
+    /// Central DP at the same cost on the pooled records, against the exact bounded value.
+    pub central_rmse: f64,
+    /// federated_rmse / central_rmse: the price of per-node noise.
+    pub ratio: f64,
+    /// Share of the federated 95% intervals that hold the exact bounded value.
+    pub coverage: f64,
+    /// federated_rmse / mean_abs_value.
+    pub relative_error: f64,
+    /// The ρ per quarter at which the federated noise alone would be ±10% of the value (noise
+    /// scales as 1/√ρ); `null` when the value is zero.
+    pub rho_for_readable: Option<f64>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct AccuracyReport {
+    pub machine: Machine,
+    pub providers: usize,
+    pub repetitions: usize,
+    pub period: String,
+    pub seed: u64,
+    pub indicators: Vec<IndicatorAccuracy>,
+}
+
+type Key = (String, String, BTreeMap<String, String>);
+
+fn key(r: &Record) -> Key {
+    (r.indicator.clone(), r.period.clone(), r.group.clone())
+}
+
+/// Per base indicator, per quarter: the cells of every node that answers it.
+struct Evaluated {
+    bounded: BTreeMap<(String, String), Vec<Cells>>,
+    exact: BTreeMap<(String, String), Vec<Cells>>,
+}
+
+pub async fn run(opts: AccuracyBenchOptions) -> Result<AccuracyReport> {
+    anyhow::ensure!(opts.providers > 0, "--providers must be at least 1");
+    anyhow::ensure!(opts.repetitions >= 2, "--repetitions must be at least 2");
+    let period: Period = opts.period.parse()?;
+    let catalog_dir = std::fs::canonicalize(&opts.catalog)
+        .with_context(|| format!("catalog folder {}", opts.catalog.display()))?;
+    let catalog = Catalog::load(&catalog_dir).await?;
+    let work = tempfile::tempdir()?;
+    eprintln!(
+        "synthesizing {} providers and the panel (seed {}) …",
+        opts.providers, opts.seed
+    );
+    let synth = crate::synth::SynthOptions {
+        out: work.path().join("data"),
+        providers: opts.providers,
+        seed: opts.seed,
+        scale: 1.0,
+    };
+    let manifest =
+        tokio::task::spawn_blocking(move || crate::synth::generate(&synth, |_| {})).await??;
+    let mut ids = manifest.providers.clone();
+    ids.push(manifest.panel_node.clone());
+    crate::certs::generate(&work.path().join("certs"), &ids)?;
+    let mut nodes = BTreeMap::new();
+    for id in &ids {
+        let panel = *id == manifest.panel_node;
+        let tables = if panel {
+            vec!["panel_response"]
+        } else {
+            node::config::DEFAULT_TABLES.to_vec()
+        };
+        let n = crate::demo::open_node(work.path(), id, &catalog_dir, &tables, 1.0).await?;
+        nodes.insert(id.clone(), n);
+    }
+
+    eprintln!("evaluating every base indicator on every node, bounded and exact …");
+    let t = Instant::now();
+    let mut ev = Evaluated {
+        bounded: BTreeMap::new(),
+        exact: BTreeMap::new(),
+    };
+    for q in period.quarters() {
+        let quarter = Period { first: q, last: q };
+        for ind in catalog.indicators.values() {
+            let Some(query) = ind.query() else { continue };
+            let answering: Vec<&String> = if query.privacy_unit == crate::demo::PANEL_UNIT {
+                vec![&manifest.panel_node]
+            } else {
+                manifest.providers.iter().collect()
+            };
+            let k = (ind.id.clone(), quarter.to_string());
+            for id in answering {
+                let n = &nodes[id];
+                let b =
+                    node::evaluate::cells(&n.tables, query, &quarter, Bounding::Bounded).await?;
+                let e = node::evaluate::cells(&n.tables, query, &quarter, Bounding::Exact).await?;
+                ev.bounded.entry(k.clone()).or_default().push(b);
+                ev.exact.entry(k.clone()).or_default().push(e);
+            }
+        }
+    }
+    eprintln!("  done in {:.1}s", t.elapsed().as_secs_f64());
+
+    let quarters: Vec<String> = period
+        .quarters()
+        .into_iter()
+        .map(|q| Period { first: q, last: q }.to_string())
+        .collect();
+    // The truth: exact sums with zero variance through the same arithmetic.
+    let exact = estimates(&catalog, &quarters, |k| {
+        base(&catalog, k, &ev.exact[k], Noise::None)
+    })?;
+    let bounded = estimates(&catalog, &quarters, |k| {
+        base(&catalog, k, &ev.bounded[k], Noise::None)
+    })?;
+
+    #[derive(Default)]
+    struct Acc {
+        fed_sq: f64,
+        fed_truth_sq: f64,
+        central_sq: f64,
+        covered: usize,
+        n: usize,
+        rho: f64,
+    }
+    let mut acc: BTreeMap<Key, Acc> = BTreeMap::new();
+    let started = Instant::now();
+    for rep in 0..opts.repetitions {
+        crate::demo::progress(rep, opts.repetitions, "repetitions");
+        let fed = records_all(&catalog, &quarters, |k| {
+            base(&catalog, k, &ev.bounded[k], Noise::PerNode)
+        })?;
+        let central = records_all(&catalog, &quarters, |k| {
+            base(&catalog, k, &ev.bounded[k], Noise::Pooled)
+        })?;
+        let central: BTreeMap<Key, f64> = central.iter().map(|r| (key(r), r.estimate)).collect();
+        for r in &fed {
+            let k = key(r);
+            let (Some(b), Some(t), Some(c)) = (bounded.get(&k), exact.get(&k), central.get(&k))
+            else {
+                continue;
+            };
+            if !(r.estimate.is_finite() && b.is_finite() && t.is_finite() && c.is_finite()) {
+                continue;
+            }
+            let a = acc.entry(k).or_default();
+            a.fed_sq += (r.estimate - b).powi(2);
+            a.fed_truth_sq += (r.estimate - t).powi(2);
+            a.central_sq += (c - b).powi(2);
+            a.covered += usize::from(r.ci_low <= *b && *b <= r.ci_high);
+            a.n += 1;
+            a.rho = r.rho;
+        }
+    }
+    crate::demo::progress(opts.repetitions, opts.repetitions, "repetitions");
+    eprintln!(" in {:.1}s", started.elapsed().as_secs_f64());
+
+    let mut indicators = Vec::new();
+    for ind in catalog.indicators.values() {
+        let mine: Vec<(&Key, &Acc)> = acc
+            .iter()
+            .filter(|(k, a)| k.0 == ind.id && a.n > 0)
+            .collect();
+        if mine.is_empty() {
+            continue;
+        }
+        let n: usize = mine.iter().map(|(_, a)| a.n).sum();
+        let rmse =
+            |f: fn(&Acc) -> f64| (mine.iter().map(|(_, a)| f(a)).sum::<f64>() / n as f64).sqrt();
+        let fed = rmse(|a| a.fed_sq);
+        let central = rmse(|a| a.central_sq);
+        let mean_abs = mine
+            .iter()
+            .filter_map(|(k, _)| exact.get(*k))
+            .map(|v| v.abs())
+            .sum::<f64>()
+            / mine.len() as f64;
+        let rho = mine.iter().map(|(_, a)| a.rho).fold(0.0, f64::max);
+        let relative = fed / mean_abs;
+        indicators.push(IndicatorAccuracy {
+            indicator: ind.id.clone(),
+            rho,
+            records: mine.len(),
+            mean_abs_value: mean_abs,
+            federated_rmse: fed,
+            federated_rmse_vs_truth: rmse(|a| a.fed_truth_sq),
+            central_rmse: central,
+            ratio: fed / central,
+            coverage: mine.iter().map(|(_, a)| a.covered).sum::<usize>() as f64 / n as f64,
+            relative_error: relative,
+            rho_for_readable: (mean_abs > 0.0)
+                .then(|| rho * (relative / READABLE_RELATIVE_ERROR).powi(2)),
+        });
+    }
+    let report = AccuracyReport {
+        machine: Machine::read(),
+        providers: opts.providers,
+        repetitions: opts.repetitions,
+        period: opts.period.clone(),
+        seed: opts.seed,
+        indicators,
+    };
+    let g = |x: f64| {
+        if x.abs() >= 100.0 {
+            format!("{x:.0}")
+        } else if x.abs() >= 1.0 {
+            format!("{x:.2}")
+        } else {
+            format!("{x:.4}")
+        }
+    };
+    let rows: Vec<Vec<String>> = report
+        .indicators
+        .iter()
+        .map(|i| {
+            vec![
+                i.indicator.clone(),
+                g(i.rho),
+                g(i.mean_abs_value),
+                g(i.federated_rmse),
+                g(i.federated_rmse_vs_truth),
+                g(i.central_rmse),
+                format!("{:.2}×", i.ratio),
+                format!("{:.1}%", 100.0 * i.relative_error),
+                format!("{:.1}%", 100.0 * i.coverage),
+                i.rho_for_readable.map_or("–".into(), g),
+            ]
+        })
+        .collect();
+    println!(
+        "\nAccuracy over {} repetitions, {} providers, {} (RMSE per record; exact = bounded, no noise)",
+        opts.repetitions, opts.providers, opts.period
+    );
+    print!(
+        "{}",
+        table(
+            &[
+                "indicator",
+                "ρ/quarter",
+                "mean |value|",
+                "federated RMSE",
+                "… vs truth",
+                "central DP RMSE",
+                "fed/central",
+                "relative",
+                "95% coverage",
+                "ρ for ±10%",
+            ],
+            &rows
+        )
+    );
+    write_json(&opts.out, &report)?;
+    Ok(report)
+}
+
+#[derive(Clone, Copy)]
+enum Noise {
+    None,
+    /// Every node draws its own noise: the federation.
+    PerNode,
+    /// One draw on the pooled sums: central DP.
+    Pooled,
+}
+
+/// National sums of one base indicator for one quarter from the nodes' cells.
+fn base(
+    catalog: &Catalog,
+    k: &(String, String),
+    cells: &[Cells],
+    noise: Noise,
+) -> Result<BaseResult> {
+    let ind = catalog.get(&k.0).context("indicator")?;
+    let query = ind.query().context("base indicator")?;
+    let measures = query.measures(1);
+    let mut sum: Option<BaseResult> = None;
+    let noisy = |c: &Cells| -> Result<Cells> {
+        let mut c = c.clone();
+        for (name, values) in &mut c.measures {
+            if let Some(m) = measures.iter().find(|m| m.name == *name) {
+                *values = node::noise::add_noise(m, values)?;
+            }
+        }
+        Ok(c)
+    };
+    for c in cells {
+        let c = match noise {
+            Noise::PerNode => noisy(c)?,
+            _ => c.clone(),
+        };
+        crate::demo::add_cells(&mut sum, &c, &k.0, &k.1);
+    }
+    let mut r = sum.context("no node answered")?;
+    let draws = match noise {
+        Noise::None => 0.0,
+        Noise::PerNode => cells.len() as f64,
+        Noise::Pooled => 1.0,
+    };
+    if let Noise::Pooled = noise {
+        for m in &measures {
+            let exact: Vec<i64> = r
+                .cells
+                .iter()
+                .map(|(_, ms)| ms.get(&m.name).map_or(0, |s| s.value))
+                .collect();
+            let noisy = node::noise::add_noise(m, &exact)?;
+            for ((_, ms), v) in r.cells.iter_mut().zip(noisy) {
+                if let Some(s) = ms.get_mut(&m.name) {
+                    s.value = v;
+                }
+            }
+        }
+    }
+    for m in &measures {
+        for (_, ms) in r.cells.iter_mut() {
+            if let Some(s) = ms.get_mut(&m.name) {
+                s.variance = draws * m.variance();
+            }
+        }
+    }
+    r.providers_reporting = cells.len();
+    r.providers_total = cells.len();
+    Ok(r)
+}
+
+/// Every catalog record for every quarter, with base sums made by `make`.
+fn records_all(
+    catalog: &Catalog,
+    quarters: &[String],
+    make: impl Fn(&(String, String)) -> Result<BaseResult>,
+) -> Result<Vec<Record>> {
+    let mut out = Vec::new();
+    for q in quarters {
+        let mut bases = BTreeMap::new();
+        for ind in catalog.indicators.values() {
+            if ind.query().is_some() {
+                let k = (ind.id.clone(), q.clone());
+                bases.insert(ind.id.clone(), make(&k)?);
+            }
+        }
+        for ind in catalog.indicators.values() {
+            out.extend(publish::records(catalog, ind, q, &bases));
+        }
+    }
+    Ok(out)
+}
+
+fn estimates(
+    catalog: &Catalog,
+    quarters: &[String],
+    make: impl Fn(&(String, String)) -> Result<BaseResult>,
+) -> Result<BTreeMap<Key, f64>> {
+    Ok(records_all(catalog, quarters, make)?
+        .iter()
+        .map(|r| (key(r), r.estimate))
+        .collect())
+}

@@ -1,0 +1,357 @@
+//! `stroom bench federation`: one run against N nodes on loopback, each a real HTTPS server with
+//! mutual TLS and its own ledger. The nodes live in a child process (`stroom bench serve-nodes`)
+//! so that this process is the coordinator alone: its CPU time and memory are the coordinator's.
+//!
+//! Per N it reports: the first run (every node evaluates and spends; on a small machine the N
+//! evaluations share its cores), repeats of the same run (every node answers from its ledger, so
+//! what is left is the coordinator's own work: TLS, HTTP, Arrow decoding, storing each answer
+//! durably, combining, intervals, publishing), each node's own evaluation timed serially (the
+//! slowest is what a deployment with one machine per provider waits for), and combination alone.
+
+use super::{
+    Machine, cpu_seconds, median, peak_rss_mib, reset_peak_rss, rss_mib, table, write_json,
+};
+use anyhow::{Context, Result};
+use coordinator::config::CoordinatorConfig;
+use coordinator::runs::Runner;
+use serde::{Deserialize, Serialize};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::Instant;
+
+pub struct FederationBenchOptions {
+    pub nodes: Vec<usize>,
+    pub repeats: usize,
+    pub indicator: String,
+    pub quarter: String,
+    pub catalog: PathBuf,
+    pub out: PathBuf,
+}
+
+/// Each node's rho budget per year in the benchmark: ample for the runs it makes.
+const NODE_BUDGET: f64 = 5.0;
+
+#[derive(Debug, Serialize)]
+pub struct FederationFigures {
+    pub nodes: usize,
+    pub cells_per_answer: usize,
+    pub first_run_s: f64,
+    pub repeat_run_median_s: f64,
+    pub repeat_runs: usize,
+    /// Coordinator CPU (user + system) per repeat run.
+    pub coordinator_cpu_per_run_s: f64,
+    pub slowest_node_evaluation_s: f64,
+    pub sum_of_node_evaluations_s: f64,
+    /// What the coordinator adds to a run: the repeat run, in which every node answers from its
+    /// ledger with no evaluation (a lookup), so nearly all of its time is the coordinator's.
+    pub overhead_s: f64,
+    /// Target: 50 ms + 10% of the slowest node's evaluation.
+    pub overhead_target_s: f64,
+    pub combination_ms: f64,
+    pub coordinator_rss_before_mib: f64,
+    pub coordinator_peak_rss_mib: f64,
+    pub nodes_up_s: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct FederationReport {
+    pub machine: Machine,
+    pub indicator: String,
+    pub quarter: String,
+    pub runs: Vec<FederationFigures>,
+}
+
+/// What the node process tells the coordinator process: where each node listens and how long
+/// each node's own evaluation takes.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ServedNodes {
+    pub nodes: Vec<(String, String)>,
+    pub evaluation_s: Vec<f64>,
+    pub cells_per_answer: usize,
+}
+
+pub async fn run(opts: FederationBenchOptions) -> Result<FederationReport> {
+    anyhow::ensure!(!opts.nodes.is_empty(), "--nodes needs at least one count");
+    anyhow::ensure!(
+        opts.nodes.iter().all(|n| *n > 0),
+        "--nodes counts must be at least 1"
+    );
+    anyhow::ensure!(opts.repeats > 0, "--repeats must be at least 1");
+    let catalog_dir = std::fs::canonicalize(&opts.catalog)
+        .with_context(|| format!("catalog folder {}", opts.catalog.display()))?;
+    let catalog = policies::Catalog::load(&catalog_dir).await?;
+    let ind = catalog
+        .get(&opts.indicator)
+        .with_context(|| format!("no indicator '{}' in the catalog", opts.indicator))?;
+    anyhow::ensure!(
+        ind.query().is_some(),
+        "{} is derived from other indicators; benchmark a base indicator",
+        opts.indicator
+    );
+    let _: policies::Period = opts.quarter.parse()?;
+    let max = *opts.nodes.iter().max().unwrap_or(&1);
+    let work = tempfile::tempdir()?;
+    eprintln!("synthesizing {max} providers and their certificates …");
+    let t = Instant::now();
+    let synth = crate::synth::SynthOptions {
+        out: work.path().join("data"),
+        providers: max,
+        seed: 42,
+        scale: 1.0,
+    };
+    let manifest =
+        tokio::task::spawn_blocking(move || crate::synth::generate(&synth, |_| {})).await??;
+    crate::certs::generate(&work.path().join("certs"), &manifest.providers)?;
+    eprintln!("  done in {:.1}s", t.elapsed().as_secs_f64());
+
+    let mut runs = Vec::new();
+    for &n in &opts.nodes {
+        runs.push(one(&opts, &catalog, &catalog_dir, work.path(), n).await?);
+    }
+    let report = FederationReport {
+        machine: Machine::read(),
+        indicator: opts.indicator.clone(),
+        quarter: opts.quarter.clone(),
+        runs,
+    };
+    let rows: Vec<Vec<String>> = report
+        .runs
+        .iter()
+        .map(|r| {
+            vec![
+                r.nodes.to_string(),
+                format!("{:.3}", r.first_run_s),
+                format!("{:.4}", r.repeat_run_median_s),
+                format!("{:.4}", r.coordinator_cpu_per_run_s),
+                format!("{:.4}", r.slowest_node_evaluation_s),
+                format!("{:.4}", r.overhead_s),
+                format!("{:.4}", r.overhead_target_s),
+                format!("{:.2}", r.combination_ms),
+                format!("{:.0}", r.coordinator_peak_rss_mib),
+            ]
+        })
+        .collect();
+    println!(
+        "\nFederation: {} for {}, median of {} repeat runs",
+        opts.indicator, opts.quarter, opts.repeats
+    );
+    print!(
+        "{}",
+        table(
+            &[
+                "nodes",
+                "first run (s)",
+                "repeat run (s)",
+                "coordinator CPU/run (s)",
+                "slowest node (s)",
+                "overhead (s)",
+                "target (s)",
+                "combination (ms)",
+                "coordinator peak RSS (MiB)",
+            ],
+            &rows
+        )
+    );
+    write_json(&opts.out, &report)?;
+    Ok(report)
+}
+
+/// One federation of `n` nodes: its own ledgers, run store and node process.
+async fn one(
+    opts: &FederationBenchOptions,
+    catalog: &policies::Catalog,
+    catalog_dir: &Path,
+    work: &Path,
+    n: usize,
+) -> Result<FederationFigures> {
+    let dir = work.join(format!("n{n}"));
+    std::fs::create_dir_all(&dir)?;
+    for shared in ["data", "certs"] {
+        std::os::unix::fs::symlink(work.join(shared), dir.join(shared))?;
+    }
+    eprintln!("{n} nodes: starting them in a child process …");
+    let t = Instant::now();
+    let mut child = Command::new(std::env::current_exe()?)
+        .args(["bench", "serve-nodes", "--dir"])
+        .arg(&dir)
+        .args(["--nodes", &n.to_string(), "--catalog"])
+        .arg(catalog_dir)
+        .args(["--indicator", &opts.indicator, "--quarter", &opts.quarter])
+        .env("STROOM_LOG", "warn")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("starting the node process")?;
+    let stdout = child.stdout.take().context("node process stdout")?;
+    let line = tokio::task::spawn_blocking(move || {
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).map(|_| line)
+    })
+    .await??;
+    let served: ServedNodes = serde_json::from_str(&line)
+        .with_context(|| format!("the node process did not report its nodes: '{line}'"))?;
+    let nodes_up_s = t.elapsed().as_secs_f64();
+    eprintln!("  up in {nodes_up_s:.1}s");
+
+    let entries: Vec<(String, String, &str)> = served
+        .nodes
+        .iter()
+        .map(|(id, url)| (id.clone(), url.clone(), policies::cdm::UNIT_COLUMN))
+        .collect();
+    let token = crate::demo::random_token();
+    let cfg_path = crate::demo::coordinator_config(
+        &dir,
+        catalog_dir,
+        &entries,
+        &coordinator::config::token_hash(&token),
+    )?;
+    let cfg = CoordinatorConfig::load(&cfg_path)?;
+    let rss_before = rss_mib();
+    reset_peak_rss();
+    let runner = Arc::new(Runner::new(&cfg, catalog.clone())?);
+    let timed = |runner: Arc<Runner>| {
+        let (indicator, quarter) = (opts.indicator.clone(), opts.quarter.clone());
+        async move {
+            let id = runner.submit(&indicator, &quarter, "bench")?;
+            let t = Instant::now();
+            runner.execute(&id).await;
+            let secs = t.elapsed().as_secs_f64();
+            let (run, records) = runner.store.run(&id)?.context("the run is stored")?;
+            anyhow::ensure!(
+                format!("{:?}", run.status) == "Done",
+                "run {id}: {:?} {:?}",
+                run.status,
+                run.error
+            );
+            anyhow::ensure!(
+                records.iter().all(|r| r.providers_reporting == n),
+                "not every node answered"
+            );
+            Ok::<_, anyhow::Error>((id, secs))
+        }
+    };
+    let (_, first) = timed(runner.clone()).await?;
+    let cpu_before = cpu_seconds();
+    let mut repeats = Vec::new();
+    let mut last = String::new();
+    for i in 0..opts.repeats {
+        eprint!("\r  repeat runs {}/{}", i + 1, opts.repeats);
+        let (id, s) = timed(runner.clone()).await?;
+        repeats.push(s);
+        last = id;
+    }
+    eprintln!();
+    let cpu_per_run = (cpu_seconds() - cpu_before) / opts.repeats as f64;
+
+    // Combination alone over the N stored answers of the last run.
+    let answers: Vec<_> = runner
+        .store
+        .answers(&last)?
+        .into_iter()
+        .filter_map(|a| a.answer)
+        .map(|b| policies::wire::decode_answer(&b))
+        .collect::<Result<_, _>>()?;
+    let ind = catalog.get(&opts.indicator).context("indicator")?;
+    let t = Instant::now();
+    let combined = coordinator::national::combine(&answers, n).await?;
+    let mut base = std::collections::BTreeMap::new();
+    base.insert(opts.indicator.clone(), combined);
+    let records = coordinator::publish::records(catalog, ind, &opts.quarter, &base);
+    let combination_ms = t.elapsed().as_secs_f64() * 1000.0;
+    anyhow::ensure!(!records.is_empty(), "combination published nothing");
+    let peak = peak_rss_mib();
+    drop(runner);
+
+    // Closing its stdin tells the node process to stop.
+    drop(child.stdin.take());
+    let status = child.wait()?;
+    anyhow::ensure!(status.success(), "the node process ended with {status}");
+
+    let slowest = served.evaluation_s.iter().cloned().fold(0.0, f64::max);
+    let repeat = median(repeats);
+    Ok(FederationFigures {
+        nodes: n,
+        cells_per_answer: served.cells_per_answer,
+        first_run_s: first,
+        repeat_run_median_s: repeat,
+        repeat_runs: opts.repeats,
+        coordinator_cpu_per_run_s: cpu_per_run,
+        slowest_node_evaluation_s: slowest,
+        sum_of_node_evaluations_s: served.evaluation_s.iter().sum(),
+        overhead_s: repeat,
+        overhead_target_s: 0.050 + 0.10 * slowest,
+        combination_ms,
+        coordinator_rss_before_mib: rss_before,
+        coordinator_peak_rss_mib: peak,
+        nodes_up_s,
+    })
+}
+
+pub struct ServeNodesOptions {
+    pub dir: PathBuf,
+    pub nodes: usize,
+    pub catalog: PathBuf,
+    pub indicator: String,
+    pub quarter: String,
+}
+
+/// The child process: start `nodes` nodes over `dir/data`, time each node's own evaluation, print
+/// one JSON line (`ServedNodes`) and serve until stdin closes.
+pub async fn serve_nodes(opts: ServeNodesOptions) -> Result<()> {
+    let catalog = policies::Catalog::load(&opts.catalog).await?;
+    let ind = catalog
+        .get(&opts.indicator)
+        .with_context(|| format!("no indicator '{}'", opts.indicator))?;
+    let query = ind.query().context("a base indicator")?;
+    let period: policies::Period = opts.quarter.parse()?;
+    let mut nodes = Vec::new();
+    let mut served = ServedNodes {
+        nodes: Vec::new(),
+        evaluation_s: Vec::new(),
+        cells_per_answer: 0,
+    };
+    for i in 0..opts.nodes {
+        let id = crate::synth::provider_id(i);
+        let n = crate::demo::open_node(
+            &opts.dir,
+            &id,
+            &opts.catalog,
+            node::config::DEFAULT_TABLES,
+            NODE_BUDGET,
+        )
+        .await?;
+        let running = node::server::start(n.clone()).await?;
+        served
+            .nodes
+            .push((id.clone(), format!("https://{}", running.addr)));
+        nodes.push((n, running));
+    }
+    // Each node's own evaluation, serially (no HTTP): cells plus noise.
+    for (n, _) in &nodes {
+        let t = Instant::now();
+        let cells =
+            node::evaluate::cells(&n.tables, query, &period, node::evaluate::Bounding::Bounded)
+                .await?;
+        for m in query.measures(period.quarters().len()) {
+            node::noise::add_noise(&m, cells.measure(&m.name).unwrap_or_default())?;
+        }
+        served.evaluation_s.push(t.elapsed().as_secs_f64());
+        served.cells_per_answer = cells.keys.len();
+    }
+    let mut stdout = std::io::stdout();
+    writeln!(stdout, "{}", serde_json::to_string(&served)?)?;
+    stdout.flush()?;
+    tokio::task::spawn_blocking(|| {
+        let mut sink = String::new();
+        while std::io::stdin().read_line(&mut sink).is_ok_and(|n| n > 0) {
+            sink.clear();
+        }
+    })
+    .await?;
+    for (_, running) in nodes {
+        running.shutdown().await;
+    }
+    Ok(())
+}
