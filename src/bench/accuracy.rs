@@ -86,6 +86,7 @@ struct Evaluated {
 
 pub async fn run(opts: AccuracyBenchOptions) -> Result<AccuracyReport> {
     anyhow::ensure!(opts.providers > 0, "--providers must be at least 1");
+    super::warn_if_debug();
     anyhow::ensure!(opts.repetitions >= 2, "--repetitions must be at least 2");
     let period: Period = opts.period.parse()?;
     let catalog_dir = std::fs::canonicalize(&opts.catalog)

@@ -74,6 +74,7 @@ pub struct ServedNodes {
 
 pub async fn run(opts: FederationBenchOptions) -> Result<FederationReport> {
     anyhow::ensure!(!opts.nodes.is_empty(), "--nodes needs at least one count");
+    super::warn_if_debug();
     anyhow::ensure!(
         opts.nodes.iter().all(|n| *n > 0),
         "--nodes counts must be at least 1"
@@ -129,6 +130,7 @@ pub async fn run(opts: FederationBenchOptions) -> Result<FederationReport> {
                 format!("{:.4}", r.overhead_s),
                 format!("{:.4}", r.overhead_target_s),
                 format!("{:.2}", r.combination_ms),
+                format!("{:.0}", r.coordinator_rss_before_mib),
                 format!("{:.0}", r.coordinator_peak_rss_mib),
             ]
         })
@@ -149,7 +151,8 @@ pub async fn run(opts: FederationBenchOptions) -> Result<FederationReport> {
                 "overhead (s)",
                 "target (s)",
                 "combination (ms)",
-                "coordinator peak RSS (MiB)",
+                "RSS before runs (MiB)",
+                "peak RSS (MiB)",
             ],
             &rows
         )

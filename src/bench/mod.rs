@@ -42,6 +42,15 @@ impl Machine {
     }
 }
 
+/// Say so on stderr when the figures come from a debug build: they are several times slower.
+pub fn warn_if_debug() {
+    if cfg!(debug_assertions) {
+        eprintln!(
+            "note: this is a debug build; for figures worth recording use `cargo build --release` and target/release/stroom"
+        );
+    }
+}
+
 fn proc_field(text: &str, name: &str) -> Option<f64> {
     text.lines()
         .find(|l| l.starts_with(name))

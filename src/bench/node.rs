@@ -118,6 +118,7 @@ pub struct NodeReport {
 
 pub async fn run(opts: NodeBenchOptions) -> Result<NodeReport> {
     anyhow::ensure!(opts.repetitions > 0, "--repetitions must be at least 1");
+    super::warn_if_debug();
     anyhow::ensure!(
         opts.scale.is_finite() && opts.scale > 0.0,
         "--scale must be a positive number, found {}",
