@@ -644,6 +644,49 @@ mod tests {
         }
     }
 
+    /// WCAG 2 contrast ratio of two `#rrggbb` / `#rgb` colours.
+    fn contrast(a: &str, b: &str) -> f64 {
+        let luminance = |c: &str| {
+            let hex = c.trim_start_matches('#');
+            let hex: String = if hex.len() == 3 {
+                hex.chars().flat_map(|c| [c, c]).collect()
+            } else {
+                hex.to_string()
+            };
+            let channel = |i: usize| {
+                let v = u8::from_str_radix(&hex[i..i + 2], 16).expect("hex colour") as f64 / 255.0;
+                if v <= 0.04045 {
+                    v / 12.92
+                } else {
+                    ((v + 0.055) / 1.055).powf(2.4)
+                }
+            };
+            0.2126 * channel(0) + 0.7152 * channel(2) + 0.0722 * channel(4)
+        };
+        let (x, y) = (luminance(a), luminance(b));
+        (x.max(y) + 0.05) / (x.min(y) + 0.05)
+    }
+
+    #[test]
+    fn colours_have_sufficient_contrast() {
+        assert!((contrast("#000", "#fff") - 21.0).abs() < 1e-9);
+        // Text (body, links, axis labels) on the page and on the interpretation's background:
+        // WCAG AA for normal text, 4.5:1.
+        for text in ["#1a1a1a", "#0b4a8b", "#333"] {
+            for background in ["#fff", "#f3f6fa"] {
+                let c = contrast(text, background);
+                assert!(c >= 4.5, "{text} on {background}: {c:.2}");
+            }
+        }
+        // Chart lines and points, and the focus outline: 3:1 for graphical objects; the series
+        // colours meet 4.5:1 so they also serve as text.
+        for colour in COLOURS {
+            let c = contrast(colour, "#fff");
+            assert!(c >= 4.5, "series {colour}: {c:.2}");
+        }
+        assert!(contrast("#c25100", "#fff") >= 3.0);
+    }
+
     #[test]
     fn axis_labels_carry_the_decimals_of_the_step() {
         assert_eq!(axis_label(0.25, 0.25, Lang::En), "0.25");
