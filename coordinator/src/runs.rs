@@ -11,7 +11,10 @@ use crate::config::CoordinatorConfig;
 use crate::national::{self, BaseResult};
 use crate::node_client::{NodeClient, NodeError, TlsMaterial};
 use crate::publish::{self, Record};
-use crate::store::{RunStatus, RunStore, StoreError};
+use crate::store::{NewAnswer, RunStatus, RunStore, StoreError};
+
+/// Most node answers stored in one transaction.
+const ANSWER_BATCH: usize = 256;
 use futures::StreamExt;
 use policies::audit::{AuditEvent, AuditLog, digest};
 use policies::governance::CatalogVersion;
@@ -339,32 +342,40 @@ impl Runner {
                 (request, client.id, result)
             }
         }))
-        .buffer_unordered(self.concurrency);
-        while let Some((request, node, result)) = stream.next().await {
-            let stored: Result<Vec<u8>, String> = match &result {
-                Ok((bytes, _, _)) => Ok(bytes.clone()),
-                Err(e) => Err(e.to_string()),
-            };
-            // A refusal is an answer: the node was reachable.
-            let reachable = match &result {
-                Ok(_) => true,
-                Err(e) => e.is_refusal(),
-            };
-            self.record_contact(&node, reachable);
-            if let Err(e) = &stored {
-                self.counters.node_failures.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(run = %run_id, node = %node, indicator = %request.indicator, quarter = %request.period, error = %e, "node failed");
+        .buffer_unordered(self.concurrency)
+        // Whatever has arrived is stored together: one disk sync per batch, not per node.
+        .ready_chunks(ANSWER_BATCH);
+        while let Some(batch) = stream.next().await {
+            let mut rows = Vec::with_capacity(batch.len());
+            for (request, node, result) in batch {
+                let stored: Result<Vec<u8>, String> = match result {
+                    Ok((bytes, _, _)) => Ok(bytes),
+                    Err(e) => {
+                        // A refusal is an answer: the node was reachable.
+                        self.record_contact(&node, e.is_refusal());
+                        self.counters.node_failures.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(run = %run_id, node = %node, indicator = %request.indicator, quarter = %request.period, error = %e, "node failed");
+                        Err(e.to_string())
+                    }
+                };
+                if stored.is_ok() {
+                    self.record_contact(&node, true);
+                }
+                rows.push((request.indicator, request.period.to_string(), node, stored));
             }
-            self.store.record_answer(
-                run_id,
-                &request.indicator,
-                &request.period.to_string(),
-                &node,
-                match &stored {
-                    Ok(b) => Ok(b.as_slice()),
-                    Err(e) => Err(e.as_ref()),
-                },
-            )?;
+            let answers: Vec<NewAnswer<'_>> = rows
+                .iter()
+                .map(|(base, quarter, node, stored)| NewAnswer {
+                    base,
+                    quarter,
+                    node,
+                    answer: match stored {
+                        Ok(b) => Ok(b.as_slice()),
+                        Err(e) => Err(e.as_str()),
+                    },
+                })
+                .collect();
+            self.store.record_answers(run_id, &answers)?;
         }
         drop(stream);
         self.finish(run_id, &catalog, ind, &bases, &quarters).await

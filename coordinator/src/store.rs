@@ -131,6 +131,14 @@ pub struct Run {
 
 /// One node request of a run: a base indicator for one quarter at one node.
 #[derive(Debug, Clone)]
+/// One node's answer (Arrow IPC bytes) or error, to store.
+pub struct NewAnswer<'a> {
+    pub base: &'a str,
+    pub quarter: &'a str,
+    pub node: &'a str,
+    pub answer: Result<&'a [u8], &'a str>,
+}
+
 pub struct StoredAnswer {
     pub base: String,
     pub quarter: String,
@@ -254,26 +262,34 @@ impl RunStore {
         Ok(())
     }
 
-    pub fn record_answer(
+    /// Store node answers (or errors) of a run in one transaction: one sync to disk for the lot.
+    /// An answer lost in a crash before its commit is asked again on resume, and a node answers a
+    /// repeated request from its ledger, so batching never makes a node spend twice.
+    pub fn record_answers(
         &self,
         run_id: &str,
-        base: &str,
-        quarter: &str,
-        node: &str,
-        answer: Result<&[u8], &str>,
+        answers: &[NewAnswer<'_>],
     ) -> Result<(), StoreError> {
-        let (bytes, error) = match answer {
-            Ok(b) => (Some(b), None),
-            Err(e) => (None, Some(e)),
-        };
-        self.conn()?.execute(
-            "INSERT INTO answers (run_id, base, quarter, node, answer, error, updated_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
-             ON CONFLICT (run_id, base, quarter, node)
-             DO UPDATE SET answer = excluded.answer, error = excluded.error,
-                           updated_at = excluded.updated_at",
-            params![run_id, base, quarter, node, bytes, error, now()],
-        )?;
+        let mut conn = self.conn()?;
+        let tx = conn.transaction()?;
+        {
+            let mut stmt = tx.prepare_cached(
+                "INSERT INTO answers (run_id, base, quarter, node, answer, error, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                 ON CONFLICT (run_id, base, quarter, node)
+                 DO UPDATE SET answer = excluded.answer, error = excluded.error,
+                               updated_at = excluded.updated_at",
+            )?;
+            let at = now();
+            for a in answers {
+                let (bytes, error) = match a.answer {
+                    Ok(b) => (Some(b), None),
+                    Err(e) => (None, Some(e)),
+                };
+                stmt.execute(params![run_id, a.base, a.quarter, a.node, bytes, error, at])?;
+            }
+        }
+        tx.commit()?;
         Ok(())
     }
 

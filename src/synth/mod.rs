@@ -560,8 +560,8 @@ fn generate_panel(dir: &Path, seed: u64, scale: f64) -> Result<BTreeMap<String, 
 /// Generate every provider (in parallel, each from its own seed) and the panel; write a manifest.
 pub fn generate(opts: &SynthOptions, progress: impl Fn(&str) + Sync) -> Result<Manifest> {
     anyhow::ensure!(
-        opts.providers >= 1 && opts.providers <= 999,
-        "--providers must be 1 to 999"
+        opts.providers >= 1 && opts.providers <= 9_999,
+        "--providers must be 1 to 9999"
     );
     anyhow::ensure!(
         opts.scale.is_finite() && opts.scale > 0.0 && opts.scale <= 100_000.0,
