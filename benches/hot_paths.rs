@@ -53,14 +53,20 @@ fn panel(units: usize) -> RecordBatch {
     .expect("batch")
 }
 
+/// A panel indicator; counts select no value column (the contract refuses extra columns).
 fn indicator(aggregate: &str) -> policies::Indicator {
+    let select = if aggregate.contains("value =") {
+        "SELECT respondent_pid, quarter, question_id, score FROM panel_response"
+    } else {
+        "SELECT respondent_pid, quarter, question_id FROM panel_response"
+    };
     let text = format!(
         r#"id = "bench.panel"
 theme = "ervaringen"
 title = {{ nl = "b", en = "b" }}
 definition = {{ nl = "b", en = "b" }}
 privacy_unit = "respondent_pid"
-sql = "SELECT respondent_pid, quarter, question_id, score FROM panel_response"
+sql = "{select}"
 group_by = {{ quarter = "period", question_id = ["Q1", "Q2", "Q3", "Q4"] }}
 aggregate = {aggregate}
 cost = {{ rho = 0.5 }}
