@@ -81,6 +81,7 @@ async fn authorization_matrix_cell_by_cell_and_token_lifecycle() {
         ),
         ("GET", "/v1/catalog".into(), [200, 200, 200, 200]),
         ("GET", "/".into(), [200, 200, 200, 200]),
+        ("GET", "/favicon.ico".into(), [204, 204, 204, 204]),
         ("GET", "/v1/indicators".into(), [200, 200, 200, 200]),
         (
             "GET",

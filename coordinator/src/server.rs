@@ -534,6 +534,15 @@ async fn dashboard(
         .into_response()
 }
 
+/// Browsers ask every site for /favicon.ico; "no content" answers without a console error.
+async fn no_icon() -> Response {
+    (
+        StatusCode::NO_CONTENT,
+        [(header::CACHE_CONTROL, "public, max-age=86400")],
+    )
+        .into_response()
+}
+
 async fn healthz() -> Response {
     Json(serde_json::json!({ "status": "ok" })).into_response()
 }
@@ -640,6 +649,7 @@ pub fn router(state: Arc<AppState>, body_limit: usize) -> Router {
         .route("/v1/tokens", get(list_tokens))
         .route("/v1/tokens/{id}/revoke", post(revoke_token))
         .route("/", get(dashboard))
+        .route("/favicon.ico", get(no_icon))
         .route("/openapi.json", get(openapi))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
