@@ -165,11 +165,7 @@ fn noise(c: &mut Criterion) {
 fn answer(node_id: &str, cells: &Cells, ind: &policies::Indicator) -> (RecordBatch, AnswerMeta) {
     let query = ind.query().expect("query");
     let measures = query.measures(4);
-    let noisy: Vec<Vec<i64>> = measures
-        .iter()
-        .map(|m| node::noise::add_noise(m, cells.measure(&m.name).unwrap_or_default()))
-        .collect::<Result<_, _>>()
-        .expect("noise");
+    let noisy = node::noise::noisy_measures(&measures, cells).expect("noise");
     let batch = node::release::answer_batch(cells, &measures, &noisy).expect("batch");
     let meta = AnswerMeta {
         node_id: node_id.to_string(),

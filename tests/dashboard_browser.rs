@@ -35,12 +35,23 @@ fn errors(console: &[(String, String)]) -> Vec<&(String, String)> {
 /// The demo process; interrupted (Ctrl-C) when dropped, so a failing test leaves nothing running.
 struct Demo(std::process::Child);
 
+impl Demo {
+    /// Ctrl-C (SIGINT) and wait for the exit; a process already waited for is not signalled again
+    /// (its pid may belong to another process by then).
+    fn interrupt(&mut self) -> std::io::Result<std::process::ExitStatus> {
+        if let Some(status) = self.0.try_wait()? {
+            return Ok(status);
+        }
+        std::process::Command::new("kill")
+            .args(["-INT", &self.0.id().to_string()])
+            .status()?;
+        self.0.wait()
+    }
+}
+
 impl Drop for Demo {
     fn drop(&mut self) {
-        let _ = std::process::Command::new("kill")
-            .args(["-INT", &self.0.id().to_string()])
-            .status();
-        let _ = self.0.wait();
+        let _ = self.interrupt();
     }
 }
 
@@ -93,14 +104,10 @@ fn dashboard_in_headless_chromium() {
     runtime.block_on(async {
         let session = driver.session(&downloads, &profile).await;
         visit(&session, &dashboard, &out, &downloads, &shots).await;
-        session.quit().await;
     });
     drop(driver);
 
-    let _ = std::process::Command::new("kill")
-        .args(["-INT", &demo.0.id().to_string()])
-        .status();
-    let status = demo.0.wait().unwrap();
+    let status = demo.interrupt().unwrap();
     assert!(status.success(), "demo after Ctrl-C: {status:?}");
 }
 

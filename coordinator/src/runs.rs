@@ -12,9 +12,6 @@ use crate::national::{self, BaseResult};
 use crate::node_client::{NodeClient, NodeError, TlsMaterial};
 use crate::publish::{self, Record};
 use crate::store::{NewAnswer, RunStatus, RunStore, StoreError};
-
-/// Most node answers stored in one transaction.
-const ANSWER_BATCH: usize = 256;
 use futures::StreamExt;
 use policies::audit::{AuditEvent, AuditLog, digest};
 use policies::governance::CatalogVersion;
@@ -23,6 +20,9 @@ use policies::{Catalog, Indicator, Period};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Most node answers stored in one transaction.
+const ANSWER_BATCH: usize = 256;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -348,19 +348,20 @@ impl Runner {
         while let Some(batch) = stream.next().await {
             let mut rows = Vec::with_capacity(batch.len());
             for (request, node, result) in batch {
+                // A refusal is an answer: the node was reachable.
+                let reachable = match &result {
+                    Ok(_) => true,
+                    Err(e) => e.is_refusal(),
+                };
+                self.record_contact(&node, reachable);
                 let stored: Result<Vec<u8>, String> = match result {
                     Ok((bytes, _, _)) => Ok(bytes),
                     Err(e) => {
-                        // A refusal is an answer: the node was reachable.
-                        self.record_contact(&node, e.is_refusal());
                         self.counters.node_failures.fetch_add(1, Ordering::Relaxed);
                         tracing::warn!(run = %run_id, node = %node, indicator = %request.indicator, quarter = %request.period, error = %e, "node failed");
                         Err(e.to_string())
                     }
                 };
-                if stored.is_ok() {
-                    self.record_contact(&node, true);
-                }
                 rows.push((request.indicator, request.period.to_string(), node, stored));
             }
             let answers: Vec<NewAnswer<'_>> = rows

@@ -129,8 +129,6 @@ pub struct Run {
     pub published: bool,
 }
 
-/// One node request of a run: a base indicator for one quarter at one node.
-#[derive(Debug, Clone)]
 /// One node's answer (Arrow IPC bytes) or error, to store.
 pub struct NewAnswer<'a> {
     pub base: &'a str,
@@ -139,6 +137,8 @@ pub struct NewAnswer<'a> {
     pub answer: Result<&'a [u8], &'a str>,
 }
 
+/// One node request of a run: a base indicator for one quarter at one node.
+#[derive(Debug, Clone)]
 pub struct StoredAnswer {
     pub base: String,
     pub quarter: String,

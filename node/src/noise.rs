@@ -53,6 +53,18 @@ pub fn certified_loss(measure: &Measure) -> Result<f64, NoiseError> {
     }
 }
 
+/// Noise for every measure of `cells`, in the order of `measures` (a measure the cells lack is
+/// drawn over no cells). Synchronous, like `add_noise`.
+pub fn noisy_measures(
+    measures: &[Measure],
+    cells: &crate::evaluate::Cells,
+) -> Result<Vec<Vec<i64>>, NoiseError> {
+    measures
+        .iter()
+        .map(|m| add_noise(m, cells.measure(&m.name).unwrap_or_default()))
+        .collect()
+}
+
 /// Add noise to every cell of one measure. Synchronous on purpose: OpenDP measurements are not
 /// `Send`, so callers run this in `spawn_blocking`.
 pub fn add_noise(measure: &Measure, exact: &[i64]) -> Result<Vec<i64>, NoiseError> {

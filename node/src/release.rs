@@ -258,17 +258,9 @@ async fn draw_noise(
     let measures = measures.to_vec();
     let cells = cells.clone();
     Ok(
-        tokio::task::spawn_blocking(move || -> Result<Vec<Vec<i64>>, NoiseError> {
-            measures
-                .iter()
-                .map(|m| {
-                    let exact = cells.measure(&m.name).unwrap_or_default();
-                    noise::add_noise(m, exact)
-                })
-                .collect()
-        })
-        .await
-        .map_err(|e| ReleaseError::Internal(e.to_string()))??,
+        tokio::task::spawn_blocking(move || noise::noisy_measures(&measures, &cells))
+            .await
+            .map_err(|e| ReleaseError::Internal(e.to_string()))??,
     )
 }
 

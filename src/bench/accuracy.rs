@@ -13,7 +13,7 @@
 //! adds the bias of the bounds. Federated over central is the price of per-node noise: for sums of
 //! P independent draws it is √P for counts.
 
-use super::{Machine, table, write_json};
+use super::Machine;
 use anyhow::{Context, Result};
 use coordinator::national::BaseResult;
 use coordinator::publish::{self, Record};
@@ -97,14 +97,13 @@ pub async fn run(opts: AccuracyBenchOptions) -> Result<AccuracyReport> {
         "synthesizing {} providers and the panel (seed {}) …",
         opts.providers, opts.seed
     );
-    let synth = crate::synth::SynthOptions {
+    let manifest = super::synthesize(crate::synth::SynthOptions {
         out: work.path().join("data"),
         providers: opts.providers,
         seed: opts.seed,
         scale: 1.0,
-    };
-    let manifest =
-        tokio::task::spawn_blocking(move || crate::synth::generate(&synth, |_| {})).await??;
+    })
+    .await?;
     let mut ids = manifest.providers.clone();
     ids.push(manifest.panel_node.clone());
     crate::certs::generate(&work.path().join("certs"), &ids)?;
@@ -274,29 +273,27 @@ pub async fn run(opts: AccuracyBenchOptions) -> Result<AccuracyReport> {
             ]
         })
         .collect();
-    println!(
-        "\nAccuracy over {} repetitions, {} providers, {} (RMSE per record; exact = bounded, no noise)",
-        opts.repetitions, opts.providers, opts.period
-    );
-    print!(
-        "{}",
-        table(
-            &[
-                "indicator",
-                "ρ/quarter",
-                "mean |value|",
-                "federated RMSE",
-                "… vs truth",
-                "central DP RMSE",
-                "fed/central",
-                "relative",
-                "95% coverage",
-                "ρ for ±10%",
-            ],
-            &rows
-        )
-    );
-    write_json(&opts.out, &report)?;
+    super::print_and_write(
+        &format!(
+            "Accuracy over {} repetitions, {} providers, {} (RMSE per record; exact = bounded, no noise)",
+            opts.repetitions, opts.providers, opts.period
+        ),
+        &[
+            "indicator",
+            "ρ/quarter",
+            "mean |value|",
+            "federated RMSE",
+            "… vs truth",
+            "central DP RMSE",
+            "fed/central",
+            "relative",
+            "95% coverage",
+            "ρ for ±10%",
+        ],
+        &rows,
+        &opts.out,
+        &report,
+    )?;
     Ok(report)
 }
 
@@ -330,11 +327,10 @@ fn base(
         Ok(c)
     };
     for c in cells {
-        let c = match noise {
-            Noise::PerNode => noisy(c)?,
-            _ => c.clone(),
-        };
-        crate::demo::add_cells(&mut sum, &c, &k.0, &k.1);
+        match noise {
+            Noise::PerNode => crate::demo::add_cells(&mut sum, &noisy(c)?, &k.0, &k.1),
+            Noise::None | Noise::Pooled => crate::demo::add_cells(&mut sum, c, &k.0, &k.1),
+        }
     }
     let mut r = sum.context("no node answered")?;
     let draws = match noise {

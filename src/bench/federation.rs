@@ -8,9 +8,7 @@
 //! durably, combining, intervals, publishing), each node's own evaluation timed serially (the
 //! slowest is what a deployment with one machine per provider waits for), and combination alone.
 
-use super::{
-    Machine, cpu_seconds, median, peak_rss_mib, reset_peak_rss, rss_mib, table, write_json,
-};
+use super::{Machine, cpu_seconds, median, peak_rss_mib, reset_peak_rss, rss_mib};
 use anyhow::{Context, Result};
 use coordinator::config::CoordinatorConfig;
 use coordinator::runs::Runner;
@@ -95,17 +93,14 @@ pub async fn run(opts: FederationBenchOptions) -> Result<FederationReport> {
     let max = *opts.nodes.iter().max().unwrap_or(&1);
     let work = tempfile::tempdir()?;
     eprintln!("synthesizing {max} providers and their certificates …");
-    let t = Instant::now();
-    let synth = crate::synth::SynthOptions {
+    let manifest = super::synthesize(crate::synth::SynthOptions {
         out: work.path().join("data"),
         providers: max,
         seed: 42,
         scale: 1.0,
-    };
-    let manifest =
-        tokio::task::spawn_blocking(move || crate::synth::generate(&synth, |_| {})).await??;
+    })
+    .await?;
     crate::certs::generate(&work.path().join("certs"), &manifest.providers)?;
-    eprintln!("  done in {:.1}s", t.elapsed().as_secs_f64());
 
     let mut runs = Vec::new();
     for &n in &opts.nodes {
@@ -135,29 +130,27 @@ pub async fn run(opts: FederationBenchOptions) -> Result<FederationReport> {
             ]
         })
         .collect();
-    println!(
-        "\nFederation: {} for {}, median of {} repeat runs",
-        opts.indicator, opts.quarter, opts.repeats
-    );
-    print!(
-        "{}",
-        table(
-            &[
-                "nodes",
-                "first run (s)",
-                "repeat run (s)",
-                "coordinator CPU/run (s)",
-                "slowest node (s)",
-                "overhead (s)",
-                "target (s)",
-                "combination (ms)",
-                "RSS before runs (MiB)",
-                "peak RSS (MiB)",
-            ],
-            &rows
-        )
-    );
-    write_json(&opts.out, &report)?;
+    super::print_and_write(
+        &format!(
+            "Federation: {} for {}, median of {} repeat runs",
+            opts.indicator, opts.quarter, opts.repeats
+        ),
+        &[
+            "nodes",
+            "first run (s)",
+            "repeat run (s)",
+            "coordinator CPU/run (s)",
+            "slowest node (s)",
+            "overhead (s)",
+            "target (s)",
+            "combination (ms)",
+            "RSS before runs (MiB)",
+            "peak RSS (MiB)",
+        ],
+        &rows,
+        &opts.out,
+        &report,
+    )?;
     Ok(report)
 }
 
@@ -223,7 +216,7 @@ async fn one(
             let secs = t.elapsed().as_secs_f64();
             let (run, records) = runner.store.run(&id)?.context("the run is stored")?;
             anyhow::ensure!(
-                format!("{:?}", run.status) == "Done",
+                run.status == coordinator::store::RunStatus::Done,
                 "run {id}: {:?} {:?}",
                 run.status,
                 run.error
@@ -337,9 +330,7 @@ pub async fn serve_nodes(opts: ServeNodesOptions) -> Result<()> {
         let cells =
             node::evaluate::cells(&n.tables, query, &period, node::evaluate::Bounding::Bounded)
                 .await?;
-        for m in query.measures(period.quarters().len()) {
-            node::noise::add_noise(&m, cells.measure(&m.name).unwrap_or_default())?;
-        }
+        node::noise::noisy_measures(&query.measures(period.quarters().len()), &cells)?;
         served.evaluation_s.push(t.elapsed().as_secs_f64());
         served.cells_per_answer = cells.keys.len();
     }

@@ -100,6 +100,28 @@ pub fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// Synthetic providers (and the panel) written off the async runtime, with the time it took.
+pub async fn synthesize(opts: crate::synth::SynthOptions) -> Result<crate::synth::Manifest> {
+    let started = std::time::Instant::now();
+    let manifest =
+        tokio::task::spawn_blocking(move || crate::synth::generate(&opts, |_| {})).await??;
+    eprintln!("  synthesized in {:.1}s", started.elapsed().as_secs_f64());
+    Ok(manifest)
+}
+
+/// Print a benchmark's table under its title and write its JSON report.
+pub fn print_and_write<T: Serialize>(
+    title: &str,
+    header: &[&str],
+    rows: &[Vec<String>],
+    out: &Path,
+    report: &T,
+) -> Result<()> {
+    println!("\n{title}");
+    print!("{}", table(header, rows));
+    write_json(out, report)
+}
+
 /// Write a report as pretty JSON and say where.
 pub fn write_json<T: Serialize>(path: &Path, report: &T) -> Result<()> {
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {

@@ -2,7 +2,7 @@
 //! plain non-private DataFusion query that groups by youth and group and then by group on the same
 //! data — the least work any user-level DP aggregate needs.
 
-use super::{Machine, median, peak_rss_mib, reset_peak_rss, table, write_json};
+use super::{Machine, median, peak_rss_mib, reset_peak_rss};
 use anyhow::{Context, Result};
 use node::evaluate::{Bounding, cells};
 use node::tables::Tables;
@@ -133,15 +133,13 @@ pub async fn run(opts: NodeBenchOptions) -> Result<NodeReport> {
                 opts.scale,
                 opts.scale * 1720.0 / 1e6
             );
-            let t = Instant::now();
-            let synth = crate::synth::SynthOptions {
+            super::synthesize(crate::synth::SynthOptions {
                 out: workdir.path().to_path_buf(),
                 providers: 1,
                 seed: 42,
                 scale: opts.scale,
-            };
-            tokio::task::spawn_blocking(move || crate::synth::generate(&synth, |_| {})).await??;
-            eprintln!("  done in {:.1}s", t.elapsed().as_secs_f64());
+            })
+            .await?;
             (
                 workdir.path().join(crate::synth::provider_id(0)),
                 Some(opts.scale),
@@ -182,9 +180,7 @@ pub async fn run(opts: NodeBenchOptions) -> Result<NodeReport> {
             eprint!("\r{kind}: repetition {}/{}   ", rep + 1, opts.repetitions);
             let t = Instant::now();
             let c = cells(&tables, &query, &period, Bounding::Bounded).await?;
-            for m in query.measures(period.quarters().len()) {
-                node::noise::add_noise(&m, c.measure(&m.name).unwrap_or_default())?;
-            }
+            node::noise::noisy_measures(&query.measures(period.quarters().len()), &c)?;
             dp.push(t.elapsed().as_secs_f64());
             cell_count = c.keys.len();
             let t = Instant::now();
@@ -226,23 +222,21 @@ pub async fn run(opts: NodeBenchOptions) -> Result<NodeReport> {
             ]
         })
         .collect();
-    println!(
-        "\nNode DP evaluation on {measure_rows} measure rows ({PERIOD}), median of {} repetitions",
-        opts.repetitions
-    );
-    print!(
-        "{}",
-        table(
-            &[
-                "kind",
-                "DP evaluation (s)",
-                "plain query (s)",
-                "ratio",
-                "peak RSS (MiB)"
-            ],
-            &rows
-        )
-    );
-    write_json(&opts.out, &report)?;
+    super::print_and_write(
+        &format!(
+            "Node DP evaluation on {measure_rows} measure rows ({PERIOD}), median of {} repetitions",
+            opts.repetitions
+        ),
+        &[
+            "kind",
+            "DP evaluation (s)",
+            "plain query (s)",
+            "ratio",
+            "peak RSS (MiB)",
+        ],
+        &rows,
+        &opts.out,
+        &report,
+    )?;
     Ok(report)
 }

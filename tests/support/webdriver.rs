@@ -24,8 +24,7 @@ pub struct Driver {
     sessions: std::sync::Mutex<Vec<String>>,
 }
 
-/// One browser session; `Session::quit` closes the browser, and `Driver`'s drop does it for any
-/// session left open.
+/// One browser session; `Driver`'s drop closes its browser.
 pub struct Session {
     base: String,
     http: reqwest::Client,
@@ -316,10 +315,6 @@ impl Session {
         base64::engine::general_purpose::STANDARD
             .decode(answer["value"].as_str().expect("base64 screenshot"))
             .expect("screenshot is base64")
-    }
-
-    pub async fn quit(self) {
-        let _ = self.http.delete(&self.base).send().await;
     }
 }
 
