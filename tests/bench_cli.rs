@@ -80,6 +80,9 @@ fn bench_federation_runs_against_real_nodes_and_reports_the_coordinator() {
         for field in [
             "first_run_s",
             "repeat_run_median_s",
+            "fanout_only_median_s",
+            "coordinator_cpu_per_run_s",
+            "coordinator_cpu_per_fanout_s",
             "slowest_node_evaluation_s",
             "combination_ms",
             "coordinator_peak_rss_mib",
@@ -92,9 +95,40 @@ fn bench_federation_runs_against_real_nodes_and_reports_the_coordinator() {
             r["sum_of_node_evaluations_s"].as_f64().unwrap()
                 >= r["slowest_node_evaluation_s"].as_f64().unwrap()
         );
-        assert_eq!(r["overhead_s"], r["repeat_run_median_s"]);
+        // The overhead is the median of each repeat run minus its paired fan-out alone.
+        let series = |field: &str| -> Vec<f64> {
+            r[field]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_f64().unwrap())
+                .collect()
+        };
+        let (repeats, fanouts) = (series("repeat_runs_s"), series("fanout_only_s"));
+        assert_eq!((repeats.len(), fanouts.len()), (2, 2), "{r}");
+        let median = |mut v: Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        let differences = repeats.iter().zip(&fanouts).map(|(a, b)| a - b).collect();
+        assert_eq!(
+            r["overhead_s"].as_f64().unwrap(),
+            median(differences),
+            "{r}"
+        );
+        assert_eq!(
+            r["repeat_run_median_s"].as_f64().unwrap(),
+            median(repeats),
+            "{r}"
+        );
+        assert_eq!(
+            r["fanout_only_median_s"].as_f64().unwrap(),
+            median(fanouts),
+            "{r}"
+        );
     }
     assert!(stdout(&o).contains("repeat run (s)"));
+    assert!(stdout(&o).contains("fan-out alone (s)"));
 }
 
 #[test]

@@ -317,6 +317,25 @@ impl NodeClient {
         &self,
         request: &EvaluateRequest,
     ) -> Result<(Vec<u8>, RecordBatch, AnswerMeta), NodeError> {
+        let bytes = self.fetch_answer(request).await?;
+        let (batch, meta) = decode_answer(&bytes).map_err(|e| NodeError::BadAnswer {
+            node: self.id.clone(),
+            message: e.to_string(),
+        })?;
+        if meta.node_id != self.id {
+            return Err(NodeError::BadAnswer {
+                node: self.id.clone(),
+                message: format!("answer is labelled as node {}", meta.node_id),
+            });
+        }
+        Ok((bytes.to_vec(), batch, meta))
+    }
+
+    /// The answer's bytes, unread: the transport alone (the federation benchmark's baseline).
+    pub async fn fetch_answer(
+        &self,
+        request: &EvaluateRequest,
+    ) -> Result<axum::body::Bytes, NodeError> {
         self.with_retries(|| async {
             let response = self
                 .http
@@ -328,21 +347,7 @@ impl NodeClient {
             if !response.status().is_success() {
                 return Err(self.failure(response).await);
             }
-            let bytes = response
-                .bytes()
-                .await
-                .map_err(|e| self.transport_error(e))?;
-            let (batch, meta) = decode_answer(&bytes).map_err(|e| NodeError::BadAnswer {
-                node: self.id.clone(),
-                message: e.to_string(),
-            })?;
-            if meta.node_id != self.id {
-                return Err(NodeError::BadAnswer {
-                    node: self.id.clone(),
-                    message: format!("answer is labelled as node {}", meta.node_id),
-                });
-            }
-            Ok((bytes.to_vec(), batch, meta))
+            response.bytes().await.map_err(|e| self.transport_error(e))
         })
         .await
     }

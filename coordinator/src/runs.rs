@@ -12,17 +12,21 @@ use crate::national::{self, BaseResult};
 use crate::node_client::{NodeClient, NodeError, TlsMaterial};
 use crate::publish::{self, Record};
 use crate::store::{NewAnswer, RunStatus, RunStore, StoreError};
+use datafusion::arrow::array::RecordBatch;
 use futures::StreamExt;
 use policies::audit::{AuditEvent, AuditLog, digest};
 use policies::governance::CatalogVersion;
-use policies::wire::{EvaluateRequest, decode_answer};
+use policies::wire::{AnswerMeta, EvaluateRequest, decode_answer};
 use policies::{Catalog, Indicator, Period};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Most node answers stored in one transaction.
 const ANSWER_BATCH: usize = 256;
+
+/// A run's node answers, decoded, or why the node failed; keyed by (base, quarter, node).
+type Collected = BTreeMap<(String, String, String), Result<(RecordBatch, AnswerMeta), String>>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -309,20 +313,24 @@ impl Runner {
         let bases = publish::bases(&catalog, ind);
         let catalog_version = Some(self.catalog_version()).filter(|v| *v > 0);
 
-        // Ask only what is not stored yet.
-        let answered: BTreeSet<(String, String, String)> = self
-            .store
-            .answers(run_id)?
-            .into_iter()
-            .filter(|a| a.answer.is_some())
-            .map(|a| (a.base, a.quarter, a.node))
-            .collect();
+        // Answers an earlier process stored (a resumed run) are reused; the rest are asked.
+        let mut collected = Collected::new();
+        for a in self.store.answers(run_id)? {
+            if let Some(bytes) = a.answer {
+                let decoded = decode_answer(&bytes).map_err(|e| {
+                    RunError::Store(StoreError::Json(serde_json::Error::io(
+                        std::io::Error::other(e.to_string()),
+                    )))
+                })?;
+                collected.insert((a.base, a.quarter, a.node), Ok(decoded));
+            }
+        }
         let mut jobs: Vec<(EvaluateRequest, NodeClient)> = Vec::new();
         for base in &bases {
             for q in &quarters {
                 for t in self.targets_for(base) {
                     let key = (base.id.clone(), q.to_string(), t.client.id.clone());
-                    if !answered.contains(&key) {
+                    if !collected.contains_key(&key) {
                         let request = EvaluateRequest {
                             indicator: base.id.clone(),
                             period: *q,
@@ -354,19 +362,21 @@ impl Runner {
                     Err(e) => e.is_refusal(),
                 };
                 self.record_contact(&node, reachable);
-                let stored: Result<Vec<u8>, String> = match result {
-                    Ok((bytes, _, _)) => Ok(bytes),
+                let key = (request.indicator, request.period.to_string(), node);
+                match result {
+                    Ok((bytes, batch, meta)) => {
+                        rows.push((key, Ok(bytes), Ok((batch, meta))));
+                    }
                     Err(e) => {
                         self.counters.node_failures.fetch_add(1, Ordering::Relaxed);
-                        tracing::warn!(run = %run_id, node = %node, indicator = %request.indicator, quarter = %request.period, error = %e, "node failed");
-                        Err(e.to_string())
+                        tracing::warn!(run = %run_id, node = %key.2, indicator = %key.0, quarter = %key.1, error = %e, "node failed");
+                        rows.push((key, Err(e.to_string()), Err(e.to_string())));
                     }
-                };
-                rows.push((request.indicator, request.period.to_string(), node, stored));
+                }
             }
             let answers: Vec<NewAnswer<'_>> = rows
                 .iter()
-                .map(|(base, quarter, node, stored)| NewAnswer {
+                .map(|((base, quarter, node), stored, _)| NewAnswer {
                     base,
                     quarter,
                     node,
@@ -377,9 +387,13 @@ impl Runner {
                 })
                 .collect();
             self.store.record_answers(run_id, &answers)?;
+            for (key, _, decoded) in rows {
+                collected.insert(key, decoded);
+            }
         }
         drop(stream);
-        self.finish(run_id, &catalog, ind, &bases, &quarters).await
+        self.finish(run_id, &catalog, ind, &bases, &quarters, collected)
+            .await
     }
 
     async fn finish(
@@ -389,8 +403,8 @@ impl Runner {
         ind: &Indicator,
         bases: &[&Indicator],
         quarters: &[Period],
+        mut collected: Collected,
     ) -> Result<(), RunError> {
-        let stored = self.store.answers(run_id)?;
         let mut records: Vec<Record> = Vec::new();
         let mut failures: Vec<String> = Vec::new();
         let mut complete = true;
@@ -401,18 +415,12 @@ impl Runner {
             for base in bases {
                 let total = self.targets_for(base).len();
                 let mut answers = Vec::new();
-                for a in stored
-                    .iter()
-                    .filter(|a| a.base == base.id && a.quarter == quarter)
-                {
-                    match (&a.answer, &a.error) {
-                        (Some(bytes), _) => answers.push(decode_answer(bytes).map_err(|e| {
-                            RunError::Store(StoreError::Json(serde_json::Error::io(
-                                std::io::Error::other(e.to_string()),
-                            )))
-                        })?),
-                        (None, Some(e)) => failures.push(e.clone()),
-                        (None, None) => {}
+                for t in self.targets_for(base) {
+                    match collected.remove(&(base.id.clone(), quarter.clone(), t.client.id.clone()))
+                    {
+                        Some(Ok(answer)) => answers.push(answer),
+                        Some(Err(e)) => failures.push(e),
+                        None => {}
                     }
                 }
                 if answers.len() < total {

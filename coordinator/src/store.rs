@@ -262,35 +262,21 @@ impl RunStore {
         Ok(())
     }
 
-    /// Store node answers (or errors) of a run in one transaction: one sync to disk for the lot.
-    /// An answer lost in a crash before its commit is asked again on resume, and a node answers a
-    /// repeated request from its ledger, so batching never makes a node spend twice.
+    /// Store node answers (or errors) of a run in one transaction. An answer lost in a crash
+    /// before it reaches the disk is asked again on resume, and a node answers a repeated request
+    /// from its ledger, so neither batching nor skipping this commit's disk sync ever makes a node
+    /// spend twice. The WAL is written in order, so the run's next fully synced commit (its status
+    /// or results) carries these answers to disk with it.
     pub fn record_answers(
         &self,
         run_id: &str,
         answers: &[NewAnswer<'_>],
     ) -> Result<(), StoreError> {
         let mut conn = self.conn()?;
-        let tx = conn.transaction()?;
-        {
-            let mut stmt = tx.prepare_cached(
-                "INSERT INTO answers (run_id, base, quarter, node, answer, error, updated_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
-                 ON CONFLICT (run_id, base, quarter, node)
-                 DO UPDATE SET answer = excluded.answer, error = excluded.error,
-                               updated_at = excluded.updated_at",
-            )?;
-            let at = now();
-            for a in answers {
-                let (bytes, error) = match a.answer {
-                    Ok(b) => (Some(b), None),
-                    Err(e) => (None, Some(e)),
-                };
-                stmt.execute(params![run_id, a.base, a.quarter, a.node, bytes, error, at])?;
-            }
-        }
-        tx.commit()?;
-        Ok(())
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        let result = insert_answers(&mut conn, run_id, answers);
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        result
     }
 
     pub fn answers(&self, run_id: &str) -> Result<Vec<StoredAnswer>, StoreError> {
@@ -544,6 +530,33 @@ impl RunStore {
 
 /// An expiry given as a duration from now (`90d`, `12h`, `30m`) or a date or time in RFC 3339
 /// (`2027-01-01`, `2027-01-01T12:00:00Z`). Must lie in the future.
+fn insert_answers(
+    conn: &mut Connection,
+    run_id: &str,
+    answers: &[NewAnswer<'_>],
+) -> Result<(), StoreError> {
+    let tx = conn.transaction()?;
+    {
+        let mut stmt = tx.prepare_cached(
+            "INSERT INTO answers (run_id, base, quarter, node, answer, error, updated_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+             ON CONFLICT (run_id, base, quarter, node)
+             DO UPDATE SET answer = excluded.answer, error = excluded.error,
+                           updated_at = excluded.updated_at",
+        )?;
+        let at = now();
+        for a in answers {
+            let (bytes, error) = match a.answer {
+                Ok(b) => (Some(b), None),
+                Err(e) => (None, Some(e)),
+            };
+            stmt.execute(params![run_id, a.base, a.quarter, a.node, bytes, error, at])?;
+        }
+    }
+    tx.commit()?;
+    Ok(())
+}
+
 pub fn parse_expiry(
     text: &str,
     now: chrono::DateTime<chrono::Utc>,
@@ -634,5 +647,49 @@ mod tests {
         assert!(store.revoke_token(&info.id).unwrap());
         assert!(!store.revoke_token(&info.id).unwrap());
         assert!(store.list_tokens().unwrap()[0].revoked_at.is_some());
+    }
+
+    #[test]
+    fn answers_replace_earlier_ones_and_leave_the_connection_fully_synced() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RunStore::open(&dir.path().join("runs.sqlite")).unwrap();
+        let run = store
+            .create_run("care.unique_youths", "2024Q1", "t")
+            .unwrap();
+        let answer = |node, answer| NewAnswer {
+            base: "care.unique_youths",
+            quarter: "2024Q1",
+            node,
+            answer,
+        };
+        store
+            .record_answers(
+                &run,
+                &[answer("P01", Err("timed out")), answer("P02", Ok(b"a"))],
+            )
+            .unwrap();
+        store
+            .record_answers(&run, &[answer("P01", Ok(b"b"))])
+            .unwrap();
+        let stored: Vec<_> = store
+            .answers(&run)
+            .unwrap()
+            .into_iter()
+            .map(|a| (a.node, a.answer, a.error))
+            .collect();
+        assert_eq!(
+            stored,
+            [
+                ("P01".to_string(), Some(b"b".to_vec()), None),
+                ("P02".to_string(), Some(b"a".to_vec()), None)
+            ]
+        );
+        // Run state written after the answers is synced to disk on commit (FULL = 2).
+        let synchronous: i64 = store
+            .conn()
+            .unwrap()
+            .query_row("PRAGMA synchronous", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(synchronous, 2);
     }
 }

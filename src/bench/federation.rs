@@ -3,10 +3,13 @@
 //! so that this process is the coordinator alone: its CPU time and memory are the coordinator's.
 //!
 //! Per N it reports: the first run (every node evaluates and spends; on a small machine the N
-//! evaluations share its cores), repeats of the same run (every node answers from its ledger, so
-//! what is left is the coordinator's own work: TLS, HTTP, Arrow decoding, storing each answer
-//! durably, combining, intervals, publishing), each node's own evaluation timed serially (the
-//! slowest is what a deployment with one machine per provider waits for), and combination alone.
+//! evaluations share its cores), repeats of the same run (every node answers from its ledger),
+//! each paired with the same requests fetched and dropped (the fan-out alone: what waiting for the
+//! slowest node costs when all N nodes share this machine), each node's own evaluation timed
+//! serially (the slowest is what a deployment with one machine per provider waits for), and
+//! combination alone. The coordinator's overhead is a repeat run minus its paired fan-out: checking
+//! and decoding answers, storing them durably, combining, intervals, publishing, run state and
+//! audit.
 
 use super::{Machine, cpu_seconds, median, peak_rss_mib, reset_peak_rss, rss_mib};
 use anyhow::{Context, Result};
@@ -37,13 +40,20 @@ pub struct FederationFigures {
     pub cells_per_answer: usize,
     pub first_run_s: f64,
     pub repeat_run_median_s: f64,
+    /// The same requests to the same nodes, answers received and dropped, paired with each repeat.
+    pub fanout_only_median_s: f64,
     pub repeat_runs: usize,
+    /// Each repeat run and its paired fan-out alone, in order.
+    pub repeat_runs_s: Vec<f64>,
+    pub fanout_only_s: Vec<f64>,
     /// Coordinator CPU (user + system) per repeat run.
     pub coordinator_cpu_per_run_s: f64,
+    /// Coordinator CPU per fan-out alone: TLS, HTTP and receiving the answers.
+    pub coordinator_cpu_per_fanout_s: f64,
     pub slowest_node_evaluation_s: f64,
     pub sum_of_node_evaluations_s: f64,
-    /// What the coordinator adds to a run: the repeat run, in which every node answers from its
-    /// ledger with no evaluation (a lookup), so nearly all of its time is the coordinator's.
+    /// What the coordinator adds to a run beyond receiving the answers: median over the repeats
+    /// of (repeat run − its paired fan-out alone).
     pub overhead_s: f64,
     /// Target: 50 ms + 10% of the slowest node's evaluation.
     pub overhead_target_s: f64,
@@ -120,7 +130,9 @@ pub async fn run(opts: FederationBenchOptions) -> Result<FederationReport> {
                 r.nodes.to_string(),
                 format!("{:.3}", r.first_run_s),
                 format!("{:.4}", r.repeat_run_median_s),
+                format!("{:.4}", r.fanout_only_median_s),
                 format!("{:.4}", r.coordinator_cpu_per_run_s),
+                format!("{:.4}", r.coordinator_cpu_per_fanout_s),
                 format!("{:.4}", r.slowest_node_evaluation_s),
                 format!("{:.4}", r.overhead_s),
                 format!("{:.4}", r.overhead_target_s),
@@ -139,7 +151,9 @@ pub async fn run(opts: FederationBenchOptions) -> Result<FederationReport> {
             "nodes",
             "first run (s)",
             "repeat run (s)",
+            "fan-out alone (s)",
             "coordinator CPU/run (s)",
+            "CPU per fan-out alone (s)",
             "slowest node (s)",
             "overhead (s)",
             "target (s)",
@@ -229,17 +243,32 @@ async fn one(
         }
     };
     let (_, first) = timed(runner.clone()).await?;
-    let cpu_before = cpu_seconds();
-    let mut repeats = Vec::new();
+    let ind = catalog.get(&opts.indicator).context("indicator")?;
+    let quarter: policies::Period = opts.quarter.parse()?;
+    // Each repeat is followed by its fan-out alone, so that drift (growing logs, a warming cache)
+    // falls on both alike.
+    let (mut repeats, mut fanouts, mut differences) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut cpu, mut fanout_cpu) = (0.0, 0.0);
     let mut last = String::new();
     for i in 0..opts.repeats {
-        eprint!("\r  repeat runs {}/{}", i + 1, opts.repeats);
-        let (id, s) = timed(runner.clone()).await?;
-        repeats.push(s);
+        eprint!(
+            "\r  repeat runs and fan-outs alone {}/{}",
+            i + 1,
+            opts.repeats
+        );
+        let cpu_before = cpu_seconds();
+        let (id, repeat) = timed(runner.clone()).await?;
+        cpu += cpu_seconds() - cpu_before;
+        let cpu_before = cpu_seconds();
+        let fanout = fanout_only(&runner, ind, quarter).await?;
+        fanout_cpu += cpu_seconds() - cpu_before;
+        repeats.push(repeat);
+        fanouts.push(fanout);
+        differences.push(repeat - fanout);
         last = id;
     }
     eprintln!();
-    let cpu_per_run = (cpu_seconds() - cpu_before) / opts.repeats as f64;
+    let cpu_per_run = cpu / opts.repeats as f64;
 
     // Combination alone over the N stored answers of the last run.
     let answers: Vec<_> = runner
@@ -249,7 +278,6 @@ async fn one(
         .filter_map(|a| a.answer)
         .map(|b| policies::wire::decode_answer(&b))
         .collect::<Result<_, _>>()?;
-    let ind = catalog.get(&opts.indicator).context("indicator")?;
     let t = Instant::now();
     let combined = coordinator::national::combine(&answers, n).await?;
     let mut base = std::collections::BTreeMap::new();
@@ -266,23 +294,57 @@ async fn one(
     anyhow::ensure!(status.success(), "the node process ended with {status}");
 
     let slowest = served.evaluation_s.iter().cloned().fold(0.0, f64::max);
-    let repeat = median(repeats);
     Ok(FederationFigures {
         nodes: n,
         cells_per_answer: served.cells_per_answer,
         first_run_s: first,
-        repeat_run_median_s: repeat,
+        repeat_run_median_s: median(repeats.clone()),
+        fanout_only_median_s: median(fanouts.clone()),
         repeat_runs: opts.repeats,
+        repeat_runs_s: repeats,
+        fanout_only_s: fanouts,
         coordinator_cpu_per_run_s: cpu_per_run,
+        coordinator_cpu_per_fanout_s: fanout_cpu / opts.repeats as f64,
         slowest_node_evaluation_s: slowest,
         sum_of_node_evaluations_s: served.evaluation_s.iter().sum(),
-        overhead_s: repeat,
+        overhead_s: median(differences),
         overhead_target_s: 0.050 + 0.10 * slowest,
         combination_ms,
         coordinator_rss_before_mib: rss_before,
         coordinator_peak_rss_mib: peak,
         nodes_up_s,
     })
+}
+
+/// The run's requests to every node, concurrently as the runner sends them, each answer received
+/// whole and dropped: the seconds until the last one arrived.
+async fn fanout_only(
+    runner: &Runner,
+    ind: &policies::Indicator,
+    quarter: policies::Period,
+) -> Result<f64> {
+    use futures::StreamExt;
+    let request = policies::wire::EvaluateRequest {
+        indicator: ind.id.clone(),
+        period: quarter,
+        content_hash: Some(ind.content_hash.clone()),
+        catalog_version: None,
+    };
+    let t = Instant::now();
+    let answers: Vec<_> = futures::stream::iter(
+        runner
+            .targets_for(ind)
+            .into_iter()
+            .map(|target| target.client.fetch_answer(&request)),
+    )
+    .buffer_unordered(runner.concurrency)
+    .collect()
+    .await;
+    let secs = t.elapsed().as_secs_f64();
+    for answer in answers {
+        answer?;
+    }
+    Ok(secs)
 }
 
 pub struct ServeNodesOptions {

@@ -75,21 +75,16 @@ pub fn reset_peak_rss() {
     let _ = std::fs::write("/proc/self/clear_refs", "5");
 }
 
-/// CPU time (user + system) this process has used, in seconds. The kernel counts it in clock
-/// ticks (USER_HZ, 100 on Linux), so figures below 10 ms are noise: measure many operations.
+/// CPU time (user + system) this process and its ended threads have used, in seconds
+/// (getrusage: microsecond resolution).
 pub fn cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    // The command name (field 2) may hold spaces; fields after its closing parenthesis are plain.
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|f| f.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    // After the name: state is index 0, so utime (field 14) is 11 and stime (field 15) is 12.
-    (ticks(11) + ticks(12)) / 100.0
+    // SAFETY: getrusage only writes the struct it is given, which is zeroed and ours.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } != 0 {
+        return 0.0;
+    }
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    secs(usage.ru_utime) + secs(usage.ru_stime)
 }
 
 pub fn median(mut v: Vec<f64>) -> f64 {
