@@ -83,6 +83,10 @@ fn bench_federation_runs_against_real_nodes_and_reports_the_coordinator() {
             "fanout_only_median_s",
             "coordinator_cpu_per_run_s",
             "coordinator_cpu_per_fanout_s",
+            "new_connections_run_s",
+            "new_connections_fanout_only_s",
+            "new_connections_cpu_per_run_s",
+            "new_connections_cpu_per_fanout_s",
             "slowest_node_evaluation_s",
             "combination_ms",
             "coordinator_peak_rss_mib",
@@ -129,6 +133,7 @@ fn bench_federation_runs_against_real_nodes_and_reports_the_coordinator() {
     }
     assert!(stdout(&o).contains("repeat run (s)"));
     assert!(stdout(&o).contains("fan-out alone (s)"));
+    assert!(stdout(&o).contains("With new connections"));
 }
 
 #[test]

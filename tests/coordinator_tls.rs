@@ -100,3 +100,19 @@ async fn unreachable_node_fails_after_bounded_retries() {
     // Two attempts with a 50 ms backoff between them.
     assert!(started.elapsed() >= Duration::from_millis(50));
 }
+
+#[test]
+fn a_node_address_that_is_no_url_is_refused_when_the_client_is_made() {
+    let dir = federation_fixture(1);
+    let tls = coordinator_tls(dir.path());
+    for bad in ["https://", "https://node one.example:8443", "https://[::1"] {
+        match NodeClient::new("P01", bad, &tls, quick()) {
+            Err(NodeError::Connect { node, message }) => {
+                assert_eq!(node, "P01");
+                assert!(message.contains("not a usable URL"), "{bad}: {message}");
+            }
+            Err(other) => panic!("{bad}: {other:?}"),
+            Ok(_) => panic!("{bad} accepted"),
+        }
+    }
+}

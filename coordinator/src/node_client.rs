@@ -180,7 +180,9 @@ impl TlsMaterial {
 #[derive(Debug, Clone)]
 pub struct NodeClient {
     pub id: String,
-    base: String,
+    /// Parsed once: at a thousand nodes, parsing per request shows in the coordinator's profile.
+    evaluate_url: reqwest::Url,
+    budget_url: reqwest::Url,
     http: reqwest::Client,
     retry: RetryPolicy,
 }
@@ -233,9 +235,22 @@ impl NodeClient {
                 node: id.to_string(),
                 message: chain_message(&e),
             })?;
+        let unusable = |why: String| NodeError::Connect {
+            node: id.to_string(),
+            message: format!("address '{url}' is not a usable URL: {why}"),
+        };
+        let parsed = reqwest::Url::parse(url).map_err(|e| unusable(e.to_string()))?;
+        if parsed.host().is_none() {
+            return Err(unusable("it names no host".into()));
+        }
+        let base = url.trim_end_matches('/');
+        let endpoint = |path: &str| {
+            reqwest::Url::parse(&format!("{base}{path}")).map_err(|e| unusable(e.to_string()))
+        };
         Ok(NodeClient {
             id: id.to_string(),
-            base: url.trim_end_matches('/').to_string(),
+            evaluate_url: endpoint("/v1/evaluate")?,
+            budget_url: endpoint("/v1/budget")?,
             http,
             retry,
         })
@@ -339,7 +354,7 @@ impl NodeClient {
         self.with_retries(|| async {
             let response = self
                 .http
-                .post(format!("{}/v1/evaluate", self.base))
+                .post(self.evaluate_url.clone())
                 .json(request)
                 .send()
                 .await
@@ -356,7 +371,7 @@ impl NodeClient {
         self.with_retries(|| async {
             let response = self
                 .http
-                .get(format!("{}/v1/budget", self.base))
+                .get(self.budget_url.clone())
                 .send()
                 .await
                 .map_err(|e| self.transport_error(e))?;

@@ -46,6 +46,11 @@ pub struct FederationFigures {
     /// Each repeat run and its paired fan-out alone, in order.
     pub repeat_runs_s: Vec<f64>,
     pub fanout_only_s: Vec<f64>,
+    /// The same pairs with new connections (every handshake included), medians.
+    pub new_connections_run_s: f64,
+    pub new_connections_fanout_only_s: f64,
+    pub new_connections_cpu_per_run_s: f64,
+    pub new_connections_cpu_per_fanout_s: f64,
     /// Coordinator CPU (user + system) per repeat run.
     pub coordinator_cpu_per_run_s: f64,
     /// Coordinator CPU per fan-out alone: TLS, HTTP and receiving the answers.
@@ -142,6 +147,33 @@ pub async fn run(opts: FederationBenchOptions) -> Result<FederationReport> {
             ]
         })
         .collect();
+    let cold: Vec<Vec<String>> = report
+        .runs
+        .iter()
+        .map(|r| {
+            vec![
+                r.nodes.to_string(),
+                format!("{:.4}", r.new_connections_run_s),
+                format!("{:.4}", r.new_connections_fanout_only_s),
+                format!("{:.4}", r.new_connections_cpu_per_run_s),
+                format!("{:.4}", r.new_connections_cpu_per_fanout_s),
+            ]
+        })
+        .collect();
+    println!("\nWith new connections (every node's mutual-TLS handshake in the run), medians");
+    print!(
+        "{}",
+        super::table(
+            &[
+                "nodes",
+                "run (s)",
+                "fan-out alone (s)",
+                "coordinator CPU/run (s)",
+                "CPU per fan-out alone (s)"
+            ],
+            &cold
+        )
+    );
     super::print_and_write(
         &format!(
             "Federation: {} for {}, median of {} repeat runs",
@@ -285,8 +317,31 @@ async fn one(
     let records = coordinator::publish::records(catalog, ind, &opts.quarter, &base);
     let combination_ms = t.elapsed().as_secs_f64() * 1000.0;
     anyhow::ensure!(!records.is_empty(), "combination published nothing");
-    let peak = peak_rss_mib();
     drop(runner);
+
+    // With fresh connections, as in a quarterly run whose connections expired long ago: every
+    // node's mutual-TLS handshake is in the run. Each pair gets its own new clients.
+    let (mut cold_runs, mut cold_fanouts) = (Vec::new(), Vec::new());
+    let (mut cold_cpu, mut cold_fanout_cpu) = (0.0, 0.0);
+    for i in 0..opts.repeats {
+        eprint!(
+            "\r  runs and fan-outs alone with new connections {}/{}",
+            i + 1,
+            opts.repeats
+        );
+        let fresh = Arc::new(Runner::new(&cfg, catalog.clone())?);
+        let cpu_before = cpu_seconds();
+        let (_, run) = timed(fresh).await?;
+        cold_cpu += cpu_seconds() - cpu_before;
+        let fresh = Runner::new(&cfg, catalog.clone())?;
+        let cpu_before = cpu_seconds();
+        let fanout = fanout_only(&fresh, ind, quarter).await?;
+        cold_fanout_cpu += cpu_seconds() - cpu_before;
+        cold_runs.push(run);
+        cold_fanouts.push(fanout);
+    }
+    eprintln!();
+    let peak = peak_rss_mib();
 
     // Closing its stdin tells the node process to stop.
     drop(child.stdin.take());
@@ -303,6 +358,10 @@ async fn one(
         repeat_runs: opts.repeats,
         repeat_runs_s: repeats,
         fanout_only_s: fanouts,
+        new_connections_run_s: median(cold_runs),
+        new_connections_fanout_only_s: median(cold_fanouts),
+        new_connections_cpu_per_run_s: cold_cpu / opts.repeats as f64,
+        new_connections_cpu_per_fanout_s: cold_fanout_cpu / opts.repeats as f64,
         coordinator_cpu_per_run_s: cpu_per_run,
         coordinator_cpu_per_fanout_s: fanout_cpu / opts.repeats as f64,
         slowest_node_evaluation_s: slowest,
