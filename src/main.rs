@@ -234,6 +234,10 @@ enum BenchAction {
         indicator: String,
         #[arg(long, default_value = "2024Q1")]
         quarter: String,
+        /// How long every node waits before answering in the last measurement, as a node on its
+        /// own machine whose evaluation takes that long: the run should end soon after it.
+        #[arg(long, default_value_t = 1000)]
+        node_delay_ms: u64,
         #[arg(long)]
         catalog: Option<PathBuf>,
         #[arg(long, default_value = "bench-federation.json")]
@@ -393,6 +397,7 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode> {
                     repeats,
                     indicator,
                     quarter,
+                    node_delay_ms,
                     catalog,
                     out,
                 } => {
@@ -401,6 +406,7 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode> {
                         repeats,
                         indicator,
                         quarter,
+                        node_delay_ms,
                         catalog: catalog.unwrap_or_else(default_catalog),
                         out,
                     })

@@ -70,7 +70,15 @@ fn bench_node_measures_every_aggregate_kind_against_the_plain_query() {
 
 #[test]
 fn bench_federation_runs_against_real_nodes_and_reports_the_coordinator() {
-    let (o, report, _dir) = bench(&["federation", "--nodes", "2,3", "--repeats", "2"]);
+    let (o, report, _dir) = bench(&[
+        "federation",
+        "--nodes",
+        "2,3",
+        "--repeats",
+        "2",
+        "--node-delay-ms",
+        "300",
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let report = report.expect("a JSON report");
     let runs = report["runs"].as_array().unwrap();
@@ -134,6 +142,7 @@ fn bench_federation_runs_against_real_nodes_and_reports_the_coordinator() {
     assert!(stdout(&o).contains("repeat run (s)"));
     assert!(stdout(&o).contains("fan-out alone (s)"));
     assert!(stdout(&o).contains("With new connections"));
+    assert!(stdout(&o).contains("run − slowest node (s)"));
 }
 
 #[test]

@@ -14,6 +14,11 @@ fn shipped_configs_load_and_agree() {
     let coordinator = coordinator::config::CoordinatorConfig::load(&local.join("coordinator.toml"))
         .expect("local coordinator");
     assert_eq!(coordinator.nodes.len(), 3);
+    // A thousand nodes are asked at once, and no node more than four times at once.
+    assert_eq!(
+        (coordinator.fanout.concurrency, coordinator.fanout.per_node),
+        (1024, 4)
+    );
     for entry in &coordinator.nodes {
         let node = node::config::NodeConfig::load(&local.join(format!("{}.toml", entry.id)))
             .unwrap_or_else(|e| panic!("local node {}: {e}", entry.id));
@@ -49,6 +54,10 @@ fn bad_coordinator_config_is_refused_naming_file_and_key() {
         (
             "[governance]\nrequired_approvals = 0\n[[nodes]]\nid = \"P01\"\nurl = \"https://x\"\n",
             "'governance.required_approvals'",
+        ),
+        (
+            "[fanout]\nper_node = 0\n[[nodes]]\nid = \"P01\"\nurl = \"https://x\"\n",
+            "per_node must be at least 1",
         ),
     ];
     for (text, expected) in cases {

@@ -97,8 +97,12 @@ pub struct FanoutConfig {
     /// Attempts per node request, the first included.
     pub attempts: u32,
     pub backoff_ms: u64,
-    /// Node requests in flight at once, over all nodes.
+    /// Node requests in flight at once, over all nodes: enough to ask a thousand nodes at once,
+    /// so that a run waits for its slowest node rather than for waves of nodes.
     pub concurrency: usize,
+    /// Requests in flight to any one node: a run over many quarters does not start all of its
+    /// evaluations on one node at once.
+    pub per_node: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -160,7 +164,8 @@ key = "certs/coordinator.key"
 timeout_seconds = 60.0
 attempts = 4
 backoff_ms = 200
-concurrency = 32
+concurrency = 1024
+per_node = 4
 [limits]
 max_body_bytes = 65536
 "#;
@@ -256,10 +261,10 @@ impl CoordinatorConfig {
                 format!("must be positive, found {}", self.fanout.timeout_seconds),
             ));
         }
-        if self.fanout.attempts == 0 || self.fanout.concurrency == 0 {
+        if self.fanout.attempts == 0 || self.fanout.concurrency == 0 || self.fanout.per_node == 0 {
             return Err(invalid(
                 "fanout",
-                "attempts and concurrency must be at least 1".into(),
+                "attempts, concurrency and per_node must be at least 1".into(),
             ));
         }
         if self.governance.required_approvals == 0 {

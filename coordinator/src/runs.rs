@@ -52,6 +52,8 @@ pub const MAX_QUARTERS: usize = 16;
 pub struct Target {
     pub client: NodeClient,
     pub units: Vec<String>,
+    /// Requests in flight to this node (`fanout.per_node` permits).
+    pub slots: Arc<tokio::sync::Semaphore>,
 }
 
 #[derive(Default)]
@@ -93,6 +95,7 @@ impl Runner {
                 Ok(Target {
                     client: NodeClient::new(&n.id, &n.url, &tls, cfg.retry())?,
                     units: n.units.clone(),
+                    slots: Arc::new(tokio::sync::Semaphore::new(cfg.fanout.per_node)),
                 })
             })
             .collect::<Result<_, NodeError>>()?;
@@ -325,7 +328,9 @@ impl Runner {
                 collected.insert((a.base, a.quarter, a.node), Ok(decoded));
             }
         }
-        let mut jobs: Vec<(EvaluateRequest, NodeClient)> = Vec::new();
+        // Nodes vary fastest, so that the first requests in flight go to different nodes.
+        let mut jobs: Vec<(Arc<tokio::sync::Semaphore>, (EvaluateRequest, NodeClient))> =
+            Vec::new();
         for base in &bases {
             for q in &quarters {
                 for t in self.targets_for(base) {
@@ -337,21 +342,18 @@ impl Runner {
                             content_hash: Some(base.content_hash.clone()),
                             catalog_version,
                         };
-                        jobs.push((request, t.client.clone()));
+                        jobs.push((t.slots.clone(), (request, t.client.clone())));
                     }
                 }
             }
         }
         let counters = &self.counters;
-        let mut stream = futures::stream::iter(jobs.into_iter().map(|(request, client)| {
+        let mut stream = fan_out(jobs, self.concurrency, |(request, client)| async move {
             counters.node_requests.fetch_add(1, Ordering::Relaxed);
-            async move {
-                let result = client.evaluate_raw(&request).await;
-                (request, client.id, result)
-            }
-        }))
-        .buffer_unordered(self.concurrency)
-        // Whatever has arrived is stored together: one disk sync per batch, not per node.
+            let result = client.evaluate_raw(&request).await;
+            (request, client.id, result)
+        })
+        // Whatever has arrived is stored together, in one transaction.
         .ready_chunks(ANSWER_BATCH);
         while let Some(batch) = stream.next().await {
             let mut rows = Vec::with_capacity(batch.len());
@@ -512,7 +514,101 @@ impl Runner {
     }
 }
 
+/// Runs `ask` on every job with at most `total` in flight over all nodes and, per node, at most
+/// the permits of the job's node semaphore; results come in the order they finish.
+pub fn fan_out<J, T, F, Fut>(
+    jobs: Vec<(Arc<tokio::sync::Semaphore>, J)>,
+    total: usize,
+    ask: F,
+) -> impl futures::Stream<Item = T>
+where
+    F: Fn(J) -> Fut,
+    Fut: std::future::Future<Output = T>,
+{
+    futures::stream::iter(jobs.into_iter().map(move |(slots, job)| {
+        let asked = ask(job);
+        async move {
+            // A closed semaphore only means no limit is left to keep.
+            let _permit = slots.acquire_owned().await.ok();
+            asked.await
+        }
+    }))
+    .buffer_unordered(total.max(1))
+}
+
 /// The name an approved indicator's text goes by in catalog problems.
 pub fn approved_file(id: &str) -> std::path::PathBuf {
     std::path::PathBuf::from("approved").join(format!("{id}.toml"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+    use std::time::Duration;
+    use tokio::sync::{Barrier, Semaphore};
+
+    #[tokio::test]
+    async fn a_thousand_nodes_are_asked_at_once() {
+        // Every request waits until all 1,000 are in flight: fan-out in waves never gets there.
+        let barrier = Arc::new(Barrier::new(1000));
+        let jobs = (0..1000)
+            .map(|i| (Arc::new(Semaphore::new(4)), i))
+            .collect();
+        let stream = fan_out(jobs, 1024, |i| {
+            let barrier = barrier.clone();
+            async move {
+                barrier.wait().await;
+                i
+            }
+        });
+        let done: Vec<usize> = tokio::time::timeout(Duration::from_secs(30), stream.collect())
+            .await
+            .expect("all requests in flight at once");
+        assert_eq!(done.len(), 1000);
+    }
+
+    #[tokio::test]
+    async fn no_node_gets_more_requests_at_once_than_its_limit_and_the_total_is_capped() {
+        let nodes: Vec<Arc<Semaphore>> = (0..3).map(|_| Arc::new(Semaphore::new(2))).collect();
+        let in_flight: Vec<Arc<AtomicUsize>> =
+            (0..3).map(|_| Arc::new(AtomicUsize::new(0))).collect();
+        let most: Vec<Arc<AtomicUsize>> = (0..3).map(|_| Arc::new(AtomicUsize::new(0))).collect();
+        let (total, total_most) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        // Sixteen quarters per node, nodes varying fastest as a run orders them.
+        let jobs: Vec<(Arc<Semaphore>, usize)> =
+            (0..48).map(|j| (nodes[j % 3].clone(), j % 3)).collect();
+        let run = |cap: usize| {
+            fan_out(jobs.clone(), cap, |n| {
+                let (now, most, total, total_most) = (
+                    in_flight[n].clone(),
+                    most[n].clone(),
+                    total.clone(),
+                    total_most.clone(),
+                );
+                async move {
+                    most.fetch_max(now.fetch_add(1, Ordering::SeqCst) + 1, Ordering::SeqCst);
+                    total_most
+                        .fetch_max(total.fetch_add(1, Ordering::SeqCst) + 1, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    now.fetch_sub(1, Ordering::SeqCst);
+                    total.fetch_sub(1, Ordering::SeqCst);
+                    n
+                }
+            })
+            .collect::<Vec<_>>()
+        };
+        assert_eq!(run(1024).await.len(), 48);
+        for m in &most {
+            assert_eq!(
+                m.load(Ordering::SeqCst),
+                2,
+                "per-node limit reached, never passed"
+            );
+        }
+        assert_eq!(total_most.load(Ordering::SeqCst), 6);
+        total_most.store(0, Ordering::SeqCst);
+        assert_eq!(run(4).await.len(), 48);
+        assert_eq!(total_most.load(Ordering::SeqCst), 4, "the total cap holds");
+    }
 }

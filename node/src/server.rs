@@ -310,6 +310,15 @@ impl Running {
 
 /// Bind the configured address (port 0 picks one) and serve over TLS in the background.
 pub async fn start(node: Arc<Node>) -> Result<Running, NodeError> {
+    start_with(node, |app| app).await
+}
+
+/// [`start`] with the router wrapped by `wrap` (the federation benchmark adds a fixed delay to
+/// model a node on its own machine whose evaluation takes that long).
+pub async fn start_with(
+    node: Arc<Node>,
+    wrap: impl FnOnce(Router) -> Router,
+) -> Result<Running, NodeError> {
     let tls = crate::tls::server_config(
         &node.config.tls.cert,
         &node.config.tls.key,
@@ -323,7 +332,7 @@ pub async fn start(node: Arc<Node>) -> Result<Running, NodeError> {
     )
     .map_err(|e| NodeError::Server(e.to_string()))?
     .handle(handle.clone());
-    let app = router(node);
+    let app = wrap(router(node));
     let task = tokio::spawn(async move {
         server
             .serve(app.into_make_service_with_connect_info::<SocketAddr>())

@@ -27,6 +27,7 @@ pub struct FederationBenchOptions {
     pub repeats: usize,
     pub indicator: String,
     pub quarter: String,
+    pub node_delay_ms: u64,
     pub catalog: PathBuf,
     pub out: PathBuf,
 }
@@ -63,6 +64,13 @@ pub struct FederationFigures {
     /// Target: 50 ms + 10% of the slowest node's evaluation.
     pub overhead_target_s: f64,
     pub combination_ms: f64,
+    /// Every node waiting this long before it answers (connections warm): medians of the run and
+    /// of the fan-out alone, and the run's time beyond that slowest node against the target.
+    pub node_delay_s: f64,
+    pub delayed_run_s: f64,
+    pub delayed_fanout_only_s: f64,
+    pub delayed_overhead_s: f64,
+    pub delayed_overhead_target_s: f64,
     pub coordinator_rss_before_mib: f64,
     pub coordinator_peak_rss_mib: f64,
     pub nodes_up_s: f64,
@@ -160,6 +168,35 @@ pub async fn run(opts: FederationBenchOptions) -> Result<FederationReport> {
             ]
         })
         .collect();
+    let delayed: Vec<Vec<String>> = report
+        .runs
+        .iter()
+        .map(|r| {
+            vec![
+                r.nodes.to_string(),
+                format!("{:.3}", r.node_delay_s),
+                format!("{:.4}", r.delayed_run_s),
+                format!("{:.4}", r.delayed_fanout_only_s),
+                format!("{:.4}", r.delayed_overhead_s),
+                format!("{:.4}", r.delayed_overhead_target_s),
+            ]
+        })
+        .collect();
+    println!("\nEvery node taking the same time before it answers (warm connections), medians");
+    print!(
+        "{}",
+        super::table(
+            &[
+                "nodes",
+                "each node (s)",
+                "run (s)",
+                "fan-out alone (s)",
+                "run − slowest node (s)",
+                "target (s)"
+            ],
+            &delayed
+        )
+    );
     println!("\nWith new connections (every node's mutual-TLS handshake in the run), medians");
     print!(
         "{}",
@@ -226,12 +263,16 @@ async fn one(
         .stdout(Stdio::piped())
         .spawn()
         .context("starting the node process")?;
-    let stdout = child.stdout.take().context("node process stdout")?;
-    let line = tokio::task::spawn_blocking(move || {
+    let mut stdout = BufReader::new(child.stdout.take().context("node process stdout")?);
+    let (line, stdout) = tokio::task::spawn_blocking(move || {
         let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line).map(|_| line)
+        stdout.read_line(&mut line).map(|_| (line, stdout))
     })
     .await??;
+    let mut nodes_control = NodeProcess {
+        stdin: child.stdin.take().context("node process stdin")?,
+        stdout,
+    };
     let served: ServedNodes = serde_json::from_str(&line)
         .with_context(|| format!("the node process did not report its nodes: '{line}'"))?;
     let nodes_up_s = t.elapsed().as_secs_f64();
@@ -317,6 +358,23 @@ async fn one(
     let records = coordinator::publish::records(catalog, ind, &opts.quarter, &base);
     let combination_ms = t.elapsed().as_secs_f64() * 1000.0;
     anyhow::ensure!(!records.is_empty(), "combination published nothing");
+
+    // Nodes that each take a while, as each on its own machine evaluating: the run should end
+    // soon after the slowest of them, not after waves of them.
+    nodes_control.set_delay(opts.node_delay_ms)?;
+    let (mut delayed_runs, mut delayed_fanouts) = (Vec::new(), Vec::new());
+    for i in 0..opts.repeats {
+        eprint!(
+            "\r  runs and fan-outs alone with nodes taking {} ms {}/{}",
+            opts.node_delay_ms,
+            i + 1,
+            opts.repeats
+        );
+        delayed_runs.push(timed(runner.clone()).await?.1);
+        delayed_fanouts.push(fanout_only(&runner, ind, quarter).await?);
+    }
+    eprintln!();
+    nodes_control.set_delay(0)?;
     drop(runner);
 
     // With fresh connections, as in a quarterly run whose connections expired long ago: every
@@ -344,11 +402,12 @@ async fn one(
     let peak = peak_rss_mib();
 
     // Closing its stdin tells the node process to stop.
-    drop(child.stdin.take());
+    drop(nodes_control);
     let status = child.wait()?;
     anyhow::ensure!(status.success(), "the node process ended with {status}");
 
     let slowest = served.evaluation_s.iter().cloned().fold(0.0, f64::max);
+    let delay = opts.node_delay_ms as f64 / 1000.0;
     Ok(FederationFigures {
         nodes: n,
         cells_per_answer: served.cells_per_answer,
@@ -369,10 +428,37 @@ async fn one(
         overhead_s: median(differences),
         overhead_target_s: 0.050 + 0.10 * slowest,
         combination_ms,
+        node_delay_s: delay,
+        delayed_run_s: median(delayed_runs.clone()),
+        delayed_fanout_only_s: median(delayed_fanouts),
+        delayed_overhead_s: median(delayed_runs) - delay,
+        delayed_overhead_target_s: 0.050 + 0.10 * delay,
         coordinator_rss_before_mib: rss_before,
         coordinator_peak_rss_mib: peak,
         nodes_up_s,
     })
+}
+
+/// The node process's control channel: its stdin and stdout.
+struct NodeProcess {
+    stdin: std::process::ChildStdin,
+    stdout: BufReader<std::process::ChildStdout>,
+}
+
+impl NodeProcess {
+    /// Makes every node wait `ms` before answering an evaluation, once the nodes confirm it.
+    fn set_delay(&mut self, ms: u64) -> Result<()> {
+        writeln!(self.stdin, "delay {ms}")?;
+        self.stdin.flush()?;
+        let mut ack = String::new();
+        self.stdout.read_line(&mut ack)?;
+        anyhow::ensure!(
+            ack.trim() == format!("delay {ms}"),
+            "the node process did not confirm the delay: '{}'",
+            ack.trim()
+        );
+        Ok(())
+    }
 }
 
 /// The run's requests to every node, concurrently as the runner sends them, each answer received
@@ -390,13 +476,14 @@ async fn fanout_only(
         catalog_version: None,
     };
     let t = Instant::now();
-    let answers: Vec<_> = futures::stream::iter(
-        runner
-            .targets_for(ind)
-            .into_iter()
-            .map(|target| target.client.fetch_answer(&request)),
-    )
-    .buffer_unordered(runner.concurrency)
+    let jobs = runner
+        .targets_for(ind)
+        .into_iter()
+        .map(|target| (target.slots.clone(), &target.client))
+        .collect();
+    let answers: Vec<_> = coordinator::runs::fan_out(jobs, runner.concurrency, |client| {
+        client.fetch_answer(&request)
+    })
     .collect()
     .await;
     let secs = t.elapsed().as_secs_f64();
@@ -424,6 +511,7 @@ pub async fn serve_nodes(opts: ServeNodesOptions) -> Result<()> {
     let query = ind.query().context("a base indicator")?;
     let period: policies::Period = opts.quarter.parse()?;
     let mut nodes = Vec::new();
+    let delay_ms = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let mut served = ServedNodes {
         nodes: Vec::new(),
         evaluation_s: Vec::new(),
@@ -439,7 +527,21 @@ pub async fn serve_nodes(opts: ServeNodesOptions) -> Result<()> {
             NODE_BUDGET,
         )
         .await?;
-        let running = node::server::start(n.clone()).await?;
+        let delay = delay_ms.clone();
+        let running = node::server::start_with(n.clone(), move |app| {
+            app.layer(axum::middleware::from_fn(
+                move |req: axum::extract::Request, next: axum::middleware::Next| {
+                    let ms = delay.load(std::sync::atomic::Ordering::SeqCst);
+                    async move {
+                        if ms > 0 && req.uri().path() == "/v1/evaluate" {
+                            tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+                        }
+                        next.run(req).await
+                    }
+                },
+            ))
+        })
+        .await?;
         served
             .nodes
             .push((id.clone(), format!("https://{}", running.addr)));
@@ -458,13 +560,25 @@ pub async fn serve_nodes(opts: ServeNodesOptions) -> Result<()> {
     let mut stdout = std::io::stdout();
     writeln!(stdout, "{}", serde_json::to_string(&served)?)?;
     stdout.flush()?;
-    tokio::task::spawn_blocking(|| {
-        let mut sink = String::new();
-        while std::io::stdin().read_line(&mut sink).is_ok_and(|n| n > 0) {
-            sink.clear();
+    // Each stdin line "delay <ms>" sets how long every node waits before it answers an evaluation
+    // (acknowledged on stdout); the end of stdin stops the nodes.
+    let control = delay_ms.clone();
+    tokio::task::spawn_blocking(move || -> Result<()> {
+        let mut line = String::new();
+        while std::io::stdin().read_line(&mut line).is_ok_and(|n| n > 0) {
+            let ms = line
+                .trim()
+                .strip_prefix("delay ")
+                .and_then(|ms| ms.parse::<u64>().ok())
+                .with_context(|| format!("unknown node process command '{}'", line.trim()))?;
+            control.store(ms, std::sync::atomic::Ordering::SeqCst);
+            writeln!(std::io::stdout(), "delay {ms}")?;
+            std::io::stdout().flush()?;
+            line.clear();
         }
+        Ok(())
     })
-    .await?;
+    .await??;
     for (_, running) in nodes {
         running.shutdown().await;
     }
