@@ -182,34 +182,28 @@ pub async fn run(opts: FederationBenchOptions) -> Result<FederationReport> {
             ]
         })
         .collect();
-    println!("\nEvery node taking the same time before it answers (warm connections), medians");
-    print!(
-        "{}",
-        super::table(
-            &[
-                "nodes",
-                "each node (s)",
-                "run (s)",
-                "fan-out alone (s)",
-                "run − slowest node (s)",
-                "target (s)"
-            ],
-            &delayed
-        )
+    super::print_table(
+        "Every node taking the same time before it answers (warm connections), medians",
+        &[
+            "nodes",
+            "each node (s)",
+            "run (s)",
+            "fan-out alone (s)",
+            "run − slowest node (s)",
+            "target (s)",
+        ],
+        &delayed,
     );
-    println!("\nWith new connections (every node's mutual-TLS handshake in the run), medians");
-    print!(
-        "{}",
-        super::table(
-            &[
-                "nodes",
-                "run (s)",
-                "fan-out alone (s)",
-                "coordinator CPU/run (s)",
-                "CPU per fan-out alone (s)"
-            ],
-            &cold
-        )
+    super::print_table(
+        "With new connections (every node's mutual-TLS handshake in the run), medians",
+        &[
+            "nodes",
+            "run (s)",
+            "fan-out alone (s)",
+            "coordinator CPU/run (s)",
+            "CPU per fan-out alone (s)",
+        ],
+        &cold,
     );
     super::print_and_write(
         &format!(
@@ -318,35 +312,19 @@ async fn one(
     let (_, first) = timed(runner.clone()).await?;
     let ind = catalog.get(&opts.indicator).context("indicator")?;
     let quarter: policies::Period = opts.quarter.parse()?;
-    // Each repeat is followed by its fan-out alone, so that drift (growing logs, a warming cache)
-    // falls on both alike.
-    let (mut repeats, mut fanouts, mut differences) = (Vec::new(), Vec::new(), Vec::new());
-    let (mut cpu, mut fanout_cpu) = (0.0, 0.0);
-    let mut last = String::new();
-    for i in 0..opts.repeats {
-        eprint!(
-            "\r  repeat runs and fan-outs alone {}/{}",
-            i + 1,
-            opts.repeats
-        );
-        let cpu_before = cpu_seconds();
-        let (id, repeat) = timed(runner.clone()).await?;
-        cpu += cpu_seconds() - cpu_before;
-        let cpu_before = cpu_seconds();
-        let fanout = fanout_only(&runner, ind, quarter).await?;
-        fanout_cpu += cpu_seconds() - cpu_before;
-        repeats.push(repeat);
-        fanouts.push(fanout);
-        differences.push(repeat - fanout);
-        last = id;
-    }
-    eprintln!();
-    let cpu_per_run = cpu / opts.repeats as f64;
-
+    let warm = pairs(
+        "repeat runs and fan-outs alone",
+        opts.repeats,
+        ind,
+        quarter,
+        || Ok(runner.clone()),
+        &timed,
+    )
+    .await?;
     // Combination alone over the N stored answers of the last run.
     let answers: Vec<_> = runner
         .store
-        .answers(&last)?
+        .answers(&warm.last_run)?
         .into_iter()
         .filter_map(|a| a.answer)
         .map(|b| policies::wire::decode_answer(&b))
@@ -362,43 +340,32 @@ async fn one(
     // Nodes that each take a while, as each on its own machine evaluating: the run should end
     // soon after the slowest of them, not after waves of them.
     nodes_control.set_delay(opts.node_delay_ms)?;
-    let (mut delayed_runs, mut delayed_fanouts) = (Vec::new(), Vec::new());
-    for i in 0..opts.repeats {
-        eprint!(
-            "\r  runs and fan-outs alone with nodes taking {} ms {}/{}",
-            opts.node_delay_ms,
-            i + 1,
-            opts.repeats
-        );
-        delayed_runs.push(timed(runner.clone()).await?.1);
-        delayed_fanouts.push(fanout_only(&runner, ind, quarter).await?);
-    }
-    eprintln!();
+    let delayed = pairs(
+        &format!(
+            "runs and fan-outs alone with nodes taking {} ms",
+            opts.node_delay_ms
+        ),
+        opts.repeats,
+        ind,
+        quarter,
+        || Ok(runner.clone()),
+        &timed,
+    )
+    .await?;
     nodes_control.set_delay(0)?;
     drop(runner);
 
     // With fresh connections, as in a quarterly run whose connections expired long ago: every
     // node's mutual-TLS handshake is in the run. Each pair gets its own new clients.
-    let (mut cold_runs, mut cold_fanouts) = (Vec::new(), Vec::new());
-    let (mut cold_cpu, mut cold_fanout_cpu) = (0.0, 0.0);
-    for i in 0..opts.repeats {
-        eprint!(
-            "\r  runs and fan-outs alone with new connections {}/{}",
-            i + 1,
-            opts.repeats
-        );
-        let fresh = Arc::new(Runner::new(&cfg, catalog.clone())?);
-        let cpu_before = cpu_seconds();
-        let (_, run) = timed(fresh).await?;
-        cold_cpu += cpu_seconds() - cpu_before;
-        let fresh = Runner::new(&cfg, catalog.clone())?;
-        let cpu_before = cpu_seconds();
-        let fanout = fanout_only(&fresh, ind, quarter).await?;
-        cold_fanout_cpu += cpu_seconds() - cpu_before;
-        cold_runs.push(run);
-        cold_fanouts.push(fanout);
-    }
-    eprintln!();
+    let cold = pairs(
+        "runs and fan-outs alone with new connections",
+        opts.repeats,
+        ind,
+        quarter,
+        || Ok(Arc::new(Runner::new(&cfg, catalog.clone())?)),
+        &timed,
+    )
+    .await?;
     let peak = peak_rss_mib();
 
     // Closing its stdin tells the node process to stop.
@@ -412,31 +379,92 @@ async fn one(
         nodes: n,
         cells_per_answer: served.cells_per_answer,
         first_run_s: first,
-        repeat_run_median_s: median(repeats.clone()),
-        fanout_only_median_s: median(fanouts.clone()),
+        repeat_run_median_s: median(warm.runs.clone()),
+        fanout_only_median_s: median(warm.fanouts.clone()),
         repeat_runs: opts.repeats,
-        repeat_runs_s: repeats,
-        fanout_only_s: fanouts,
-        new_connections_run_s: median(cold_runs),
-        new_connections_fanout_only_s: median(cold_fanouts),
-        new_connections_cpu_per_run_s: cold_cpu / opts.repeats as f64,
-        new_connections_cpu_per_fanout_s: cold_fanout_cpu / opts.repeats as f64,
-        coordinator_cpu_per_run_s: cpu_per_run,
-        coordinator_cpu_per_fanout_s: fanout_cpu / opts.repeats as f64,
+        new_connections_run_s: median(cold.runs.clone()),
+        new_connections_fanout_only_s: median(cold.fanouts.clone()),
+        new_connections_cpu_per_run_s: cold.run_cpu_s / opts.repeats as f64,
+        new_connections_cpu_per_fanout_s: cold.fanout_cpu_s / opts.repeats as f64,
+        coordinator_cpu_per_run_s: warm.run_cpu_s / opts.repeats as f64,
+        coordinator_cpu_per_fanout_s: warm.fanout_cpu_s / opts.repeats as f64,
         slowest_node_evaluation_s: slowest,
         sum_of_node_evaluations_s: served.evaluation_s.iter().sum(),
-        overhead_s: median(differences),
+        overhead_s: warm.overhead_s(),
         overhead_target_s: 0.050 + 0.10 * slowest,
         combination_ms,
         node_delay_s: delay,
-        delayed_run_s: median(delayed_runs.clone()),
-        delayed_fanout_only_s: median(delayed_fanouts),
-        delayed_overhead_s: median(delayed_runs) - delay,
+        delayed_run_s: median(delayed.runs.clone()),
+        delayed_fanout_only_s: median(delayed.fanouts),
+        delayed_overhead_s: median(delayed.runs) - delay,
         delayed_overhead_target_s: 0.050 + 0.10 * delay,
         coordinator_rss_before_mib: rss_before,
         coordinator_peak_rss_mib: peak,
         nodes_up_s,
+        repeat_runs_s: warm.runs,
+        fanout_only_s: warm.fanouts,
     })
+}
+
+/// Runs paired with their fan-outs alone, each timed, with the coordinator CPU each kind used.
+struct Pairs {
+    runs: Vec<f64>,
+    fanouts: Vec<f64>,
+    run_cpu_s: f64,
+    fanout_cpu_s: f64,
+    last_run: String,
+}
+
+impl Pairs {
+    /// What a run adds beyond its fan-out alone: the median of the paired differences.
+    fn overhead_s(&self) -> f64 {
+        median(
+            self.runs
+                .iter()
+                .zip(&self.fanouts)
+                .map(|(r, f)| r - f)
+                .collect(),
+        )
+    }
+}
+
+/// `repeats` times a run, then its fan-out alone, each through a runner from `runner_for` (the
+/// same one for warm connections, a new one for new connections). Pairing them makes drift
+/// (growing logs, a warming cache) fall on both alike.
+async fn pairs<Fut>(
+    what: &str,
+    repeats: usize,
+    ind: &policies::Indicator,
+    quarter: policies::Period,
+    runner_for: impl Fn() -> Result<Arc<Runner>>,
+    timed: &impl Fn(Arc<Runner>) -> Fut,
+) -> Result<Pairs>
+where
+    Fut: std::future::Future<Output = Result<(String, f64)>>,
+{
+    let mut p = Pairs {
+        runs: Vec::new(),
+        fanouts: Vec::new(),
+        run_cpu_s: 0.0,
+        fanout_cpu_s: 0.0,
+        last_run: String::new(),
+    };
+    for i in 0..repeats {
+        eprint!("\r  {what} {}/{repeats}", i + 1);
+        let runner = runner_for()?;
+        let cpu_before = cpu_seconds();
+        let (id, run) = timed(runner).await?;
+        p.run_cpu_s += cpu_seconds() - cpu_before;
+        let runner = runner_for()?;
+        let cpu_before = cpu_seconds();
+        let fanout = fanout_only(&runner, ind, quarter).await?;
+        p.fanout_cpu_s += cpu_seconds() - cpu_before;
+        p.runs.push(run);
+        p.fanouts.push(fanout);
+        p.last_run = id;
+    }
+    eprintln!();
+    Ok(p)
 }
 
 /// The node process's control channel: its stdin and stdout.

@@ -112,9 +112,14 @@ pub fn print_and_write<T: Serialize>(
     out: &Path,
     report: &T,
 ) -> Result<()> {
+    print_table(title, header, rows);
+    write_json(out, report)
+}
+
+/// Print a table under its title.
+pub fn print_table(title: &str, header: &[&str], rows: &[Vec<String>]) {
     println!("\n{title}");
     print!("{}", table(header, rows));
-    write_json(out, report)
 }
 
 /// Write a report as pretty JSON and say where.
@@ -130,7 +135,7 @@ pub fn write_json<T: Serialize>(path: &Path, report: &T) -> Result<()> {
 }
 
 /// A Markdown table: a header row and rows of cells, columns padded for reading in a terminal.
-pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
     for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {
