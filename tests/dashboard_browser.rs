@@ -194,13 +194,7 @@ async fn visit(
     );
 
     // The language switch changes the labels.
-    let title_nl = session.text(&session.find("h1").await).await;
-    let theme_nl = session
-        .text(&session.find("#theme-ervaringen-title").await)
-        .await;
-    let how_nl = session
-        .text(&session.find("#how-to-read-title").await)
-        .await;
+    let [title_nl, theme_nl, how_nl] = labels(session).await;
     let switch = session.find("#language-switch").await;
     assert_eq!(session.text(&switch).await, "English");
     session.click(&switch).await;
@@ -209,13 +203,7 @@ async fn visit(
         session.attribute(&html, "lang").await.as_deref(),
         Some("en")
     );
-    let title_en = session.text(&session.find("h1").await).await;
-    let theme_en = session
-        .text(&session.find("#theme-ervaringen-title").await)
-        .await;
-    let how_en = session
-        .text(&session.find("#how-to-read-title").await)
-        .await;
+    let [title_en, theme_en, how_en] = labels(session).await;
     assert_ne!(title_nl, title_en);
     assert_ne!(theme_nl, theme_en);
     assert_eq!(how_en, "How to read this");
@@ -305,6 +293,15 @@ async fn visit(
 }
 
 /// The fields of one CSV line, with RFC 4180 quoting ("" inside quotes is one ").
+/// The page title, a theme's title and the "how to read this" title, in the page's language.
+async fn labels(session: &Session) -> [String; 3] {
+    let mut texts = Vec::new();
+    for selector in ["h1", "#theme-ervaringen-title", "#how-to-read-title"] {
+        texts.push(session.text(&session.find(selector).await).await);
+    }
+    texts.try_into().expect("three labels")
+}
+
 fn csv_fields(line: &str) -> Vec<String> {
     let (mut fields, mut field, mut quoted) = (Vec::new(), String::new(), false);
     let mut chars = line.chars().peekable();

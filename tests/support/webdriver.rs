@@ -144,28 +144,22 @@ impl Drop for Driver {
 }
 
 async fn post(http: &reqwest::Client, url: String, body: Value) -> Value {
-    let answer: Value = http
-        .post(&url)
-        .json(&body)
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("POST {url}: {e}"))
-        .json()
-        .await
-        .expect("json");
-    check(&url, answer)
+    send(http.post(&url).json(&body), "POST", &url).await
 }
 
 async fn get(http: &reqwest::Client, url: String) -> Value {
-    let answer: Value = http
-        .get(&url)
+    send(http.get(&url), "GET", &url).await
+}
+
+async fn send(request: reqwest::RequestBuilder, method: &str, url: &str) -> Value {
+    let answer: Value = request
         .send()
         .await
-        .unwrap_or_else(|e| panic!("GET {url}: {e}"))
+        .unwrap_or_else(|e| panic!("{method} {url}: {e}"))
         .json()
         .await
         .expect("json");
-    check(&url, answer)
+    check(url, answer)
 }
 
 fn check(url: &str, answer: Value) -> Value {
