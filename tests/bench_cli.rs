@@ -123,9 +123,10 @@ fn bench_federation_runs_against_real_nodes_and_reports_the_coordinator() {
             v[v.len() / 2]
         };
         let differences = repeats.iter().zip(&fanouts).map(|(a, b)| a - b).collect();
-        assert_eq!(
-            r["overhead_s"].as_f64().unwrap(),
-            median(differences),
+        // serde_json parses floats to within one unit in the last place, so the differences
+        // recomputed from the JSON may differ from the bench's by that much.
+        assert!(
+            (r["overhead_s"].as_f64().unwrap() - median(differences)).abs() < 1e-15,
             "{r}"
         );
         assert_eq!(
