@@ -254,7 +254,7 @@ pub fn records(
             for (gkey, bins) in groups {
                 let (period, group) =
                     split_key(hist_ind, &h.group_columns[..bin_pos], &gkey, quarter);
-                let interval = combine::quantile_interval(&bins, edges, *q, &salt(&period, &group));
+                let interval = combine::quantile_interval(&bins, edges, *q);
                 out.push(record(
                     &indicator.id,
                     period,
