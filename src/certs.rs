@@ -9,16 +9,40 @@ use rcgen::{
 };
 use std::path::Path;
 
+/// What to do with certificate and key files already in the output folder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Existing {
+    /// Refuse before writing anything: replacing a federation's CA key silently would cut every
+    /// node off from the coordinator.
+    Refuse,
+    /// Replace them (the demo's own scratch folder).
+    Replace,
+}
+
+/// Writes a new file. A private key is created readable by its owner only, so its contents never
+/// sit in a file others can read, not even between writing and restricting it.
 fn write(path: &Path, text: &str, private: bool) -> Result<()> {
-    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
+    use std::io::Write;
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(e).with_context(|| format!("replacing {}", path.display()));
+        }
+        _ => {}
+    }
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
     #[cfg(unix)]
-    if private {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-            .with_context(|| format!("restricting {}", path.display()))?;
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(if private { 0o600 } else { 0o644 });
     }
     let _ = private;
-    Ok(())
+    let mut file = opts
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    file.write_all(text.as_bytes())
+        .and_then(|()| file.sync_all())
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 /// Leaf certificates run two years (rotate yearly: docs/OPERATIONS.md); the CA ten.
@@ -63,8 +87,9 @@ pub fn node_dns_name(node_id: &str) -> String {
 }
 
 /// Write `ca.crt`, `ca.key`, `coordinator.crt/.key` and `<NODE>.crt/.key` for each node into `out`.
-pub fn generate(out: &Path, nodes: &[String]) -> Result<()> {
-    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+/// Bad node ids and (with `Existing::Refuse`) files already there are refused before anything is
+/// written.
+pub fn generate(out: &Path, nodes: &[String], existing: Existing) -> Result<()> {
     for n in nodes {
         anyhow::ensure!(
             !n.is_empty()
@@ -73,6 +98,23 @@ pub fn generate(out: &Path, nodes: &[String]) -> Result<()> {
             "node id '{n}' must be letters, digits, '-' or '_'"
         );
     }
+    if existing == Existing::Refuse {
+        let names = ["ca", "coordinator"]
+            .into_iter()
+            .chain(nodes.iter().map(String::as_str));
+        let present: Vec<String> = names
+            .flat_map(|n| [format!("{n}.crt"), format!("{n}.key")])
+            .filter(|f| out.join(f).exists())
+            .collect();
+        anyhow::ensure!(
+            present.is_empty(),
+            "{} already holds {}; stroom certs never replaces certificates or keys (a new CA key \
+             would cut every node off). Choose an empty folder, or move these away first",
+            out.display(),
+            present.join(", ")
+        );
+    }
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let ca_key = KeyPair::generate()?;
     let mut ca = CertificateParams::new(Vec::<String>::new())?;
     let mut dn = DistinguishedName::new();

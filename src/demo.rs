@@ -140,7 +140,7 @@ pub async fn run(opts: DemoOptions) -> Result<()> {
     eprintln!("2/5 federation CA and certificates");
     let mut ids = manifest.providers.clone();
     ids.push(manifest.panel_node.clone());
-    crate::certs::generate(&out.join("certs"), &ids)?;
+    crate::certs::generate(&out.join("certs"), &ids, crate::certs::Existing::Replace)?;
     // Fresh ledgers and run store: a demo over new synthetic data starts with a full budget.
     let _ = std::fs::remove_dir_all(out.join("ledgers"));
     let _ = std::fs::remove_dir_all(out.join("audit"));

@@ -1,6 +1,7 @@
 //! With `tls.client_ca` set, a node completes the TLS 1.3 handshake only with clients holding a
 //! the coordinator's certificate from the federation CA (real handshakes on loopback): not with
-//! none, not with another CA's, not with a node's own certificate.
+//! none, not with another CA's, not with a node's own certificate. And `stroom certs` keeps keys
+//! private and never replaces a federation's certificates.
 
 mod support;
 
@@ -117,4 +118,55 @@ async fn ops_listener_serves_health_and_metrics_only() {
         assert_eq!(r.status(), 404, "{path} must not be on the plain listener");
     }
     ops.shutdown().await;
+}
+
+#[test]
+fn certs_keeps_keys_private_and_never_replaces_them() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("certs");
+    let out_arg = out.to_str().unwrap();
+    assert!(
+        run(&["certs", "--out", out_arg, "--nodes", "P01"])
+            .status
+            .success()
+    );
+    for key in ["ca.key", "coordinator.key", "P01.key"] {
+        let mode = std::fs::metadata(out.join(key))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o077, 0, "{key} has mode {:o}", mode & 0o777);
+    }
+
+    let before: Vec<Vec<u8>> = ["ca.key", "ca.crt", "P01.key"]
+        .iter()
+        .map(|f| std::fs::read(out.join(f)).unwrap())
+        .collect();
+    // Adding a node to an existing federation folder would silently mint a new CA: refused.
+    let again = run(&["certs", "--out", out_arg, "--nodes", "P01,P02"]);
+    assert!(!again.status.success());
+    let err = String::from_utf8_lossy(&again.stderr);
+    assert!(err.contains("already holds ca.crt, ca.key"), "{err}");
+    assert!(err.contains("P01.key"), "{err}");
+    let after: Vec<Vec<u8>> = ["ca.key", "ca.crt", "P01.key"]
+        .iter()
+        .map(|f| std::fs::read(out.join(f)).unwrap())
+        .collect();
+    assert_eq!(before, after, "a refused run must change nothing");
+    assert!(!out.join("P02.key").exists());
+
+    let bad = run(&[
+        "certs",
+        "--out",
+        dir.path().join("new").to_str().unwrap(),
+        "--nodes",
+        "P/1",
+    ]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("node id 'P/1'"));
+    assert!(
+        !dir.path().join("new").exists(),
+        "a refused run creates no folder"
+    );
 }

@@ -106,7 +106,11 @@ pub async fn run(opts: AccuracyBenchOptions) -> Result<AccuracyReport> {
     .await?;
     let mut ids = manifest.providers.clone();
     ids.push(manifest.panel_node.clone());
-    crate::certs::generate(&work.path().join("certs"), &ids)?;
+    crate::certs::generate(
+        &work.path().join("certs"),
+        &ids,
+        crate::certs::Existing::Refuse,
+    )?;
     let mut nodes = BTreeMap::new();
     for id in &ids {
         let panel = *id == manifest.panel_node;

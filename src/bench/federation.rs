@@ -123,7 +123,11 @@ pub async fn run(opts: FederationBenchOptions) -> Result<FederationReport> {
         scale: 1.0,
     })
     .await?;
-    crate::certs::generate(&work.path().join("certs"), &manifest.providers)?;
+    crate::certs::generate(
+        &work.path().join("certs"),
+        &manifest.providers,
+        crate::certs::Existing::Refuse,
+    )?;
 
     let mut runs = Vec::new();
     for &n in &opts.nodes {
