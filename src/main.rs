@@ -65,7 +65,8 @@ enum Command {
         #[arg(long, default_value_t = 1.0)]
         scale: f64,
     },
-    /// Make a federation CA and certificates for the coordinator and each node.
+    /// Make a federation CA and certificates for the coordinator and each node. Never replaces
+    /// certificates or keys already in the folder; keys are readable by their owner only.
     Certs {
         #[arg(long)]
         out: PathBuf,
@@ -299,8 +300,38 @@ fn init_tracing(default: &str) {
         .try_init();
 }
 
+/// Commands that only read and print. For them a closed pipe (`stroom node check | head`) ends the
+/// process quietly, as it ends `cat`, instead of a panic in `println!`. Everything else keeps Rust's
+/// default of ignoring SIGPIPE: a server, the demo or a benchmark must see a peer or child that went
+/// away as an error to handle, and a command that writes files must not die half-way.
+fn prints_only(command: &Command) -> bool {
+    matches!(
+        command,
+        Command::Policy { .. }
+            | Command::Node {
+                action: Some(NodeAction::Check),
+                ..
+            }
+            | Command::Token {
+                action: TokenAction::List,
+                ..
+            }
+            | Command::Results { .. }
+            | Command::Budget { .. }
+            | Command::Proposals { .. }
+            | Command::Audit { .. }
+    )
+}
+
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    if prints_only(&cli.command) {
+        // SAFETY: called before any other thread exists; SIG_DFL is a valid disposition.
+        #[cfg(unix)]
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     // A benchmark's output is its table; a log line per run would bury it.
     init_tracing(if matches!(cli.command, Command::Bench { .. }) {
         "warn"
@@ -450,7 +481,7 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode> {
             Ok(std::process::ExitCode::SUCCESS)
         }
         Command::Certs { out, nodes } => {
-            certs::generate(&out, &nodes)?;
+            certs::generate(&out, &nodes, certs::Existing::Refuse)?;
             println!(
                 "wrote ca.crt, coordinator.crt and {} node certificate(s) with keys to {}",
                 nodes.len(),

@@ -140,3 +140,20 @@ fn an_empty_or_missing_folder_is_an_error() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/catalog"));
 }
+
+/// `stroom policy check | head -1`: the reader goes away; the command ends as `cat` would (by
+/// SIGPIPE), not with a panic in `println!` (exit 101 and a backtrace on stderr).
+#[test]
+fn a_closed_output_pipe_ends_the_command_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader); // closed before the command writes: every write fails, deterministically
+    let out = stroom()
+        .args(["policy", "check", catalog_dir().to_str().unwrap()])
+        .stdout(writer)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(out.status.signal(), Some(libc::SIGPIPE), "{:?}", out.status);
+}
