@@ -235,8 +235,9 @@ enum BenchAction {
         indicator: String,
         #[arg(long, default_value = "2024Q1")]
         quarter: String,
-        /// How long every node waits before answering in the last measurement, as a node on its
-        /// own machine whose evaluation takes that long: the run should end soon after it.
+        /// When every node answers in the last measurement, after the request arrived (it works
+        /// first, then holds the answer), as a node on its own machine whose work takes that long:
+        /// the run should end soon after it.
         #[arg(long, default_value_t = 1000)]
         node_delay_ms: u64,
         #[arg(long)]

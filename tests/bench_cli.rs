@@ -139,6 +139,17 @@ fn bench_federation_runs_against_real_nodes_and_reports_the_coordinator() {
             median(fanouts),
             "{r}"
         );
+        // Nodes told to take 300 ms do: no run with them ends sooner, and the run's time beyond
+        // the slowest node is measured from that delay. The delay is switched off again after:
+        // the runs with new connections come later and take far less.
+        let delayed = series("delayed_runs_s");
+        assert_eq!(delayed.len(), 2, "{r}");
+        assert!(delayed.iter().all(|s| *s >= 0.3), "{r}");
+        assert!(
+            (r["delayed_overhead_s"].as_f64().unwrap() - (median(delayed) - 0.3)).abs() < 1e-12,
+            "{r}"
+        );
+        assert!(r["new_connections_run_s"].as_f64().unwrap() < 0.3, "{r}");
     }
     assert!(stdout(&o).contains("repeat run (s)"));
     assert!(stdout(&o).contains("fan-out alone (s)"));

@@ -71,6 +71,8 @@ pub struct FederationFigures {
     pub delayed_fanout_only_s: f64,
     pub delayed_overhead_s: f64,
     pub delayed_overhead_target_s: f64,
+    /// Each run with nodes taking `node_delay_s`, in order.
+    pub delayed_runs_s: Vec<f64>,
     pub coordinator_rss_before_mib: f64,
     pub coordinator_peak_rss_mib: f64,
     pub nodes_up_s: f64,
@@ -400,8 +402,9 @@ async fn one(
         node_delay_s: delay,
         delayed_run_s: median(delayed.runs.clone()),
         delayed_fanout_only_s: median(delayed.fanouts),
-        delayed_overhead_s: median(delayed.runs) - delay,
+        delayed_overhead_s: median(delayed.runs.clone()) - delay,
         delayed_overhead_target_s: 0.050 + 0.10 * delay,
+        delayed_runs_s: delayed.runs,
         coordinator_rss_before_mib: rss_before,
         coordinator_peak_rss_mib: peak,
         nodes_up_s,
@@ -565,10 +568,20 @@ pub async fn serve_nodes(opts: ServeNodesOptions) -> Result<()> {
                 move |req: axum::extract::Request, next: axum::middleware::Next| {
                     let ms = delay.load(std::sync::atomic::Ordering::SeqCst);
                     async move {
-                        if ms > 0 && req.uri().path() == "/v1/evaluate" {
-                            tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+                        // The node does its work at once, then holds the answer until `ms` after
+                        // the request came in: a node on its own machine whose work takes that
+                        // long. Working after the wait instead would make all the co-located
+                        // nodes work at the same instant on the coordinator's cores.
+                        let arrived = tokio::time::Instant::now();
+                        let evaluate = ms > 0 && req.uri().path() == "/v1/evaluate";
+                        let response = next.run(req).await;
+                        if evaluate {
+                            tokio::time::sleep_until(
+                                arrived + std::time::Duration::from_millis(ms),
+                            )
+                            .await;
                         }
-                        next.run(req).await
+                        response
                     }
                 },
             ))
@@ -592,7 +605,7 @@ pub async fn serve_nodes(opts: ServeNodesOptions) -> Result<()> {
     let mut stdout = std::io::stdout();
     writeln!(stdout, "{}", serde_json::to_string(&served)?)?;
     stdout.flush()?;
-    // Each stdin line "delay <ms>" sets how long every node waits before it answers an evaluation
+    // Each stdin line "delay <ms>" sets when every node answers an evaluation, after its arrival
     // (acknowledged on stdout); the end of stdin stops the nodes.
     let control = delay_ms.clone();
     tokio::task::spawn_blocking(move || -> Result<()> {
