@@ -41,13 +41,13 @@ pub fn load_key(file: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
     })
 }
 
-/// Install ring as rustls' process-wide crypto provider (idempotent).
 /// Expiry (Unix seconds) of the first certificate in a PEM file; None when it cannot be read.
 pub fn not_after(file: &Path) -> Option<i64> {
     let first = CertificateDer::pem_file_iter(file).ok()?.next()?.ok()?;
     policies::ops::certificate_not_after(first.as_ref())
 }
 
+/// Install ring as rustls' process-wide crypto provider (idempotent).
 pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
