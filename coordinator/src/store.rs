@@ -528,8 +528,7 @@ impl RunStore {
     }
 }
 
-/// An expiry given as a duration from now (`90d`, `12h`, `30m`) or a date or time in RFC 3339
-/// (`2027-01-01`, `2027-01-01T12:00:00Z`). Must lie in the future.
+/// Upserts a run's answers (or errors) in one transaction.
 fn insert_answers(
     conn: &mut Connection,
     run_id: &str,
@@ -557,6 +556,8 @@ fn insert_answers(
     Ok(())
 }
 
+/// An expiry given as a duration from now (`90d`, `12h`, `30m`) or a date or time in RFC 3339
+/// (`2027-01-01`, `2027-01-01T12:00:00Z`). Must lie in the future.
 pub fn parse_expiry(
     text: &str,
     now: chrono::DateTime<chrono::Utc>,

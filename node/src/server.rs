@@ -313,8 +313,8 @@ pub async fn start(node: Arc<Node>) -> Result<Running, NodeError> {
     start_with(node, |app| app).await
 }
 
-/// [`start`] with the router wrapped by `wrap` (the federation benchmark adds a fixed delay to
-/// model a node on its own machine whose evaluation takes that long).
+/// [`start`] with the router wrapped by `wrap` (the federation benchmark holds each answer until a
+/// fixed time after its request, to model a node on its own machine whose work takes that long).
 pub async fn start_with(
     node: Arc<Node>,
     wrap: impl FnOnce(Router) -> Router,

@@ -343,8 +343,8 @@ async fn one(
     let combination_ms = t.elapsed().as_secs_f64() * 1000.0;
     anyhow::ensure!(!records.is_empty(), "combination published nothing");
 
-    // Nodes that each take a while, as each on its own machine evaluating: the run should end
-    // soon after the slowest of them, not after waves of them.
+    // Nodes that each take a while, as each on its own machine: the run should end soon after
+    // the slowest of them, not after waves of them.
     nodes_control.set_delay(opts.node_delay_ms)?;
     let delayed = pairs(
         &format!(
@@ -381,6 +381,7 @@ async fn one(
 
     let slowest = served.evaluation_s.iter().cloned().fold(0.0, f64::max);
     let delay = opts.node_delay_ms as f64 / 1000.0;
+    let delayed_run_s = median(delayed.runs.clone());
     Ok(FederationFigures {
         nodes: n,
         cells_per_answer: served.cells_per_answer,
@@ -400,9 +401,9 @@ async fn one(
         overhead_target_s: 0.050 + 0.10 * slowest,
         combination_ms,
         node_delay_s: delay,
-        delayed_run_s: median(delayed.runs.clone()),
+        delayed_run_s,
         delayed_fanout_only_s: median(delayed.fanouts),
-        delayed_overhead_s: median(delayed.runs.clone()) - delay,
+        delayed_overhead_s: delayed_run_s - delay,
         delayed_overhead_target_s: 0.050 + 0.10 * delay,
         delayed_runs_s: delayed.runs,
         coordinator_rss_before_mib: rss_before,
@@ -481,7 +482,7 @@ struct NodeProcess {
 }
 
 impl NodeProcess {
-    /// Makes every node wait `ms` before answering an evaluation, once the nodes confirm it.
+    /// Makes every node answer an evaluation `ms` after it arrived, once the nodes confirm it.
     fn set_delay(&mut self, ms: u64) -> Result<()> {
         writeln!(self.stdin, "delay {ms}")?;
         self.stdin.flush()?;
