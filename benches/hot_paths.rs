@@ -180,6 +180,7 @@ fn answer(node_id: &str, cells: &Cells, ind: &policies::Indicator) -> (RecordBat
         rho: query.cost.rho(),
         budget_period: "2024".into(),
         released_at: "2024-12-31T00:00:00Z".into(),
+        secure: None,
     };
     (batch, meta)
 }

@@ -86,10 +86,24 @@ pub fn node_dns_name(node_id: &str) -> String {
     format!("{}.node.stroom", node_id.to_ascii_lowercase())
 }
 
-/// Write `ca.crt`, `ca.key`, `coordinator.crt/.key` and `<NODE>.crt/.key` for each node into `out`.
-/// Bad node ids and (with `Existing::Refuse`) files already there are refused before anything is
-/// written.
-pub fn generate(out: &Path, nodes: &[String], existing: Existing) -> Result<()> {
+/// The secure-aggregation files `generate` writes with `helper`, besides `helper.crt/.key`.
+pub const HELPER_HPKE_KEY: &str = "helper.hpke.key";
+pub const HELPER_HPKE_PUB: &str = "helper.hpke.pub";
+pub const VERIFY_KEY: &str = "aggregators.verify.key";
+
+pub fn node_signing_key(node: &str) -> String {
+    format!("{node}.sign.key")
+}
+
+pub fn node_signing_pub(node: &str) -> String {
+    format!("{node}.sign.pub")
+}
+
+/// Write `ca.crt`, `ca.key`, `coordinator.crt/.key` and `<NODE>.crt/.key` for each node into `out`;
+/// with `helper` also the helper's certificate and HPKE key pair, the verification key the
+/// coordinator and the helper share, and each node's report-signing key pair. Bad node ids and
+/// (with `Existing::Refuse`) files already there are refused before anything is written.
+pub fn generate(out: &Path, nodes: &[String], helper: bool, existing: Existing) -> Result<()> {
     for n in nodes {
         anyhow::ensure!(
             !n.is_empty()
@@ -101,11 +115,18 @@ pub fn generate(out: &Path, nodes: &[String], existing: Existing) -> Result<()> 
     if existing == Existing::Refuse {
         let names = ["ca", "coordinator"]
             .into_iter()
+            .chain(helper.then_some("helper"))
             .chain(nodes.iter().map(String::as_str));
-        let present: Vec<String> = names
+        let mut files: Vec<String> = names
             .flat_map(|n| [format!("{n}.crt"), format!("{n}.key")])
-            .filter(|f| out.join(f).exists())
             .collect();
+        if helper {
+            files.extend([HELPER_HPKE_KEY, HELPER_HPKE_PUB, VERIFY_KEY].map(String::from));
+            for n in nodes {
+                files.extend([node_signing_key(n), node_signing_pub(n)]);
+            }
+        }
+        let present: Vec<String> = files.into_iter().filter(|f| out.join(f).exists()).collect();
         anyhow::ensure!(
             present.is_empty(),
             "{} already holds {}; stroom certs never replaces certificates or keys (a new CA key \
@@ -141,6 +162,24 @@ pub fn generate(out: &Path, nodes: &[String], existing: Existing) -> Result<()> 
     )?;
     for n in nodes {
         issue(n, leaf(n, Some(node_dns_name(n)), false)?)?;
+    }
+    if helper {
+        // Server-only, like a node's: the helper never connects to anyone.
+        issue(
+            "helper",
+            leaf("helper", Some("helper.stroom".into()), false)?,
+        )?;
+        let (private, public) = secagg::seal::HelperPrivateKey::generate();
+        write(&out.join(HELPER_HPKE_KEY), &private, true)?;
+        write(&out.join(HELPER_HPKE_PUB), &public, false)?;
+        let verify = secagg::vdaf::random_bytes::<{ secagg::vdaf::VERIFY_KEY_LEN }>()
+            .map_err(|e| anyhow::anyhow!("verification key: {e}"))?;
+        write(&out.join(VERIFY_KEY), &hex::encode(verify), true)?;
+        for n in nodes {
+            let (key, text) = policies::governance::SigningKey::generate()?;
+            write(&out.join(node_signing_key(n)), &text, true)?;
+            write(&out.join(node_signing_pub(n)), &key.public_key_hex(), false)?;
+        }
     }
     Ok(())
 }

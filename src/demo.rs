@@ -28,7 +28,12 @@ pub struct DemoOptions {
     pub catalog: PathBuf,
     /// Keep the federation and the dashboard running after the runs, until Ctrl-C.
     pub serve: bool,
+    /// Per-node noise instead of secure aggregation with the helper (the explicit fallback).
+    pub per_node: bool,
 }
+
+/// t of the demo's secure runs: one of the providers may drop out or cheat.
+pub const DEMO_MAX_MISSING: u32 = 1;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Truth {
@@ -45,6 +50,7 @@ pub(crate) fn node_config(
     catalog: &Path,
     tables: &[&str],
     budget: f64,
+    extra: &str,
 ) -> Result<PathBuf> {
     let path = dir.join("nodes").join(format!("{id}.toml"));
     std::fs::create_dir_all(path.parent().unwrap_or(dir))?;
@@ -54,7 +60,7 @@ pub(crate) fn node_config(
         .collect::<Vec<_>>()
         .join(", ");
     let text = format!(
-        "node_id = \"{id}\"\nlisten = \"127.0.0.1:0\"\ncatalog_dir = \"{}\"\n\n[data]\ndir = \"../data/{id}\"\ncoverage = \"{}\"\ntables = [{tables}]\n\n[ledger]\npath = \"../ledgers/{id}.sqlite\"\n\n[audit]\npath = \"../audit/{id}.jsonl\"\n\n[budget]\nrho_per_period = {budget}\nperiod = \"year\"\ndelta = 1e-6\n\n[tls]\ncert = \"../certs/{id}.crt\"\nkey = \"../certs/{id}.key\"\nclient_ca = \"../certs/ca.crt\"\n",
+        "node_id = \"{id}\"\nlisten = \"127.0.0.1:0\"\ncatalog_dir = \"{}\"\n\n[data]\ndir = \"../data/{id}\"\ncoverage = \"{}\"\ntables = [{tables}]\n\n[ledger]\npath = \"../ledgers/{id}.sqlite\"\n\n[audit]\npath = \"../audit/{id}.jsonl\"\n\n[budget]\nrho_per_period = {budget}\nperiod = \"year\"\ndelta = 1e-6\n\n[tls]\ncert = \"../certs/{id}.crt\"\nkey = \"../certs/{id}.key\"\nclient_ca = \"../certs/ca.crt\"\n{extra}",
         catalog.display(),
         crate::synth::COVERAGE
     );
@@ -69,8 +75,9 @@ pub(crate) async fn open_node(
     catalog: &Path,
     tables: &[&str],
     budget: f64,
+    extra: &str,
 ) -> Result<Arc<node::Node>> {
-    let cfg_path = node_config(dir, id, catalog, tables, budget)?;
+    let cfg_path = node_config(dir, id, catalog, tables, budget, extra)?;
     let cfg = node::config::NodeConfig::load(&cfg_path)?;
     let n = node::Node::open(cfg)
         .await
@@ -83,10 +90,11 @@ pub(crate) fn coordinator_config(
     catalog: &Path,
     nodes: &[(String, String, &str)],
     token_sha256: &str,
+    extra: &str,
 ) -> Result<PathBuf> {
     let path = dir.join("coordinator.toml");
     let mut text = format!(
-        "listen = \"127.0.0.1:0\"\ncatalog_dir = \"{}\"\nquorum = 1.0\n\n[store]\npath = \"runs.sqlite\"\n\n[audit]\npath = \"audit/coordinator.jsonl\"\n\n[tls]\nca = \"certs/ca.crt\"\ncert = \"certs/coordinator.crt\"\nkey = \"certs/coordinator.key\"\n\n[[researchers]]\nname = \"demo\"\ntoken_sha256 = \"{token_sha256}\"\n",
+        "listen = \"127.0.0.1:0\"\ncatalog_dir = \"{}\"\nquorum = 1.0\n{extra}\n[store]\npath = \"runs.sqlite\"\n\n[audit]\npath = \"audit/coordinator.jsonl\"\n\n[tls]\nca = \"certs/ca.crt\"\ncert = \"certs/coordinator.crt\"\nkey = \"certs/coordinator.key\"\n\n[[researchers]]\nname = \"demo\"\ntoken_sha256 = \"{token_sha256}\"\n",
         catalog.display()
     );
     for (id, url, unit) in nodes {
@@ -96,6 +104,48 @@ pub(crate) fn coordinator_config(
     }
     std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
     Ok(path)
+}
+
+/// A node's `[secure]` section: the helper's public key and the node's signing key, both from
+/// the demo's certificate folder.
+pub(crate) fn node_secure_section(id: &str) -> String {
+    format!(
+        "\n[secure]\nhelper_key = \"../certs/{}\"\nsigning_key = \"../certs/{}\"\n",
+        crate::certs::HELPER_HPKE_PUB,
+        crate::certs::node_signing_key(id)
+    )
+}
+
+/// The coordinator's `[secure]` section for a helper at `helper_url`.
+pub(crate) fn coordinator_secure_section(helper_url: &str, max_missing: u32) -> String {
+    format!(
+        "\n[secure]\nhelper_url = \"{helper_url}\"\nverify_key = \"certs/{}\"\nmax_missing = {max_missing}\n",
+        crate::certs::VERIFY_KEY
+    )
+}
+
+/// Writes `dir/helper.toml` (roster: `nodes` with their signing keys from `dir/certs`) and starts
+/// the helper as an HTTPS server on loopback.
+pub(crate) async fn start_helper(dir: &Path, nodes: &[String]) -> Result<helper::server::Running> {
+    let mut text = format!(
+        "listen = \"127.0.0.1:0\"\nhpke_key = \"certs/{}\"\nverify_key = \"certs/{}\"\n\n[tls]\ncert = \"certs/helper.crt\"\nkey = \"certs/helper.key\"\nclient_ca = \"certs/ca.crt\"\n\n[store]\npath = \"helper.sqlite\"\n",
+        crate::certs::HELPER_HPKE_KEY,
+        crate::certs::VERIFY_KEY
+    );
+    for id in nodes {
+        let key_file = dir.join("certs").join(crate::certs::node_signing_pub(id));
+        let key = std::fs::read_to_string(&key_file)
+            .with_context(|| format!("reading {}", key_file.display()))?;
+        text.push_str(&format!(
+            "\n[[nodes]]\nid = \"{id}\"\npublic_key = \"{}\"\n",
+            key.trim()
+        ));
+    }
+    let path = dir.join("helper.toml");
+    std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+    let cfg = helper::config::HelperConfig::load(&path)?;
+    let h = Arc::new(helper::Helper::open(cfg)?);
+    Ok(helper::server::start(h).await?)
 }
 
 pub(crate) fn progress(done: usize, total: usize, label: &str) {
@@ -140,12 +190,21 @@ pub async fn run(opts: DemoOptions) -> Result<()> {
     eprintln!("2/5 federation CA and certificates");
     let mut ids = manifest.providers.clone();
     ids.push(manifest.panel_node.clone());
-    crate::certs::generate(&out.join("certs"), &ids, crate::certs::Existing::Replace)?;
-    // Fresh ledgers and run store: a demo over new synthetic data starts with a full budget.
+    let secure = !opts.per_node;
+    crate::certs::generate(
+        &out.join("certs"),
+        &ids,
+        secure,
+        crate::certs::Existing::Replace,
+    )?;
+    // Fresh ledgers, run store and helper store: a demo over new synthetic data starts with a
+    // full budget.
     let _ = std::fs::remove_dir_all(out.join("ledgers"));
     let _ = std::fs::remove_dir_all(out.join("audit"));
-    for f in ["runs.sqlite", "runs.sqlite-wal", "runs.sqlite-shm"] {
-        let _ = std::fs::remove_file(out.join(f));
+    for store in ["runs", "helper"] {
+        for ext in ["sqlite", "sqlite-wal", "sqlite-shm"] {
+            let _ = std::fs::remove_file(out.join(format!("{store}.{ext}")));
+        }
     }
 
     eprintln!(
@@ -165,19 +224,38 @@ pub async fn run(opts: DemoOptions) -> Result<()> {
                 policies::cdm::UNIT_COLUMN,
             )
         };
-        let n = open_node(out, id, &catalog_dir, &tables, budget).await?;
+        // The panel is the only holder of its records: its indicators run with per-node noise.
+        let extra = if secure && !panel {
+            node_secure_section(id)
+        } else {
+            String::new()
+        };
+        let n = open_node(out, id, &catalog_dir, &tables, budget, &extra).await?;
         let running = node::server::start(n.clone()).await?;
         entries.push((id.clone(), format!("https://{}", running.addr), unit));
         nodes.insert(id.clone(), (n, running));
     }
 
-    eprintln!("4/5 starting the coordinator");
+    let helper = if secure {
+        eprintln!(
+            "4/5 starting the helper and the coordinator (secure aggregation, t = {DEMO_MAX_MISSING})"
+        );
+        Some(start_helper(out, &manifest.providers).await?)
+    } else {
+        eprintln!("4/5 starting the coordinator (per-node noise)");
+        None
+    };
+    let secure_section = helper
+        .as_ref()
+        .map(|h| coordinator_secure_section(&format!("https://{}", h.addr), DEMO_MAX_MISSING))
+        .unwrap_or_default();
     let token = random_token();
     let coordinator_cfg_path = coordinator_config(
         out,
         &catalog_dir,
         &entries,
         &coordinator::config::token_hash(&token),
+        &secure_section,
     )?;
     std::fs::write(out.join("researcher.token"), &token)?;
     let ccfg = coordinator::config::CoordinatorConfig::load(&coordinator_cfg_path)?;
@@ -259,6 +337,16 @@ pub async fn run(opts: DemoOptions) -> Result<()> {
     write_outputs(out, &records, &truths)?;
     print_table(&records, &truths);
     println!(
+        "\nMode: {}",
+        if secure {
+            format!(
+                "secure aggregation (coordinator and helper each see only shares; every provider adds 1/(n − t) of the noise, t = {DEMO_MAX_MISSING}); the panel's indicator with per-node noise (one holder)"
+            )
+        } else {
+            "per-node noise (each provider adds the full noise; --per-node)".to_string()
+        }
+    );
+    println!(
         "\n{} national records for {} indicators × {} quarters in {:.1}s; {} run(s) incomplete.\nWrote {}, {} and {}.\nIntervals are 95% and cover the differential-privacy noise only.",
         records.len(),
         catalog.indicators.len(),
@@ -279,6 +367,9 @@ pub async fn run(opts: DemoOptions) -> Result<()> {
             .context("waiting for Ctrl-C")?;
     }
     coordinator.shutdown().await;
+    if let Some(h) = helper {
+        h.shutdown().await;
+    }
     for (_, (_, running)) in nodes {
         running.shutdown().await;
     }
@@ -314,10 +405,10 @@ pub(crate) fn add_cells(
         for ((_, m), v) in r.cells.iter_mut().zip(values) {
             m.entry(name.clone())
                 .or_insert(CellSum {
-                    value: 0,
+                    value: 0.0,
                     variance: 0.0,
                 })
-                .value += v;
+                .value += *v as f64;
         }
     }
 }

@@ -41,6 +41,10 @@ enum Command {
         /// address; Ctrl-C stops.
         #[arg(long)]
         serve: bool,
+        /// Per-node noise (every provider adds the full noise) instead of secure aggregation
+        /// with the helper.
+        #[arg(long)]
+        per_node: bool,
     },
     /// Measure the node's DP evaluation, the federation's fan-out and the estimates' accuracy;
     /// each prints a table and writes JSON (figures in BENCHMARKS.md). Use a release build.
@@ -73,6 +77,11 @@ enum Command {
         /// Comma-separated provider ids, e.g. P01,P02,P03.
         #[arg(long, value_delimiter = ',', required = true)]
         nodes: Vec<String>,
+        /// Also make the secure-aggregation material: the helper's certificate (`helper.stroom`)
+        /// and HPKE key pair, the verification key coordinator and helper share, and a
+        /// report-signing key pair per node.
+        #[arg(long)]
+        helper: bool,
     },
     /// Run a provider node (HTTPS), or check its configuration and data with `node check`.
     Node {
@@ -164,6 +173,11 @@ enum Command {
     },
     /// Run the coordinator: researcher API, fan-out to the nodes over mutual TLS, publication.
     Coordinator {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Run the secure-aggregation helper (HTTPS, mutual TLS: it answers the coordinator only).
+    Helper {
         #[arg(long)]
         config: PathBuf,
     },
@@ -260,6 +274,10 @@ enum BenchAction {
         catalog: Option<PathBuf>,
         #[arg(long, default_value = "bench-accuracy.json")]
         out: PathBuf,
+        /// t of the secure-aggregation figures: providers that may drop out (each adds
+        /// 1/(providers − t) of the noise).
+        #[arg(long, default_value_t = 1)]
+        max_missing: u32,
     },
     /// (Used by `bench federation`.) Serve N nodes; print where; stop when stdin closes.
     #[command(hide = true)]
@@ -366,6 +384,7 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode> {
             seed,
             catalog,
             serve,
+            per_node,
         } => {
             demo::run(demo::DemoOptions {
                 out,
@@ -373,6 +392,7 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode> {
                 seed,
                 catalog: catalog.unwrap_or_else(default_catalog),
                 serve,
+                per_node,
             })
             .await?;
             Ok(std::process::ExitCode::SUCCESS)
@@ -451,6 +471,7 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode> {
                     seed,
                     catalog,
                     out,
+                    max_missing,
                 } => {
                     bench::accuracy::run(bench::accuracy::AccuracyBenchOptions {
                         providers,
@@ -459,6 +480,7 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode> {
                         seed,
                         catalog: catalog.unwrap_or_else(default_catalog),
                         out,
+                        max_missing,
                     })
                     .await?;
                 }
@@ -481,16 +503,22 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode> {
             }
             Ok(std::process::ExitCode::SUCCESS)
         }
-        Command::Certs { out, nodes } => {
-            certs::generate(&out, &nodes, certs::Existing::Refuse)?;
+        Command::Certs { out, nodes, helper } => {
+            certs::generate(&out, &nodes, helper, certs::Existing::Refuse)?;
             println!(
                 "wrote ca.crt, coordinator.crt and {} node certificate(s) with keys to {}",
                 nodes.len(),
                 out.display()
             );
+            if helper {
+                println!(
+                    "and for secure aggregation: helper.crt/.key, helper.hpke.key/.pub, aggregators.verify.key and NODE.sign.key/.pub"
+                );
+            }
             Ok(std::process::ExitCode::SUCCESS)
         }
         Command::Coordinator { config } => coordinator_serve(config).await,
+        Command::Helper { config } => helper_serve(config).await,
         Command::Run {
             indicator,
             period,
@@ -676,6 +704,18 @@ async fn coordinator_serve(config: PathBuf) -> Result<std::process::ExitCode> {
     // Printed on stdout for scripts and tests that start a coordinator on port 0.
     println!("coordinator listening on https://{}", running.addr);
     tracing::info!(addr = %running.addr, nodes = cfg.nodes.len(), "serving");
+    until_interrupted().await?;
+    running.shutdown().await;
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+async fn helper_serve(config: PathBuf) -> Result<std::process::ExitCode> {
+    let cfg = helper::config::HelperConfig::load(&config)?;
+    let helper = Arc::new(helper::Helper::open(cfg)?);
+    let running = helper::server::start(helper.clone()).await?;
+    // Printed on stdout for scripts and tests that start a helper on port 0.
+    println!("helper listening on https://{}", running.addr);
+    tracing::info!(addr = %running.addr, public_key = %helper.public_key_hex(), "serving");
     until_interrupted().await?;
     running.shutdown().await;
     Ok(std::process::ExitCode::SUCCESS)

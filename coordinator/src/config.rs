@@ -23,6 +23,39 @@ pub struct CoordinatorConfig {
     pub limits: LimitsConfig,
     #[serde(default)]
     pub governance: GovernanceConfig,
+    #[serde(default)]
+    pub secure: SecureConfig,
+}
+
+/// Secure aggregation with the helper. On (the default where a helper is configured), every base
+/// indicator held by more than one node runs securely; one held by a single node (the panel) runs
+/// per node, as it must. Off is the explicit per-node fallback: a secure run never silently
+/// becomes one.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecureConfig {
+    /// The helper's base URL (`https://…`); unset means per-node noise for every run.
+    #[serde(default)]
+    pub helper_url: Option<String>,
+    /// The verification key shared with the helper alone (hex, 32 bytes), never with nodes.
+    #[serde(default)]
+    pub verify_key: Option<PathBuf>,
+    /// t: nodes of a run that may drop out or cheat. Each node adds 1/(n − t) of the noise.
+    #[serde(default)]
+    pub max_missing: u32,
+    /// t as a share of the run's nodes (rounded up); the larger of the two counts.
+    #[serde(default)]
+    pub max_missing_share: f64,
+}
+
+impl SecureConfig {
+    /// t for a run asking `n` nodes (never all of them).
+    pub fn max_missing_for(&self, n: usize) -> u32 {
+        let by_share = (self.max_missing_share * n as f64).ceil() as u32;
+        self.max_missing
+            .max(by_share)
+            .min((n as u32).saturating_sub(1))
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -182,18 +215,8 @@ const KEYS: &[&str] = &[
     "researchers",
     "limits",
     "governance",
+    "secure",
 ];
-
-fn config_env() -> config::Map<String, String> {
-    std::env::vars()
-        .filter(|(k, _)| {
-            k.strip_prefix("STROOM_").is_some_and(|rest| {
-                let first = rest.split("__").next().unwrap_or("").to_ascii_lowercase();
-                KEYS.contains(&first.as_str())
-            })
-        })
-        .collect()
-}
 
 /// Hex sha256 of a bearer token, as stored in the config.
 pub fn token_hash(token: &str) -> String {
@@ -203,28 +226,9 @@ pub fn token_hash(token: &str) -> String {
 
 impl CoordinatorConfig {
     pub fn load(file: &Path) -> Result<CoordinatorConfig, ConfigError> {
-        let load_err = |message: String| ConfigError::Load {
-            file: file.to_path_buf(),
-            message,
-        };
-        if !file.is_file() {
-            return Err(load_err("no such file".into()));
-        }
-        let built = config::Config::builder()
-            .add_source(config::File::from_str(DEFAULTS, config::FileFormat::Toml))
-            .add_source(config::File::from(file).format(config::FileFormat::Toml))
-            .add_source(
-                config::Environment::with_prefix("STROOM")
-                    .source(Some(config_env()))
-                    .prefix_separator("_")
-                    .separator("__")
-                    .try_parsing(true),
-            )
-            .build()
-            .map_err(|e| load_err(e.to_string()))?;
-        let mut cfg: CoordinatorConfig = built
-            .try_deserialize()
-            .map_err(|e| load_err(e.to_string()))?;
+        let mut cfg: CoordinatorConfig = service::config::load(file, DEFAULTS, KEYS, &[]).map_err(
+            |service::config::LoadError { file, message }| ConfigError::Load { file, message },
+        )?;
         let base = file.parent().unwrap_or(Path::new("."));
         for p in [
             &mut cfg.catalog_dir,
@@ -234,7 +238,10 @@ impl CoordinatorConfig {
             &mut cfg.tls.cert,
             &mut cfg.tls.key,
             &mut cfg.governance.dry_run_dir,
-        ] {
+        ]
+        .into_iter()
+        .chain(cfg.secure.verify_key.as_mut())
+        {
             if p.is_relative() {
                 *p = base.join(&*p);
             }
@@ -311,6 +318,27 @@ impl CoordinatorConfig {
                     format!("must be an https:// address, found '{}'", n.url),
                 ));
             }
+        }
+        let sec = &self.secure;
+        if let Some(url) = &sec.helper_url {
+            if !url.starts_with("https://") {
+                return Err(invalid(
+                    "secure.helper_url",
+                    format!("must be an https:// address, found '{url}'"),
+                ));
+            }
+            if sec.verify_key.is_none() {
+                return Err(invalid(
+                    "secure.verify_key",
+                    "a helper needs the verification key the coordinator shares with it".into(),
+                ));
+            }
+        }
+        if !(0.0..1.0).contains(&sec.max_missing_share) {
+            return Err(invalid(
+                "secure.max_missing_share",
+                format!("must lie in [0, 1), found {}", sec.max_missing_share),
+            ));
         }
         for (i, r) in self.researchers.iter().enumerate() {
             if r.token_sha256.len() != 64 || !r.token_sha256.chars().all(|c| c.is_ascii_hexdigit())

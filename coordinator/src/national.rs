@@ -30,8 +30,9 @@ fn engine(e: impl std::fmt::Display) -> CombineError {
 /// One measure of one national cell.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct CellSum {
-    /// Exact sum of the node estimates (integers, so no rounding).
-    pub value: i64,
+    /// Exact sum of the node estimates: integers for per-node noise; for a secure sum the integer
+    /// sum divided by its power-of-two granularity, also exact in a float.
+    pub value: f64,
     /// Sum of the node noise variances.
     pub variance: f64,
 }
@@ -180,9 +181,9 @@ pub async fn combine(
                     m.column.clone(),
                     CellSum {
                         value: if value.is_null(row) {
-                            0
+                            0.0
                         } else {
-                            value.value(row)
+                            value.value(row) as f64
                         },
                         variance: variance.value(row),
                     },

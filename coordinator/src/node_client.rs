@@ -176,6 +176,30 @@ impl TlsMaterial {
     }
 }
 
+impl TlsMaterial {
+    /// An HTTPS client presenting the coordinator's certificate that accepts only a server whose
+    /// certificate chains to the federation CA and names `expected` (a node's or the helper's).
+    pub fn client(&self, expected: &str, timeout: Duration) -> Result<reqwest::Client, String> {
+        let name = ServerName::try_from(expected.to_string())
+            .map_err(|e| format!("'{expected}' is not usable as a certificate name: {e}"))?;
+        let inner = WebPkiServerVerifier::builder(self.roots.clone())
+            .build()
+            .map_err(|e| e.to_string())?;
+        let mut config =
+            rustls::ClientConfig::builder_with_protocol_versions(&[&rustls::version::TLS13])
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(ExpectProvider { inner, name }))
+                .with_client_auth_cert(self.chain.clone(), self.key.clone_key())
+                .map_err(|e| format!("coordinator certificate: {e}"))?;
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        reqwest::Client::builder()
+            .tls_backend_preconfigured(config)
+            .timeout(timeout)
+            .build()
+            .map_err(|e| chain_message(&e))
+    }
+}
+
 /// A client for one node.
 #[derive(Debug, Clone)]
 pub struct NodeClient {
@@ -187,7 +211,7 @@ pub struct NodeClient {
     retry: RetryPolicy,
 }
 
-fn chain_message(e: &(dyn std::error::Error + 'static)) -> String {
+pub(crate) fn chain_message(e: &(dyn std::error::Error + 'static)) -> String {
     let mut parts = vec![e.to_string()];
     let mut source = e.source();
     while let Some(s) = source {
@@ -207,33 +231,11 @@ impl NodeClient {
         tls: &TlsMaterial,
         retry: RetryPolicy,
     ) -> Result<Self, NodeError> {
-        let name = ServerName::try_from(node_dns_name(id)).map_err(|e| NodeError::Connect {
-            node: id.to_string(),
-            message: format!("node id is not usable as a certificate name: {e}"),
-        })?;
-        let inner = WebPkiServerVerifier::builder(tls.roots.clone())
-            .build()
-            .map_err(|e| NodeError::Connect {
+        let http = tls
+            .client(&node_dns_name(id), retry.timeout)
+            .map_err(|message| NodeError::Connect {
                 node: id.to_string(),
-                message: e.to_string(),
-            })?;
-        let mut config =
-            rustls::ClientConfig::builder_with_protocol_versions(&[&rustls::version::TLS13])
-                .dangerous()
-                .with_custom_certificate_verifier(Arc::new(ExpectProvider { inner, name }))
-                .with_client_auth_cert(tls.chain.clone(), tls.key.clone_key())
-                .map_err(|e| NodeError::Connect {
-                    node: id.to_string(),
-                    message: format!("coordinator certificate: {e}"),
-                })?;
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
-        let http = reqwest::Client::builder()
-            .tls_backend_preconfigured(config)
-            .timeout(retry.timeout)
-            .build()
-            .map_err(|e| NodeError::Connect {
-                node: id.to_string(),
-                message: chain_message(&e),
+                message,
             })?;
         let unusable = |why: String| NodeError::Connect {
             node: id.to_string(),

@@ -112,13 +112,13 @@ fn split_key(
 fn first(m: &BTreeMap<String, CellSum>) -> (f64, f64) {
     m.values()
         .next()
-        .map(|c| (c.value as f64, c.variance))
+        .map(|c| (c.value, c.variance))
         .unwrap_or((0.0, 0.0))
 }
 
 fn get(m: &BTreeMap<String, CellSum>, name: &str) -> (f64, f64) {
     m.get(name)
-        .map(|c| (c.value as f64, c.variance))
+        .map(|c| (c.value, c.variance))
         .unwrap_or((0.0, 0.0))
 }
 

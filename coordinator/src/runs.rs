@@ -44,6 +44,8 @@ pub enum RunError {
     Audit(#[from] policies::audit::AuditError),
     #[error("catalog: {0}")]
     Catalog(String),
+    #[error("secure aggregation: {0}")]
+    Secure(String),
 }
 
 /// The most quarters one run may cover: each quarter is one release per node and base indicator.
@@ -79,6 +81,9 @@ pub struct Runner {
     pub quorum: f64,
     pub concurrency: usize,
     pub counters: FanoutCounters,
+    /// Leader and collector of secure aggregation, when a helper is configured.
+    pub secure: Option<crate::secure::SecureAggregator>,
+    pub secure_config: crate::config::SecureConfig,
 }
 
 impl Runner {
@@ -99,6 +104,18 @@ impl Runner {
                 })
             })
             .collect::<Result<_, NodeError>>()?;
+        let secure = match (&cfg.secure.helper_url, &cfg.secure.verify_key) {
+            (Some(url), Some(key_file)) => {
+                let text = std::fs::read_to_string(key_file)
+                    .map_err(|e| RunError::Secure(format!("{}: {e}", key_file.display())))?;
+                let verify_key = secagg::vdaf::parse_verify_key(&text)
+                    .map_err(|e| RunError::Secure(format!("{}: {e}", key_file.display())))?;
+                let helper = crate::helper_client::HelperClient::new(url, &tls, cfg.retry())
+                    .map_err(|e| RunError::Secure(e.to_string()))?;
+                Some(crate::secure::SecureAggregator { helper, verify_key })
+            }
+            _ => None,
+        };
         let mut base_sources = Vec::new();
         for file in catalog.files.values() {
             let text = std::fs::read_to_string(file)
@@ -117,6 +134,8 @@ impl Runner {
             quorum: cfg.quorum,
             concurrency: cfg.fanout.concurrency,
             counters: FanoutCounters::default(),
+            secure,
+            secure_config: cfg.secure.clone(),
         })
     }
 
@@ -204,6 +223,18 @@ impl Runner {
         }
         self.catalog_version.store(latest.version, Ordering::SeqCst);
         Ok(latest.version)
+    }
+
+    /// The secure parameters a base indicator runs with: n and t when a helper is configured and
+    /// more than one node holds the indicator's unit; None runs it with per-node noise (a single
+    /// holder, such as the panel, or no helper configured).
+    pub fn secure_request_for(&self, base: &Indicator) -> Option<policies::wire::SecureRequest> {
+        self.secure.as_ref()?;
+        let n = self.targets_for(base).len();
+        (n > 1).then(|| policies::wire::SecureRequest {
+            nodes: n as u32,
+            max_missing: self.secure_config.max_missing_for(n),
+        })
     }
 
     pub fn targets_for(&self, base: &Indicator) -> Vec<&Target> {
@@ -341,6 +372,7 @@ impl Runner {
                             period: *q,
                             content_hash: Some(base.content_hash.clone()),
                             catalog_version,
+                            secure: self.secure_request_for(base),
                         };
                         jobs.push((t.slots.clone(), (request, t.client.clone())));
                     }
@@ -411,6 +443,8 @@ impl Runner {
         let mut failures: Vec<String> = Vec::new();
         let mut complete = true;
         let mut quorum_met = true;
+        // A secure sum that cannot be formed fails the run: nothing is published.
+        let mut secure_failures: Vec<String> = Vec::new();
         for q in quarters {
             let quarter = q.to_string();
             let mut by_base: BTreeMap<String, BaseResult> = BTreeMap::new();
@@ -434,7 +468,28 @@ impl Runner {
                 if answers.is_empty() {
                     continue;
                 }
-                match national::combine(&answers, total).await {
+                let secure = self.secure_request_for(base).zip(self.secure.as_ref());
+                let combined = match secure {
+                    Some((request, aggregator)) => aggregator
+                        .combine(&base.id, &base.content_hash, &quarter, request, &answers)
+                        .await
+                        .map(|(r, excluded)| {
+                            for e in excluded {
+                                tracing::warn!(run = %run_id, node = %e.node, reason = %e.reason, "report excluded");
+                                complete = false;
+                                failures.push(format!("{} {quarter}: {e}", base.id));
+                            }
+                            r
+                        })
+                        .map_err(|e| {
+                            secure_failures.push(e.to_string());
+                            e.to_string()
+                        }),
+                    None => national::combine(&answers, total)
+                        .await
+                        .map_err(|e| e.to_string()),
+                };
+                match combined {
                     Ok(r) => {
                         by_base.insert(base.id.clone(), r);
                     }
@@ -446,7 +501,13 @@ impl Runner {
             }
             records.extend(publish::records(catalog, ind, &quarter, &by_base));
         }
-        let (status, error) = if records.is_empty() {
+        let (status, error) = if let Some(first) = secure_failures.first() {
+            records.clear();
+            (
+                RunStatus::Failed,
+                Some(format!("secure aggregation failed: {first}")),
+            )
+        } else if records.is_empty() {
             (
                 RunStatus::Failed,
                 Some(format!(
@@ -498,6 +559,10 @@ impl Runner {
                 "run": run_id,
                 "quarters": quarters.iter().map(|q| q.to_string()).collect::<Vec<_>>(),
                 "published": published.is_some(),
+                "mode": bases.iter().map(|b| match self.secure_request_for(b) {
+                    Some(s) => format!("{}: secure (n = {}, t = {})", b.id, s.nodes, s.max_missing),
+                    None => format!("{}: per-node noise", b.id),
+                }).collect::<Vec<_>>(),
             }),
             // Per node asked: each base indicator's cost for each quarter.
             rho: Some(rho * quarters.len() as f64),

@@ -25,7 +25,55 @@ pub struct NodeConfig {
     #[serde(default)]
     pub ops: OpsConfig,
     #[serde(default)]
+    pub secure: SecureConfig,
+    #[serde(default)]
     pub testing: TestingConfig,
+}
+
+/// Secure aggregation: the node answers a secure request with Prio3 shares of its vector carrying
+/// only its share of the noise. Without `helper_key` and `signing_key` it refuses such requests.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecureConfig {
+    /// File with the helper's HPKE public key (hex), from the helper's operator: never taken
+    /// from the coordinator.
+    #[serde(default)]
+    pub helper_key: Option<PathBuf>,
+    /// File with this node's ed25519 report-signing key (`stroom keygen`); the helper lists its
+    /// public key.
+    #[serde(default)]
+    pub signing_key: Option<PathBuf>,
+    /// Refuse a run whose n − t (honest nodes counted on) is below this: each share is then at
+    /// least 1/min_honest of the central noise.
+    #[serde(default = "default_min_honest")]
+    pub min_honest: u32,
+    /// Ceiling on the ρ this node's own share gives alone (both aggregators colluding); above it
+    /// the node adds more than its share.
+    #[serde(default)]
+    pub max_local_rho: Option<f64>,
+    /// Width of an encoded entry (public; out-of-range reports fail verification).
+    #[serde(default = "default_bits")]
+    pub bits: u32,
+}
+
+fn default_min_honest() -> u32 {
+    2
+}
+
+fn default_bits() -> u32 {
+    32
+}
+
+impl Default for SecureConfig {
+    fn default() -> Self {
+        SecureConfig {
+            helper_key: None,
+            signing_key: None,
+            min_honest: default_min_honest(),
+            max_local_rho: None,
+            bits: default_bits(),
+        }
+    }
 }
 
 /// A plain-HTTP listener for liveness probes and metrics scrapers, which hold no client
@@ -165,6 +213,10 @@ pub struct LimitsConfig {
 pub struct TestingConfig {
     /// Sleep this long after the spend is recorded and before noise is drawn.
     pub pause_after_spend_ms: Option<u64>,
+    /// Alter one byte of the leader's share after sharding: a cheating node whose report must
+    /// fail verification and be excluded.
+    #[serde(default)]
+    pub corrupt_secure_report: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -224,48 +276,16 @@ const KEYS: &[&str] = &[
     "limits",
     "governance",
     "ops",
+    "secure",
     "testing",
 ];
 
-/// The `STROOM_` environment variables that address this configuration. Others with the same
-/// prefix (`STROOM_LOG`, `STROOM_TOKEN`) belong to other parts of the program and are left out.
-fn config_env() -> config::Map<String, String> {
-    std::env::vars()
-        .filter(|(k, _)| {
-            k.strip_prefix("STROOM_").is_some_and(|rest| {
-                let first = rest.split("__").next().unwrap_or("").to_ascii_lowercase();
-                KEYS.contains(&first.as_str())
-            })
-        })
-        .collect()
-}
-
 impl NodeConfig {
     pub fn load(file: &Path) -> Result<NodeConfig, ConfigError> {
-        let load_err = |message: String| ConfigError::Load {
-            file: file.to_path_buf(),
-            message,
-        };
-        if !file.is_file() {
-            return Err(load_err("no such file".into()));
-        }
-        let built = config::Config::builder()
-            .add_source(config::File::from_str(DEFAULTS, config::FileFormat::Toml))
-            .add_source(config::File::from(file).format(config::FileFormat::Toml))
-            .add_source(
-                config::Environment::with_prefix("STROOM")
-                    .source(Some(config_env()))
-                    .prefix_separator("_")
-                    .separator("__")
-                    .try_parsing(true)
-                    .list_separator(",")
-                    .with_list_parse_key("data.tables"),
-            )
-            .build()
-            .map_err(|e| load_err(e.to_string()))?;
-        let mut cfg: NodeConfig = built
-            .try_deserialize()
-            .map_err(|e| load_err(e.to_string()))?;
+        let mut cfg: NodeConfig = service::config::load(file, DEFAULTS, KEYS, &["data.tables"])
+            .map_err(
+                |service::config::LoadError { file, message }| ConfigError::Load { file, message },
+            )?;
         let base = file.parent().unwrap_or(Path::new("."));
         cfg.resolve_paths(base);
         cfg.validate(file)?;
@@ -286,6 +306,12 @@ impl NodeConfig {
         fix(&mut self.tls.key);
         if let Some(ca) = &mut self.tls.client_ca {
             fix(ca);
+        }
+        for p in [&mut self.secure.helper_key, &mut self.secure.signing_key]
+            .into_iter()
+            .flatten()
+        {
+            fix(p);
         }
     }
 
@@ -399,6 +425,34 @@ impl NodeConfig {
             return Err(invalid(
                 "ops.listen",
                 format!("'{ops}' is not an address like 0.0.0.0:9090"),
+            ));
+        }
+        let sec = &self.secure;
+        if sec.min_honest == 0 {
+            return Err(invalid("secure.min_honest", "must be at least 1".into()));
+        }
+        if !(2..=secagg::vdaf::MAX_BITS).contains(&sec.bits) {
+            return Err(invalid(
+                "secure.bits",
+                format!(
+                    "must be between 2 and {}, found {}",
+                    secagg::vdaf::MAX_BITS,
+                    sec.bits
+                ),
+            ));
+        }
+        if let Some(r) = sec.max_local_rho
+            && !(r.is_finite() && r > 0.0)
+        {
+            return Err(invalid(
+                "secure.max_local_rho",
+                format!("must be a positive ρ, found {r}"),
+            ));
+        }
+        if sec.helper_key.is_some() != sec.signing_key.is_some() {
+            return Err(invalid(
+                "secure.helper_key",
+                "secure aggregation needs both secure.helper_key and secure.signing_key".into(),
             ));
         }
         if self.listen.parse::<std::net::SocketAddr>().is_err() {

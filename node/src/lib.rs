@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod noise;
 pub mod rank;
 pub mod release;
+pub mod secure;
 pub mod server;
 pub mod tables;
 pub mod tls;
@@ -51,6 +52,8 @@ pub enum NodeError {
     Audit(#[from] policies::audit::AuditError),
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
+    #[error(transparent)]
+    Secure(#[from] secure::KeyError),
     #[error("server: {0}")]
     Server(String),
 }
@@ -63,6 +66,8 @@ pub struct Node {
     pub audit: policies::audit::AuditLog,
     pub metrics: Metrics,
     pub clock: Arc<dyn Clock>,
+    /// The helper's key and this node's signing key, when secure aggregation is configured.
+    pub secure: Option<secure::SecureKeys>,
     /// The verified part of the newest signed catalog fetched from the coordinator. The async lock
     /// makes concurrent requests for a new indicator share one fetch.
     pub fetched: tokio::sync::Mutex<governance::Fetched>,
@@ -99,6 +104,7 @@ impl Node {
                     })?;
             }
         }
+        let secure = secure::SecureKeys::load(&config.secure)?;
         let ledger = Ledger::open(&config.ledger.path)?;
         // A log that fails verification stops the node: its history must be looked at first.
         let audit = policies::audit::AuditLog::open(&config.audit.path)?;
@@ -110,6 +116,7 @@ impl Node {
             audit,
             metrics: Metrics::default(),
             clock,
+            secure,
             fetched: tokio::sync::Mutex::new(governance::Fetched::default()),
             key_locks: tokio::sync::Mutex::new(HashMap::new()),
         })

@@ -101,3 +101,19 @@ pub fn add_noise(measure: &Measure, exact: &[i64]) -> Result<Vec<i64>, NoiseErro
         .map_err(odp),
     }
 }
+
+/// One node's share of distributed discrete Gaussian noise: `sigma` in the scaled units of
+/// `exact`, with OpenDP's privacy map of the share alone at L2 sensitivity `l2` (its local ρ).
+/// Synchronous, like [`add_noise`].
+pub fn gaussian_share(sigma: f64, l2: f64, exact: &[i64]) -> Result<(Vec<i64>, f64), NoiseError> {
+    let m = make_gaussian::<_, _, ZeroConcentratedDivergence>(
+        VectorDomain::new(AtomDomain::<i64>::default()),
+        L2Distance::<f64>::default(),
+        sigma,
+        None,
+    )
+    .map_err(odp)?;
+    let local = m.map(&l2).map_err(odp)?;
+    let noisy = m.invoke(&exact.to_vec()).map_err(odp)?;
+    Ok((noisy, local))
+}

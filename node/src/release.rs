@@ -10,7 +10,9 @@ use crate::noise::{self, NoiseError};
 use datafusion::arrow::array::{ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray};
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use policies::sensitivity::Measure;
-use policies::wire::{self, AnswerMeta, EvaluateRequest, MeasureNoise};
+use policies::wire::{
+    self, AnswerMeta, EvaluateRequest, MeasureNoise, ReportBinding, SecureRequest,
+};
 use policies::{Indicator, Period};
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
@@ -39,6 +41,8 @@ pub enum ReleaseError {
     Noise(#[from] NoiseError),
     #[error(transparent)]
     Refused(#[from] crate::governance::Refusal),
+    #[error("secure aggregation: {0}")]
+    Secure(#[from] crate::secure::SecureError),
     #[error("internal: {0}")]
     Internal(String),
 }
@@ -56,6 +60,7 @@ impl ReleaseError {
             ReleaseError::Eval(_) => "evaluation_failed",
             ReleaseError::Noise(_) => "noise_failed",
             ReleaseError::Refused(r) => r.code(),
+            ReleaseError::Secure(e) => e.code(),
             ReleaseError::Internal(_) => "internal",
         }
     }
@@ -66,15 +71,25 @@ pub struct Released {
     pub replayed: bool,
 }
 
-/// The identity of a release: indicator content, period and data snapshot.
-pub fn release_key(ind: &Indicator, period: &Period, snapshot: &str) -> String {
+/// The identity of a release: indicator content, period and data snapshot, and for a secure
+/// release the run size its noise share was drawn for (per-node keys are unchanged by it).
+pub fn release_key(
+    ind: &Indicator,
+    period: &Period,
+    snapshot: &str,
+    secure: Option<&SecureRequest>,
+) -> String {
     let mut h = Sha256::new();
+    let secure_part = secure.map(|s| format!("secure n={} t={}", s.nodes, s.max_missing));
     for part in [
         ind.id.as_str(),
         ind.content_hash.as_str(),
         &period.to_string(),
         snapshot,
-    ] {
+    ]
+    .into_iter()
+    .chain(secure_part.as_deref())
+    {
         h.update((part.len() as u64).to_le_bytes());
         h.update(part.as_bytes());
     }
@@ -114,6 +129,7 @@ pub async fn evaluate(node: &Arc<Node>, req: &EvaluateRequest) -> Result<Release
             | ReleaseError::PeriodOutsideData { .. }
             | ReleaseError::Refused(_),
         ) => Metrics::inc(&m.rejected),
+        Err(ReleaseError::Secure(e)) if e.is_refusal() => Metrics::inc(&m.rejected),
         Err(_) => Metrics::inc(&m.failed),
     }
     result
@@ -195,7 +211,7 @@ async fn evaluate_inner(node: &Arc<Node>, req: &EvaluateRequest) -> Result<Relea
         });
     }
     let snapshot = node.tables.snapshot.clone();
-    let key = release_key(&ind, &req.period, &snapshot);
+    let key = release_key(&ind, &req.period, &snapshot, req.secure.as_ref());
 
     // One computation per release key at a time: two concurrent identical requests must not draw
     // two independent noises.
@@ -212,6 +228,18 @@ async fn evaluate_inner(node: &Arc<Node>, req: &EvaluateRequest) -> Result<Relea
 
     let cells = evaluate::cells(&node.tables, &query, &req.period, Bounding::Bounded).await?;
     let measures = query.measures(req.period.quarters().len());
+    // A secure request is checked and its noise shares planned before anything is spent.
+    let secure = match &req.secure {
+        Some(s) => Some(crate::secure::prepare(
+            &ind.id,
+            &node.config.secure,
+            node.secure.is_some(),
+            s,
+            &measures,
+            &cells,
+        )?),
+        None => None,
+    };
     let rho = query.cost.rho();
     let budget_period = node.budget_period();
     {
@@ -240,7 +268,12 @@ async fn evaluate_inner(node: &Arc<Node>, req: &EvaluateRequest) -> Result<Relea
         budget_period,
         released_at: node.clock.now().to_rfc3339(),
     };
-    let bytes = noisy_answer(&stamp, &ind, &query, &req.period, &cells, &measures).await?;
+    let bytes = match secure {
+        Some(prepared) => {
+            secure_answer(node, &stamp, &ind, &query, &req.period, &cells, prepared).await?
+        }
+        None => noisy_answer(&stamp, &ind, &query, &req.period, &cells, &measures).await?,
+    };
     let stored = bytes.clone();
     let k = key.clone();
     ledger_call(node, move |l| l.complete(&k, &stored)).await?;
@@ -289,15 +322,79 @@ async fn noisy_answer(
         content_hash: ind.content_hash.clone(),
         period: *period,
         snapshot: stamp.snapshot.to_string(),
-        release_key: release_key(ind, period, stamp.snapshot),
+        release_key: release_key(ind, period, stamp.snapshot, None),
         aggregate: query.aggregate.kind().to_string(),
         group_columns: cells.group_columns.clone(),
         measures: measures.iter().map(noise_meta).collect(),
         rho: query.cost.rho(),
         budget_period: stamp.budget_period.clone(),
         released_at: stamp.released_at.clone(),
+        secure: None,
     };
     let batch = answer_batch(cells, measures, &noisy)?;
+    wire::encode_answer(&batch, &meta).map_err(|e| ReleaseError::Internal(e.to_string()))
+}
+
+/// The secure answer: the public keys, the noise shares' public facts and the signed report.
+async fn secure_answer(
+    node: &Arc<Node>,
+    stamp: &Stamp<'_>,
+    ind: &Indicator,
+    query: &policies::Query,
+    period: &Period,
+    cells: &evaluate::Cells,
+    prepared: crate::secure::Prepared,
+) -> Result<Vec<u8>, ReleaseError> {
+    let nonce = secagg::vdaf::random_bytes::<{ secagg::vdaf::NONCE_LEN }>()
+        .map_err(|e| ReleaseError::Internal(e.to_string()))?;
+    let release_key = release_key(ind, period, stamp.snapshot, Some(&prepared.request));
+    let binding = ReportBinding {
+        node_id: stamp.node_id.to_string(),
+        indicator: ind.id.clone(),
+        content_hash: ind.content_hash.clone(),
+        period: *period,
+        release_key: release_key.clone(),
+        // The rest is filled in from the plan.
+        nodes: 0,
+        max_missing: 0,
+        bits: 0,
+        length: 0,
+        granularity: Vec::new(),
+        nonce: hex::encode(nonce),
+    };
+    let (n, c) = (node.clone(), cells.clone());
+    let answer = tokio::task::spawn_blocking(move || {
+        let keys = n
+            .secure
+            .as_ref()
+            .ok_or(crate::secure::SecureError::NotConfigured)?;
+        crate::secure::answer(
+            &prepared,
+            keys,
+            binding,
+            &c,
+            n.config.secure.max_local_rho,
+            n.config.testing.corrupt_secure_report,
+        )
+    })
+    .await
+    .map_err(|e| ReleaseError::Internal(e.to_string()))??;
+    let meta = AnswerMeta {
+        node_id: stamp.node_id.to_string(),
+        indicator: ind.id.clone(),
+        content_hash: ind.content_hash.clone(),
+        period: *period,
+        snapshot: stamp.snapshot.to_string(),
+        release_key,
+        aggregate: query.aggregate.kind().to_string(),
+        group_columns: cells.group_columns.clone(),
+        measures: answer.measures,
+        rho: query.cost.rho(),
+        budget_period: stamp.budget_period.clone(),
+        released_at: stamp.released_at.clone(),
+        secure: Some(answer.shares),
+    };
+    let batch = answer_batch(cells, &[], &[])?;
     wire::encode_answer(&batch, &meta).map_err(|e| ReleaseError::Internal(e.to_string()))
 }
 

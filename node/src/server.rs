@@ -42,6 +42,7 @@ fn release_error(e: &ReleaseError) -> Response {
             StatusCode::SERVICE_UNAVAILABLE
         }
         ReleaseError::Refused(_) => StatusCode::FORBIDDEN,
+        ReleaseError::Secure(s) if s.is_refusal() => StatusCode::UNPROCESSABLE_ENTITY,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     };
     error_response(status, e.code(), e.to_string())

@@ -55,8 +55,26 @@ impl SigningKey {
 
     /// Hex of the signature over the approval message of (`id`, `content_hash`).
     pub fn sign_approval(&self, id: &str, content_hash: &str) -> String {
-        hex::encode(self.pair.sign(&approval_message(id, content_hash)).as_ref())
+        self.sign(&approval_message(id, content_hash))
     }
+
+    /// Hex of the signature over `message` (a node signs its secure reports with this).
+    pub fn sign(&self, message: &[u8]) -> String {
+        hex::encode(self.pair.sign(message).as_ref())
+    }
+}
+
+/// Whether `signature_hex` is `public_key_hex`'s ed25519 signature over `message`.
+pub fn verify_signature(public_key_hex: &str, message: &[u8], signature_hex: &str) -> bool {
+    let (Ok(key), Ok(sig)) = (
+        parse_public_key(public_key_hex),
+        hex::decode(signature_hex.trim()),
+    ) else {
+        return false;
+    };
+    UnparsedPublicKey::new(&ED25519, key)
+        .verify(message, &sig)
+        .is_ok()
 }
 
 /// Checks a public key's form: 32 bytes as 64 hex characters.
@@ -78,15 +96,11 @@ pub fn verify_approval(
     content_hash: &str,
     signature_hex: &str,
 ) -> bool {
-    let (Ok(key), Ok(sig)) = (
-        parse_public_key(public_key_hex),
-        hex::decode(signature_hex.trim()),
-    ) else {
-        return false;
-    };
-    UnparsedPublicKey::new(&ED25519, key)
-        .verify(&approval_message(id, content_hash), &sig)
-        .is_ok()
+    verify_signature(
+        public_key_hex,
+        &approval_message(id, content_hash),
+        signature_hex,
+    )
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

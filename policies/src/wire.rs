@@ -24,6 +24,81 @@ pub struct EvaluateRequest {
     /// The signed catalog version the caller knows; a node behind it fetches the newer one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub catalog_version: Option<u64>,
+    /// Secure aggregation: the node answers with secret shares carrying its share of the noise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secure: Option<SecureRequest>,
+}
+
+/// The public parameters of a secure run that change a node's noise share: `nodes` asked (n) and
+/// at most `max_missing` (t) of them that may drop out or cheat. Every node adds 1/(n − t) of the
+/// central noise, so any n − t honest answers together carry all of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecureRequest {
+    pub nodes: u32,
+    pub max_missing: u32,
+}
+
+impl SecureRequest {
+    /// n − t: the answering honest nodes whose noise shares are counted on.
+    pub fn honest(&self) -> u32 {
+        self.nodes.saturating_sub(self.max_missing)
+    }
+}
+
+/// What binds a node's report: the node signs it, and it is the HPKE associated data of the
+/// helper's input share, so neither can be moved to another node, release or run size.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReportBinding {
+    pub node_id: String,
+    pub indicator: String,
+    pub content_hash: String,
+    pub period: Period,
+    pub release_key: String,
+    pub nodes: u32,
+    pub max_missing: u32,
+    /// Each encoded entry lies in [0, 2^bits): the noisy integer plus 2^(bits−1).
+    pub bits: u32,
+    /// Entries in the vector: cells × measures, measure by measure.
+    pub length: u32,
+    /// Per measure, the public factor its integers were multiplied by.
+    pub granularity: Vec<i64>,
+    /// The Prio3 report nonce (hex, 16 bytes).
+    pub nonce: String,
+}
+
+/// One measure of a secure answer: the node's noise share and what it guarantees.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SecureMeasure {
+    pub column: String,
+    pub granularity: i64,
+    /// σ of the node's discrete Gaussian share, in scaled units.
+    pub sigma: f64,
+    /// ρ of the sum of n − t such shares (distributed discrete Gaussian bound).
+    pub rho: f64,
+    /// ρ of this node's share alone: the protection left if both aggregators collude.
+    pub local_rho: f64,
+}
+
+/// The helper's input share, sealed to the helper's HPKE key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SealedShare {
+    pub encapsulated_key: String,
+    pub ciphertext: String,
+}
+
+/// A node's secret-shared answer (hex-encoded Prio3 messages).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SecureShares {
+    pub binding: ReportBinding,
+    pub public_share: String,
+    /// The leader's (coordinator's) input share.
+    pub leader_share: String,
+    pub helper_share: SealedShare,
+    /// ed25519 over [`ReportBinding`], the public share and the sealed helper share.
+    pub signature: String,
+    pub measures: Vec<SecureMeasure>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -57,6 +132,9 @@ pub struct AnswerMeta {
     pub rho: f64,
     pub budget_period: String,
     pub released_at: String,
+    /// Present on a secure answer: the batch then holds the public keys only, no values.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secure: Option<SecureShares>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -6,6 +6,9 @@
 //! many times over:
 //! - **federated**: every node adds its own noise at the catalog cost (as a node's release does)
 //!   and the coordinator's arithmetic (`publish::records`) turns the sums into national records;
+//! - **secure aggregation**: every node adds its *share* of the noise (1/(n − t) of the central
+//!   variance, by the distributed discrete Gaussian bound, at the node's granularity) as a secure
+//!   release does; the sum is what the coordinator unshards (Prio3 adds no error: tested end to end);
 //! - **central DP**: the pooled bounded sums get one noise draw at the same cost, then the same
 //!   arithmetic. This is the limit any DP system with these bounds reaches with the records pooled.
 //!
@@ -31,6 +34,8 @@ pub struct AccuracyBenchOptions {
     pub seed: u64,
     pub catalog: PathBuf,
     pub out: PathBuf,
+    /// t of the secure figures.
+    pub max_missing: u32,
 }
 
 /// A relative error a reader can still work with for a quarterly figure: ±10% (one RMSE).
@@ -53,6 +58,13 @@ pub struct IndicatorAccuracy {
     pub central_rmse: f64,
     /// federated_rmse / central_rmse: the price of per-node noise.
     pub ratio: f64,
+    /// Secure aggregation (noise shares of n − t honest nodes) against the exact bounded value;
+    /// per-node noise for an indicator with one holder (the panel).
+    pub secure_rmse: f64,
+    /// secure_rmse / central_rmse.
+    pub secure_ratio: f64,
+    /// Share of the secure 95% intervals that hold the exact bounded value.
+    pub secure_coverage: f64,
     /// Share of the federated 95% intervals that hold the exact bounded value.
     pub coverage: f64,
     /// federated_rmse / mean_abs_value.
@@ -69,6 +81,8 @@ pub struct AccuracyReport {
     pub repetitions: usize,
     pub period: String,
     pub seed: u64,
+    /// t of the secure figures.
+    pub max_missing: u32,
     pub indicators: Vec<IndicatorAccuracy>,
 }
 
@@ -109,6 +123,7 @@ pub async fn run(opts: AccuracyBenchOptions) -> Result<AccuracyReport> {
     crate::certs::generate(
         &work.path().join("certs"),
         &ids,
+        false,
         crate::certs::Existing::Refuse,
     )?;
     let mut nodes = BTreeMap::new();
@@ -119,7 +134,7 @@ pub async fn run(opts: AccuracyBenchOptions) -> Result<AccuracyReport> {
         } else {
             node::config::DEFAULT_TABLES.to_vec()
         };
-        let n = crate::demo::open_node(work.path(), id, &catalog_dir, &tables, 1.0).await?;
+        let n = crate::demo::open_node(work.path(), id, &catalog_dir, &tables, 1.0, "").await?;
         nodes.insert(id.clone(), n);
     }
 
@@ -169,7 +184,9 @@ pub async fn run(opts: AccuracyBenchOptions) -> Result<AccuracyReport> {
         fed_sq: f64,
         fed_truth_sq: f64,
         central_sq: f64,
+        secure_sq: f64,
         covered: usize,
+        secure_covered: usize,
         n: usize,
         rho: f64,
     }
@@ -184,20 +201,42 @@ pub async fn run(opts: AccuracyBenchOptions) -> Result<AccuracyReport> {
             base(&catalog, k, &ev.bounded[k], Noise::Pooled)
         })?;
         let central: BTreeMap<Key, f64> = central.iter().map(|r| (key(r), r.estimate)).collect();
+        let secure = records_all(&catalog, &quarters, |k| {
+            base(
+                &catalog,
+                k,
+                &ev.bounded[k],
+                Noise::Secure {
+                    max_missing: opts.max_missing,
+                },
+            )
+        })?;
+        let secure: BTreeMap<Key, &Record> = secure.iter().map(|r| (key(r), r)).collect();
         for r in &fed {
             let k = key(r);
-            let (Some(b), Some(t), Some(c)) = (bounded.get(&k), exact.get(&k), central.get(&k))
-            else {
+            let (Some(b), Some(t), Some(c), Some(s)) = (
+                bounded.get(&k),
+                exact.get(&k),
+                central.get(&k),
+                secure.get(&k),
+            ) else {
                 continue;
             };
-            if !(r.estimate.is_finite() && b.is_finite() && t.is_finite() && c.is_finite()) {
+            if !(r.estimate.is_finite()
+                && b.is_finite()
+                && t.is_finite()
+                && c.is_finite()
+                && s.estimate.is_finite())
+            {
                 continue;
             }
             let a = acc.entry(k).or_default();
             a.fed_sq += (r.estimate - b).powi(2);
             a.fed_truth_sq += (r.estimate - t).powi(2);
             a.central_sq += (c - b).powi(2);
+            a.secure_sq += (s.estimate - b).powi(2);
             a.covered += usize::from(r.ci_low <= *b && *b <= r.ci_high);
+            a.secure_covered += usize::from(s.ci_low <= *b && *b <= s.ci_high);
             a.n += 1;
             a.rho = r.rho;
         }
@@ -219,6 +258,7 @@ pub async fn run(opts: AccuracyBenchOptions) -> Result<AccuracyReport> {
             |f: fn(&Acc) -> f64| (mine.iter().map(|(_, a)| f(a)).sum::<f64>() / n as f64).sqrt();
         let fed = rmse(|a| a.fed_sq);
         let central = rmse(|a| a.central_sq);
+        let secure = rmse(|a| a.secure_sq);
         let mean_abs = mine
             .iter()
             .filter_map(|(k, _)| exact.get(*k))
@@ -236,6 +276,10 @@ pub async fn run(opts: AccuracyBenchOptions) -> Result<AccuracyReport> {
             federated_rmse_vs_truth: rmse(|a| a.fed_truth_sq),
             central_rmse: central,
             ratio: fed / central,
+            secure_rmse: secure,
+            secure_ratio: secure / central,
+            secure_coverage: mine.iter().map(|(_, a)| a.secure_covered).sum::<usize>() as f64
+                / n as f64,
             coverage: mine.iter().map(|(_, a)| a.covered).sum::<usize>() as f64 / n as f64,
             relative_error: relative,
             rho_for_readable: (mean_abs > 0.0)
@@ -248,6 +292,7 @@ pub async fn run(opts: AccuracyBenchOptions) -> Result<AccuracyReport> {
         repetitions: opts.repetitions,
         period: opts.period.clone(),
         seed: opts.seed,
+        max_missing: opts.max_missing,
         indicators,
     };
     let g = |x: f64| {
@@ -271,6 +316,9 @@ pub async fn run(opts: AccuracyBenchOptions) -> Result<AccuracyReport> {
                 g(i.federated_rmse_vs_truth),
                 g(i.central_rmse),
                 format!("{:.2}×", i.ratio),
+                g(i.secure_rmse),
+                format!("{:.2}×", i.secure_ratio),
+                format!("{:.1}%", 100.0 * i.secure_coverage),
                 format!("{:.1}%", 100.0 * i.relative_error),
                 format!("{:.1}%", 100.0 * i.coverage),
                 i.rho_for_readable.map_or("–".into(), g),
@@ -279,8 +327,8 @@ pub async fn run(opts: AccuracyBenchOptions) -> Result<AccuracyReport> {
         .collect();
     super::print_and_write(
         &format!(
-            "Accuracy over {} repetitions, {} providers, {} (RMSE per record; exact = bounded, no noise)",
-            opts.repetitions, opts.providers, opts.period
+            "Accuracy over {} repetitions, {} providers, {}, secure with t = {} (RMSE per record; exact = bounded, no noise)",
+            opts.repetitions, opts.providers, opts.period, opts.max_missing
         ),
         &[
             "indicator",
@@ -290,6 +338,9 @@ pub async fn run(opts: AccuracyBenchOptions) -> Result<AccuracyReport> {
             "… vs truth",
             "central DP RMSE",
             "fed/central",
+            "secure RMSE",
+            "secure/central",
+            "secure coverage",
             "relative",
             "95% coverage",
             "ρ for ±10%",
@@ -308,6 +359,10 @@ enum Noise {
     PerNode,
     /// One draw on the pooled sums: central DP.
     Pooled,
+    /// Every node draws its share of the noise for n − t honest nodes: secure aggregation.
+    Secure {
+        max_missing: u32,
+    },
 }
 
 /// National sums of one base indicator for one quarter from the nodes' cells.
@@ -330,16 +385,26 @@ fn base(
         }
         Ok(c)
     };
+    // One holder (the panel) runs with per-node noise in secure mode too.
+    let noise = match noise {
+        Noise::Secure { .. } if cells.len() < 2 => Noise::PerNode,
+        n => n,
+    };
+    if let Noise::Secure { max_missing } = noise {
+        return secure_base(k, cells, &measures, max_missing);
+    }
     for c in cells {
         match noise {
             Noise::PerNode => crate::demo::add_cells(&mut sum, &noisy(c)?, &k.0, &k.1),
-            Noise::None | Noise::Pooled => crate::demo::add_cells(&mut sum, c, &k.0, &k.1),
+            Noise::None | Noise::Pooled | Noise::Secure { .. } => {
+                crate::demo::add_cells(&mut sum, c, &k.0, &k.1)
+            }
         }
     }
     let mut r = sum.context("no node answered")?;
     let draws = match noise {
         Noise::None => 0.0,
-        Noise::PerNode => cells.len() as f64,
+        Noise::PerNode | Noise::Secure { .. } => cells.len() as f64,
         Noise::Pooled => 1.0,
     };
     if let Noise::Pooled = noise {
@@ -347,12 +412,12 @@ fn base(
             let exact: Vec<i64> = r
                 .cells
                 .iter()
-                .map(|(_, ms)| ms.get(&m.name).map_or(0, |s| s.value))
+                .map(|(_, ms)| ms.get(&m.name).map_or(0, |s| s.value as i64))
                 .collect();
             let noisy = node::noise::add_noise(m, &exact)?;
             for ((_, ms), v) in r.cells.iter_mut().zip(noisy) {
                 if let Some(s) = ms.get_mut(&m.name) {
-                    s.value = v;
+                    s.value = v as f64;
                 }
             }
         }
@@ -361,6 +426,54 @@ fn base(
         for (_, ms) in r.cells.iter_mut() {
             if let Some(s) = ms.get_mut(&m.name) {
                 s.variance = draws * m.variance();
+            }
+        }
+    }
+    r.providers_reporting = cells.len();
+    r.providers_total = cells.len();
+    Ok(r)
+}
+
+/// National sums as a secure run forms them: every node scales its cells by the measure's
+/// granularity and adds its noise share (node::noise::gaussian_share, as a release does); the
+/// coordinator divides the integer sum by the granularity; the variance is the sum of the shares'.
+fn secure_base(
+    k: &(String, String),
+    cells: &[Cells],
+    measures: &[policies::sensitivity::Measure],
+    max_missing: u32,
+) -> Result<BaseResult> {
+    let n = cells.len() as u32;
+    let t = max_missing.min(n.saturating_sub(1));
+    let dim = cells.first().map_or(1, |c| c.keys.len()) as u64;
+    let mut sum: Option<BaseResult> = None;
+    for c in cells {
+        crate::demo::add_cells(&mut sum, c, &k.0, &k.1);
+    }
+    let mut r = sum.context("no node answered")?;
+    for m in measures {
+        let policies::sensitivity::MeasureCost::Rho(rho) = m.cost else {
+            anyhow::bail!("{}: secure aggregation needs a ρ cost", k.0);
+        };
+        let plan = secagg::accounting::plan(m.l1(), m.l2(), dim, rho, (n - t) as u64, None)?;
+        let mut national = vec![0i64; r.cells.len()];
+        for c in cells {
+            let scaled: Vec<i64> = c
+                .measure(&m.name)
+                .unwrap_or_default()
+                .iter()
+                .map(|v| v * plan.granularity)
+                .collect();
+            let (noisy, _) =
+                node::noise::gaussian_share(plan.sigma, m.l2() * plan.granularity as f64, &scaled)?;
+            for (a, b) in national.iter_mut().zip(noisy) {
+                *a += b;
+            }
+        }
+        for ((_, ms), v) in r.cells.iter_mut().zip(national) {
+            if let Some(s) = ms.get_mut(&m.name) {
+                s.value = v as f64 / plan.granularity as f64;
+                s.variance = n as f64 * plan.share_variance;
             }
         }
     }

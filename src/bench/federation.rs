@@ -128,6 +128,7 @@ pub async fn run(opts: FederationBenchOptions) -> Result<FederationReport> {
     crate::certs::generate(
         &work.path().join("certs"),
         &manifest.providers,
+        false,
         crate::certs::Existing::Refuse,
     )?;
 
@@ -289,6 +290,7 @@ async fn one(
         catalog_dir,
         &entries,
         &coordinator::config::token_hash(&token),
+        "",
     )?;
     let cfg = CoordinatorConfig::load(&cfg_path)?;
     let rss_before = rss_mib();
@@ -510,6 +512,7 @@ async fn fanout_only(
         period: quarter,
         content_hash: Some(ind.content_hash.clone()),
         catalog_version: None,
+        secure: runner.secure_request_for(ind),
     };
     let t = Instant::now();
     let jobs = runner
@@ -561,6 +564,7 @@ pub async fn serve_nodes(opts: ServeNodesOptions) -> Result<()> {
             &opts.catalog,
             node::config::DEFAULT_TABLES,
             NODE_BUDGET,
+            "",
         )
         .await?;
         let delay = delay_ms.clone();

@@ -21,6 +21,15 @@ pub fn catalog_dir() -> PathBuf {
 
 /// Synthetic data for `providers` providers and certificates for them, in a fresh temp dir.
 pub fn federation_fixture(providers: usize) -> tempfile::TempDir {
+    fixture(providers, &[])
+}
+
+/// [`federation_fixture`] with the secure-aggregation material (`stroom certs --helper`).
+pub fn secure_federation_fixture(providers: usize) -> tempfile::TempDir {
+    fixture(providers, &["--helper"])
+}
+
+fn fixture(providers: usize, cert_args: &[&str]) -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("tempdir");
     let d = dir.path().to_str().expect("utf8 path");
     let out = run(&[
@@ -39,13 +48,10 @@ pub fn federation_fixture(providers: usize) -> tempfile::TempDir {
     );
     let ids: Vec<String> = (1..=providers).map(|i| format!("P{i:02}")).collect();
     let certs = dir.path().join("certs");
-    let out = run(&[
-        "certs",
-        "--out",
-        certs.to_str().unwrap(),
-        "--nodes",
-        &ids.join(","),
-    ]);
+    let ids = ids.join(",");
+    let mut args = vec!["certs", "--out", certs.to_str().unwrap(), "--nodes", &ids];
+    args.extend_from_slice(cert_args);
+    let out = run(&args);
     assert!(
         out.status.success(),
         "certs: {}",
@@ -100,12 +106,29 @@ impl ServerProcess {
         Self::spawn("coordinator", config)
     }
 
+    pub fn start_helper(config: &Path) -> ServerProcess {
+        Self::spawn("helper", config)
+    }
+
     fn spawn(command: &str, config: &Path) -> ServerProcess {
+        Self::spawn_logging(command, config, None)
+    }
+
+    /// Starts `stroom COMMAND --config FILE`; with `log`, its log (at debug level) goes to that
+    /// file instead of the test's stderr.
+    pub fn spawn_logging(command: &str, config: &Path, log: Option<&Path>) -> ServerProcess {
+        let (level, stderr) = match log {
+            Some(path) => (
+                "debug",
+                Stdio::from(std::fs::File::create(path).expect("log file")),
+            ),
+            None => ("warn", Stdio::inherit()),
+        };
         let mut child = stroom()
             .args([command, "--config", config.to_str().unwrap()])
-            .env("STROOM_LOG", "warn")
+            .env("STROOM_LOG", level)
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .expect("spawn node");
         let stdout = child.stdout.take().expect("stdout");

@@ -1,0 +1,144 @@
+//! Helper configuration: built-in defaults, then a TOML file, then `STROOM_`-prefixed environment
+//! variables. Relative paths are resolved against the config file's folder.
+
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HelperConfig {
+    /// `host:port`; port 0 picks a free port.
+    pub listen: String,
+    pub tls: HelperTls,
+    /// The helper's HPKE private key (hex); nodes seal the helper's input shares to its public key.
+    pub hpke_key: PathBuf,
+    /// The verification key the helper shares with the coordinator alone (hex, 32 bytes).
+    pub verify_key: PathBuf,
+    pub store: StoreConfig,
+    pub limits: Limits,
+    /// The federation's nodes and the ed25519 keys their reports are signed with. A report from
+    /// a node not listed here, or not signed by its key, is rejected.
+    #[serde(default)]
+    pub nodes: Vec<RosterEntry>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HelperTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// The federation CA. Required: only a client certificate from it with `clientAuth` (the
+    /// coordinator's; node certificates are server-only) completes the handshake.
+    pub client_ca: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    pub path: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    pub max_body_bytes: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RosterEntry {
+    pub id: String,
+    pub public_key: String,
+}
+
+const DEFAULTS: &str = r#"
+listen = "127.0.0.1:9443"
+hpke_key = "helper.hpke.key"
+verify_key = "aggregators.verify.key"
+[tls]
+cert = "helper.crt"
+key = "helper.key"
+client_ca = "ca.crt"
+[store]
+path = "helper.sqlite"
+[limits]
+max_body_bytes = 67108864
+"#;
+
+const KEYS: &[&str] = &[
+    "listen",
+    "tls",
+    "hpke_key",
+    "verify_key",
+    "store",
+    "limits",
+    "nodes",
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config file {file}: {message}")]
+    Load { file: PathBuf, message: String },
+    #[error("config file {file}: key '{key}': {message}")]
+    Invalid {
+        file: PathBuf,
+        key: &'static str,
+        message: String,
+    },
+}
+
+impl HelperConfig {
+    pub fn load(file: &Path) -> Result<HelperConfig, ConfigError> {
+        let mut cfg: HelperConfig = service::config::load(file, DEFAULTS, KEYS, &[]).map_err(
+            |service::config::LoadError { file, message }| ConfigError::Load { file, message },
+        )?;
+        let base = file.parent().unwrap_or(Path::new("."));
+        for p in [
+            &mut cfg.tls.cert,
+            &mut cfg.tls.key,
+            &mut cfg.tls.client_ca,
+            &mut cfg.hpke_key,
+            &mut cfg.verify_key,
+            &mut cfg.store.path,
+        ] {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
+        cfg.validate(file)?;
+        Ok(cfg)
+    }
+
+    fn validate(&self, file: &Path) -> Result<(), ConfigError> {
+        let invalid = |key, message: String| ConfigError::Invalid {
+            file: file.to_path_buf(),
+            key,
+            message,
+        };
+        if self.listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err(invalid(
+                "listen",
+                format!("'{}' is not an address like 127.0.0.1:9443", self.listen),
+            ));
+        }
+        if self.limits.max_body_bytes < 1024 {
+            return Err(invalid(
+                "limits.max_body_bytes",
+                format!(
+                    "must be at least 1024, found {}",
+                    self.limits.max_body_bytes
+                ),
+            ));
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for n in &self.nodes {
+            if !seen.insert(n.id.as_str()) {
+                return Err(invalid("nodes", format!("node '{}' is listed twice", n.id)));
+            }
+            if let Err(e) = policies::governance::parse_public_key(&n.public_key) {
+                return Err(invalid("nodes", format!("key of node '{}': {e}", n.id)));
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,334 @@
+//! The secure-aggregation helper: the second aggregator, run by an organisation independent of the
+//! coordinator's. It opens its sealed share of each node report, verifies the report's range proof
+//! together with the coordinator (Prio3), keeps its output share, and hands out one aggregate share
+//! per batch. It never sees a leader share, a node's cells or a national figure, and it answers
+//! the coordinator only (mutual TLS).
+
+pub mod config;
+pub mod server;
+pub mod store;
+
+use crate::config::HelperConfig;
+use crate::store::{Known, Store, StoreError};
+use policies::wire::ReportBinding;
+use secagg::api::{
+    AggregateRequest, AggregateResponse, CollectRequest, CollectResponse, HelperReport,
+    ReportOutcome,
+};
+use secagg::seal::HelperPrivateKey;
+use secagg::vdaf::{Shape, VERIFY_KEY_LEN, parse_nonce, parse_verify_key, unhex};
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Mutex;
+
+#[derive(Debug, thiserror::Error)]
+pub enum HelperError {
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    #[error("{file}: {message}")]
+    Key {
+        file: std::path::PathBuf,
+        message: String,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Tls(#[from] service::tls::TlsError),
+    #[error("batch {batch}: {message}")]
+    BadCollect { batch: String, message: String },
+    #[error(
+        "batch {batch} was already collected over another set of nodes; a batch is collected once"
+    )]
+    AlreadyCollected { batch: String },
+    #[error(
+        "batch {batch}: {count} verified report(s), but the nodes declared n = {nodes} with at most t = {max_missing} missing: at least {needed} are needed for the noise to suffice"
+    )]
+    TooFew {
+        batch: String,
+        count: usize,
+        nodes: u32,
+        max_missing: u32,
+        needed: u32,
+    },
+    #[error("internal: {0}")]
+    Internal(String),
+    #[error("server: {0}")]
+    Server(String),
+}
+
+impl HelperError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            HelperError::Config(_) => "config",
+            HelperError::Key { .. } => "key",
+            HelperError::Store(_) => "store",
+            HelperError::Tls(_) => "tls",
+            HelperError::BadCollect { .. } => "invalid_collect",
+            HelperError::AlreadyCollected { .. } => "already_collected",
+            HelperError::TooFew { .. } => "too_few_reports",
+            HelperError::Internal(_) => "internal",
+            HelperError::Server(_) => "server",
+        }
+    }
+}
+
+/// What every report of one batch shares: a report with other parameters is rejected.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+struct BatchParams {
+    indicator: String,
+    content_hash: String,
+    period: String,
+    nodes: u32,
+    max_missing: u32,
+    bits: u32,
+    length: u32,
+    granularity: Vec<i64>,
+}
+
+impl BatchParams {
+    fn of(b: &ReportBinding) -> BatchParams {
+        BatchParams {
+            indicator: b.indicator.clone(),
+            content_hash: b.content_hash.clone(),
+            period: b.period.to_string(),
+            nodes: b.nodes,
+            max_missing: b.max_missing,
+            bits: b.bits,
+            length: b.length,
+            granularity: b.granularity.clone(),
+        }
+    }
+}
+
+pub struct Helper {
+    pub config: HelperConfig,
+    hpke: HelperPrivateKey,
+    verify_key: [u8; VERIFY_KEY_LEN],
+    roster: HashMap<String, String>,
+    store: Mutex<Store>,
+}
+
+fn read_key(file: &std::path::Path) -> Result<String, HelperError> {
+    std::fs::read_to_string(file).map_err(|e| HelperError::Key {
+        file: file.to_path_buf(),
+        message: e.to_string(),
+    })
+}
+
+impl Helper {
+    pub fn open(config: HelperConfig) -> Result<Helper, HelperError> {
+        let key_err = |file: &std::path::Path, e: &dyn std::fmt::Display| HelperError::Key {
+            file: file.to_path_buf(),
+            message: e.to_string(),
+        };
+        let hpke = HelperPrivateKey::from_hex(&read_key(&config.hpke_key)?)
+            .map_err(|e| key_err(&config.hpke_key, &e))?;
+        let verify_key = parse_verify_key(&read_key(&config.verify_key)?)
+            .map_err(|e| key_err(&config.verify_key, &e))?;
+        let roster = config
+            .nodes
+            .iter()
+            .map(|n| (n.id.clone(), n.public_key.clone()))
+            .collect();
+        let store = Mutex::new(Store::open(&config.store.path)?);
+        Ok(Helper {
+            config,
+            hpke,
+            verify_key,
+            roster,
+            store,
+        })
+    }
+
+    /// The helper's HPKE public key (hex), for nodes' configuration.
+    pub fn public_key_hex(&self) -> String {
+        self.hpke.public_key().to_hex()
+    }
+
+    fn store(&self) -> Result<std::sync::MutexGuard<'_, Store>, HelperError> {
+        self.store
+            .lock()
+            .map_err(|_| HelperError::Internal("store lock poisoned".into()))
+    }
+
+    /// Verifies each report; a report that fails is rejected with its reason and the others go on.
+    /// Synchronous (proof checks are CPU work): call it off the async threads.
+    pub fn aggregate(&self, req: &AggregateRequest) -> Result<AggregateResponse, HelperError> {
+        let mut outcomes = Vec::with_capacity(req.reports.len());
+        for report in &req.reports {
+            let node_id = report.binding.node_id.clone();
+            outcomes.push(match self.one(&req.batch, report)? {
+                Ok(verifier_message) => ReportOutcome::Verified {
+                    node_id,
+                    verifier_message,
+                },
+                Err(reason) => {
+                    tracing::warn!(batch = %req.batch, node = %node_id, %reason, "report rejected");
+                    ReportOutcome::Rejected { node_id, reason }
+                }
+            });
+        }
+        Ok(AggregateResponse { outcomes })
+    }
+
+    /// Ok(Ok(message)) verified, Ok(Err(reason)) rejected, Err on a store failure.
+    fn one(&self, batch: &str, r: &HelperReport) -> Result<Result<String, String>, HelperError> {
+        let b = &r.binding;
+        let params = BatchParams::of(b);
+        let params_json =
+            serde_json::to_string(&params).map_err(|e| HelperError::Internal(e.to_string()))?;
+        {
+            let store = self.store()?;
+            match store.known(&b.nonce, batch, &b.node_id)? {
+                Known::Same { verifier_message } => return Ok(Ok(verifier_message)),
+                Known::Elsewhere {
+                    batch: other,
+                    node_id,
+                } => {
+                    return Ok(Err(format!(
+                        "report nonce {} was already verified for node {node_id} in batch {other}; a report counts in one batch only",
+                        b.nonce
+                    )));
+                }
+                Known::New => {}
+            }
+            if store.collection(batch)?.is_some() {
+                return Ok(Err(format!(
+                    "batch {batch} is already collected; no report can join it"
+                )));
+            }
+            if store.has_report(batch, &b.node_id)? {
+                return Ok(Err(format!(
+                    "node {} already has another report in batch {batch}",
+                    b.node_id
+                )));
+            }
+            if let Some(existing) = store.batch_params(batch)?
+                && existing != params_json
+            {
+                return Ok(Err(format!(
+                    "report parameters {params_json} differ from the batch's {existing}"
+                )));
+            }
+        }
+        let verified = (|| -> Result<(Vec<u8>, Vec<u8>), String> {
+            if b.nodes == 0 || b.max_missing >= b.nodes {
+                return Err(format!(
+                    "n = {} with t = {} leaves no honest node",
+                    b.nodes, b.max_missing
+                ));
+            }
+            let share = secagg::report::open(
+                b,
+                &r.public_share,
+                &r.helper_share,
+                &r.signature,
+                self.roster.get(&b.node_id).map(String::as_str),
+                &self.hpke,
+            )
+            .map_err(|e| e.to_string())?;
+            let shape = Shape::new(b.bits, b.length as usize).map_err(|e| e.to_string())?;
+            let nonce = parse_nonce(&b.nonce).map_err(|e| e.to_string())?;
+            let public = unhex("public share", &r.public_share).map_err(|e| e.to_string())?;
+            let leader = unhex("leader verifier share", &r.leader_verifier_share)
+                .map_err(|e| e.to_string())?;
+            shape
+                .helper_verify(&self.verify_key, &nonce, &public, &share, &leader)
+                .map_err(|e| e.to_string())
+        })();
+        let (output, message) = match verified {
+            Ok(v) => v,
+            Err(reason) => return Ok(Err(reason)),
+        };
+        let message = hex::encode(message);
+        let mut store = self.store()?;
+        // Checked again under the lock the insert takes: a concurrent request may have won.
+        match store.known(&b.nonce, batch, &b.node_id)? {
+            Known::Same { verifier_message } => return Ok(Ok(verifier_message)),
+            Known::Elsewhere { batch: other, .. } => {
+                return Ok(Err(format!(
+                    "report nonce {} was verified in batch {other} meanwhile",
+                    b.nonce
+                )));
+            }
+            Known::New => {}
+        }
+        if store.has_report(batch, &b.node_id)? {
+            return Ok(Err(format!(
+                "node {} already has another report in batch {batch}",
+                b.node_id
+            )));
+        }
+        store.insert_report(batch, &params_json, &b.nonce, &b.node_id, &output, &message)?;
+        Ok(Ok(message))
+    }
+
+    /// The helper's aggregate share over exactly `req.nodes`' verified reports in the batch.
+    pub fn collect(&self, req: &CollectRequest) -> Result<CollectResponse, HelperError> {
+        let bad = |message: String| HelperError::BadCollect {
+            batch: req.batch.clone(),
+            message,
+        };
+        let set: BTreeSet<&str> = req.nodes.iter().map(String::as_str).collect();
+        if set.len() != req.nodes.len() {
+            return Err(bad("a node is listed twice".into()));
+        }
+        if set.is_empty() {
+            return Err(bad("no nodes listed".into()));
+        }
+        let node_set = set.iter().copied().collect::<Vec<_>>().join(",");
+        let respond = |(stored_set, count, share): (String, usize, String)| {
+            if stored_set == node_set {
+                Ok(CollectResponse {
+                    batch: req.batch.clone(),
+                    count,
+                    aggregate_share: share,
+                })
+            } else {
+                Err(HelperError::AlreadyCollected {
+                    batch: req.batch.clone(),
+                })
+            }
+        };
+        let mut store = self.store()?;
+        if let Some(done) = store.collection(&req.batch)? {
+            return respond(done);
+        }
+        let params: BatchParams = store
+            .batch_params(&req.batch)?
+            .ok_or_else(|| bad("the helper holds no report of this batch".into()))
+            .and_then(|p| {
+                serde_json::from_str(&p).map_err(|e| HelperError::Internal(e.to_string()))
+            })?;
+        let needed = params.nodes - params.max_missing;
+        if (set.len() as u32) < needed {
+            return Err(HelperError::TooFew {
+                batch: req.batch.clone(),
+                count: set.len(),
+                nodes: params.nodes,
+                max_missing: params.max_missing,
+                needed,
+            });
+        }
+        let nodes: Vec<String> = set.iter().map(|s| s.to_string()).collect();
+        let shares = store.output_shares(&req.batch, &nodes)?;
+        let shape = Shape::new(params.bits, params.length as usize)
+            .map_err(|e| HelperError::Internal(e.to_string()))?;
+        let mut outputs = Vec::with_capacity(shares.len());
+        for (node, share) in nodes.iter().zip(shares) {
+            let share = share.ok_or_else(|| bad(format!("no verified report from node {node}")))?;
+            outputs.push(
+                shape
+                    .decode_output_share(&share)
+                    .map_err(|e| HelperError::Internal(e.to_string()))?,
+            );
+        }
+        let total = shape
+            .aggregate(outputs)
+            .and_then(|a| shape.encode_aggregate_share(&a))
+            .map_err(|e| HelperError::Internal(e.to_string()))?;
+        let stored =
+            store.insert_collection(&req.batch, &node_set, nodes.len(), &hex::encode(total))?;
+        tracing::info!(batch = %req.batch, count = nodes.len(), "batch collected");
+        respond(stored)
+    }
+}

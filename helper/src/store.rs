@@ -1,0 +1,296 @@
+//! The helper's durable state (SQLite, WAL, `synchronous=FULL`): the output share of every verified
+//! report, and the one aggregate share each batch was collected with.
+//!
+//! Two rules keep the coordinator from learning one node's vector by differencing: a report (its
+//! nonce) belongs to the first batch it was verified in, and a batch is collected over exactly one
+//! set of nodes (asked again over the same set, the stored share is returned). A restart loses
+//! nothing: verified reports and collections are committed before they are answered.
+
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use std::path::{Path, PathBuf};
+
+/// Schema version this build writes; a store from a newer build is refused.
+const SCHEMA_VERSION: i64 = 1;
+
+const MIGRATIONS: &[&str] = &["CREATE TABLE batches (
+        batch      TEXT PRIMARY KEY,
+        params     TEXT NOT NULL
+    );
+    CREATE TABLE reports (
+        nonce            TEXT PRIMARY KEY,
+        batch            TEXT NOT NULL REFERENCES batches (batch),
+        node_id          TEXT NOT NULL,
+        output_share     BLOB NOT NULL,
+        verifier_message TEXT NOT NULL,
+        verified_at      TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
+        UNIQUE (batch, node_id)
+    );
+    CREATE TABLE collections (
+        batch           TEXT PRIMARY KEY REFERENCES batches (batch),
+        node_set        TEXT NOT NULL,
+        count           INTEGER NOT NULL,
+        aggregate_share TEXT NOT NULL,
+        collected_at    TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
+    );"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("helper store {path}: {source}")]
+    Sql {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+    #[error(
+        "helper store {path} has schema version {found}, newer than this build's {SCHEMA_VERSION}: refusing to run on it"
+    )]
+    Newer { path: PathBuf, found: i64 },
+}
+
+/// What the store already knows about a report's nonce.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Known {
+    New,
+    /// Verified in this batch for this node: the stored verifier message.
+    Same {
+        verifier_message: String,
+    },
+    /// Verified elsewhere: the batch and node it belongs to.
+    Elsewhere {
+        batch: String,
+        node_id: String,
+    },
+}
+
+pub struct Store {
+    conn: Connection,
+    path: PathBuf,
+}
+
+impl Store {
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        let err = |source| StoreError::Sql {
+            path: path.to_path_buf(),
+            source,
+        };
+        if let Some(dir) = path.parent()
+            && !dir.as_os_str().is_empty()
+        {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| err(rusqlite::Error::ToSqlConversionFailure(Box::new(e))))?;
+        }
+        let mut conn = Connection::open(path).map_err(err)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(err)?;
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(err)?;
+        conn.pragma_update(None, "foreign_keys", "ON")
+            .map_err(err)?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))
+            .map_err(err)?;
+        let version: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .map_err(err)?;
+        if version > SCHEMA_VERSION {
+            return Err(StoreError::Newer {
+                path: path.to_path_buf(),
+                found: version,
+            });
+        }
+        let tx = conn.transaction().map_err(err)?;
+        for (i, m) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+            tx.execute_batch(m).map_err(err)?;
+            tx.pragma_update(None, "user_version", (i + 1) as i64)
+                .map_err(err)?;
+        }
+        tx.commit().map_err(err)?;
+        Ok(Store {
+            conn,
+            path: path.to_path_buf(),
+        })
+    }
+
+    fn err(&self, source: rusqlite::Error) -> StoreError {
+        StoreError::Sql {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    pub fn known(&self, nonce: &str, batch: &str, node_id: &str) -> Result<Known, StoreError> {
+        let row: Option<(String, String, String)> = self
+            .conn
+            .query_row(
+                "SELECT batch, node_id, verifier_message FROM reports WHERE nonce = ?1",
+                params![nonce],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()
+            .map_err(|e| self.err(e))?;
+        Ok(match row {
+            None => Known::New,
+            Some((b, n, m)) if b == batch && n == node_id => Known::Same {
+                verifier_message: m,
+            },
+            Some((batch, node_id, _)) => Known::Elsewhere { batch, node_id },
+        })
+    }
+
+    /// The batch's common parameters (JSON), if it has any report yet.
+    pub fn batch_params(&self, batch: &str) -> Result<Option<String>, StoreError> {
+        self.conn
+            .query_row(
+                "SELECT params FROM batches WHERE batch = ?1",
+                params![batch],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(|e| self.err(e))
+    }
+
+    pub fn has_report(&self, batch: &str, node_id: &str) -> Result<bool, StoreError> {
+        self.conn
+            .query_row(
+                "SELECT 1 FROM reports WHERE batch = ?1 AND node_id = ?2",
+                params![batch, node_id],
+                |_| Ok(()),
+            )
+            .optional()
+            .map(|r| r.is_some())
+            .map_err(|e| self.err(e))
+    }
+
+    /// The set of nodes a batch was collected over, with the count and aggregate share.
+    pub fn collection(&self, batch: &str) -> Result<Option<(String, usize, String)>, StoreError> {
+        self.conn
+            .query_row(
+                "SELECT node_set, count, aggregate_share FROM collections WHERE batch = ?1",
+                params![batch],
+                |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as usize, r.get(2)?)),
+            )
+            .optional()
+            .map_err(|e| self.err(e))
+    }
+
+    /// Stores one verified report (and its batch's parameters, when it is the batch's first).
+    pub fn insert_report(
+        &mut self,
+        batch: &str,
+        params_json: &str,
+        nonce: &str,
+        node_id: &str,
+        output_share: &[u8],
+        verifier_message: &str,
+    ) -> Result<(), StoreError> {
+        let path = self.path.clone();
+        let err = |source| StoreError::Sql {
+            path: path.clone(),
+            source,
+        };
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(err)?;
+        tx.execute(
+            "INSERT OR IGNORE INTO batches (batch, params) VALUES (?1, ?2)",
+            params![batch, params_json],
+        )
+        .map_err(err)?;
+        tx.execute(
+            "INSERT INTO reports (nonce, batch, node_id, output_share, verifier_message)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![nonce, batch, node_id, output_share, verifier_message],
+        )
+        .map_err(err)?;
+        tx.commit().map_err(err)
+    }
+
+    /// The stored output shares of these nodes' reports in the batch (None for a node without).
+    pub fn output_shares(
+        &self,
+        batch: &str,
+        nodes: &[String],
+    ) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT output_share FROM reports WHERE batch = ?1 AND node_id = ?2")
+            .map_err(|e| self.err(e))?;
+        nodes
+            .iter()
+            .map(|n| {
+                stmt.query_row(params![batch, n], |r| r.get(0))
+                    .optional()
+                    .map_err(|e| StoreError::Sql {
+                        path: self.path.clone(),
+                        source: e,
+                    })
+            })
+            .collect()
+    }
+
+    /// Records a batch's one collection. Returns the stored one when another request got there
+    /// first (the caller compares its node set).
+    pub fn insert_collection(
+        &mut self,
+        batch: &str,
+        node_set: &str,
+        count: usize,
+        aggregate_share: &str,
+    ) -> Result<(String, usize, String), StoreError> {
+        let path = self.path.clone();
+        let err = |source| StoreError::Sql {
+            path: path.clone(),
+            source,
+        };
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(err)?;
+        tx.execute(
+            "INSERT OR IGNORE INTO collections (batch, node_set, count, aggregate_share)
+             VALUES (?1, ?2, ?3, ?4)",
+            params![batch, node_set, count as i64, aggregate_share],
+        )
+        .map_err(err)?;
+        let stored = tx
+            .query_row(
+                "SELECT node_set, count, aggregate_share FROM collections WHERE batch = ?1",
+                params![batch],
+                |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as usize, r.get(2)?)),
+            )
+            .map_err(err)?;
+        tx.commit().map_err(err)?;
+        Ok(stored)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_store_from_a_newer_build_is_refused_and_reopening_keeps_everything() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("h.sqlite");
+        {
+            let mut s = Store::open(&path).expect("open");
+            s.insert_report("b1", "{}", "n1", "P01", b"share", "msg")
+                .expect("insert");
+        }
+        let s = Store::open(&path).expect("reopen");
+        assert_eq!(
+            s.known("n1", "b1", "P01").expect("known"),
+            Known::Same {
+                verifier_message: "msg".into()
+            }
+        );
+        drop(s);
+        let conn = Connection::open(&path).expect("sqlite");
+        conn.pragma_update(None, "user_version", 99)
+            .expect("bump version");
+        drop(conn);
+        assert!(matches!(
+            Store::open(&path),
+            Err(StoreError::Newer { found: 99, .. })
+        ));
+    }
+}

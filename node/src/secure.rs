@@ -1,0 +1,431 @@
+//! A node's secure answer: its bounded cells, scaled by each measure's public granularity, plus its
+//! *share* of the discrete Gaussian noise (OpenDP's sampler; the sum of any n − t honest shares
+//! meets the indicator's ρ by the distributed discrete Gaussian bound), sharded with Prio3 into a
+//! leader share for the coordinator and a share sealed to the helper, and signed. No cell leaves
+//! the node in the clear; the answer's batch holds the public keys only.
+
+use crate::config::SecureConfig;
+use crate::evaluate::Cells;
+use crate::noise::{self, NoiseError};
+use policies::governance::SigningKey;
+use policies::sensitivity::{Measure, MeasureCost};
+use policies::wire::{MeasureNoise, ReportBinding, SecureMeasure, SecureRequest, SecureShares};
+use secagg::accounting::{self, PlanError, SharePlan};
+use secagg::report::ReportError;
+use secagg::seal::HelperPublicKey;
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+#[error("secure aggregation key {file}: {message}")]
+pub struct KeyError {
+    pub file: PathBuf,
+    pub message: String,
+}
+
+/// The helper's public key (from this node's own configuration) and the node's signing key.
+pub struct SecureKeys {
+    pub helper: HelperPublicKey,
+    pub signer: SigningKey,
+}
+
+impl SecureKeys {
+    pub fn load(cfg: &SecureConfig) -> Result<Option<SecureKeys>, KeyError> {
+        let (Some(helper), Some(signer)) = (&cfg.helper_key, &cfg.signing_key) else {
+            return Ok(None);
+        };
+        let read = |file: &PathBuf| {
+            std::fs::read_to_string(file).map_err(|e| KeyError {
+                file: file.clone(),
+                message: e.to_string(),
+            })
+        };
+        let bad = |file: &PathBuf, e: &dyn std::fmt::Display| KeyError {
+            file: file.clone(),
+            message: e.to_string(),
+        };
+        Ok(Some(SecureKeys {
+            helper: HelperPublicKey::from_hex(&read(helper)?).map_err(|e| bad(helper, &e))?,
+            signer: SigningKey::from_text(&read(signer)?).map_err(|e| bad(signer, &e))?,
+        }))
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SecureError {
+    #[error(
+        "this node is not configured for secure aggregation (secure.helper_key and secure.signing_key); it answers per-node requests only"
+    )]
+    NotConfigured,
+    #[error(
+        "a secure run of n = {nodes} nodes with t = {max_missing} missing leaves no honest node"
+    )]
+    BadRun { nodes: u32, max_missing: u32 },
+    #[error(
+        "a secure run of n = {nodes} with t = {max_missing} counts on {honest} honest node(s); this node requires at least {floor} (secure.min_honest)"
+    )]
+    TooFewHonest {
+        nodes: u32,
+        max_missing: u32,
+        honest: u32,
+        floor: u32,
+    },
+    #[error(
+        "indicator '{0}' is priced in pure ε (discrete Laplace); secure aggregation shares discrete Gaussian noise under ρ only"
+    )]
+    PureDp(String),
+    #[error("noise share: {0}")]
+    Plan(#[from] PlanError),
+    #[error(
+        "measure '{measure}': cells up to {largest} with noise σ {sigma:.1} (granularity {granularity}) do not fit the report's {bits}-bit entries"
+    )]
+    TooWide {
+        measure: String,
+        largest: i64,
+        sigma: f64,
+        granularity: i64,
+        bits: u32,
+    },
+    #[error(transparent)]
+    Noise(#[from] NoiseError),
+    #[error("report: {0}")]
+    Report(#[from] ReportError),
+}
+
+impl SecureError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            SecureError::NotConfigured => "secure_not_configured",
+            SecureError::BadRun { .. } => "invalid_request",
+            SecureError::TooFewHonest { .. } => "too_few_honest_nodes",
+            SecureError::PureDp(_) => "secure_needs_rho",
+            SecureError::Plan(_) => "noise_failed",
+            SecureError::TooWide { .. } => "report_too_wide",
+            SecureError::Noise(_) => "noise_failed",
+            SecureError::Report(_) => "report_failed",
+        }
+    }
+
+    /// Refusals of the request as asked (nothing spent); the rest are the node's own failures.
+    pub fn is_refusal(&self) -> bool {
+        match self {
+            SecureError::NotConfigured
+            | SecureError::BadRun { .. }
+            | SecureError::TooFewHonest { .. }
+            | SecureError::PureDp(_)
+            | SecureError::TooWide { .. } => true,
+            SecureError::Plan(_) | SecureError::Noise(_) | SecureError::Report(_) => false,
+        }
+    }
+}
+
+/// Every measure's noise share for this run, decided before anything is spent.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    pub request: SecureRequest,
+    pub bits: u32,
+    pub plans: Vec<(Measure, SharePlan)>,
+}
+
+/// Standard deviations of headroom kept between a cell and the end of its entry's range: a
+/// discrete Gaussian draw beyond 40σ has probability below e^−800.
+const HEADROOM_SIGMAS: f64 = 40.0;
+
+/// Checks the request against this node's floor and plans each measure's share; then checks that
+/// every cell with its noise fits the entry width. All before the spend.
+pub fn prepare(
+    indicator: &str,
+    cfg: &SecureConfig,
+    configured: bool,
+    request: &SecureRequest,
+    measures: &[Measure],
+    cells: &Cells,
+) -> Result<Prepared, SecureError> {
+    if !configured {
+        return Err(SecureError::NotConfigured);
+    }
+    let SecureRequest { nodes, max_missing } = *request;
+    if nodes == 0 || max_missing >= nodes {
+        return Err(SecureError::BadRun { nodes, max_missing });
+    }
+    let honest = request.honest();
+    if honest < cfg.min_honest {
+        return Err(SecureError::TooFewHonest {
+            nodes,
+            max_missing,
+            honest,
+            floor: cfg.min_honest,
+        });
+    }
+    let dim = cells.keys.len() as u64;
+    let mut plans = Vec::with_capacity(measures.len());
+    for m in measures {
+        let rho = match m.cost {
+            MeasureCost::Rho(r) => r,
+            MeasureCost::Epsilon(_) => return Err(SecureError::PureDp(indicator.to_string())),
+        };
+        let plan = accounting::plan(m.l1(), m.l2(), dim, rho, honest as u64, cfg.max_local_rho)?;
+        let largest = cells
+            .measure(&m.name)
+            .unwrap_or_default()
+            .iter()
+            .map(|v| v.unsigned_abs())
+            .max()
+            .unwrap_or(0);
+        let reach = largest as f64 * plan.granularity as f64 + HEADROOM_SIGMAS * plan.sigma;
+        if reach >= 2f64.powi(cfg.bits as i32 - 1) {
+            return Err(SecureError::TooWide {
+                measure: m.name.clone(),
+                largest: largest.min(i64::MAX as u64) as i64,
+                sigma: plan.sigma,
+                granularity: plan.granularity,
+                bits: cfg.bits,
+            });
+        }
+        plans.push((m.clone(), plan));
+    }
+    Ok(Prepared {
+        request: *request,
+        bits: cfg.bits,
+        plans,
+    })
+}
+
+/// What the node's answer states beside its report.
+pub struct SecureAnswer {
+    pub measures: Vec<MeasureNoise>,
+    pub shares: SecureShares,
+}
+
+/// Draws the noise shares and makes the signed, sealed report. Synchronous (OpenDP measurements
+/// are not `Send`): run it in `spawn_blocking`.
+pub fn answer(
+    prepared: &Prepared,
+    keys: &SecureKeys,
+    mut binding: ReportBinding,
+    cells: &Cells,
+    max_local_rho: Option<f64>,
+    corrupt: bool,
+) -> Result<SecureAnswer, SecureError> {
+    let mut values = Vec::new();
+    let mut measures = Vec::new();
+    let mut secure_measures = Vec::new();
+    for (m, plan) in &prepared.plans {
+        let scaled: Vec<i64> = cells
+            .measure(&m.name)
+            .unwrap_or_default()
+            .iter()
+            .map(|v| v.saturating_mul(plan.granularity))
+            .collect();
+        let l2 = m.l2() * plan.granularity as f64;
+        let (noisy, certified) = noise::gaussian_share(plan.sigma, l2, &scaled)?;
+        // OpenDP's own map of this share must agree with the plan, and honour the ceiling.
+        let ceiling = max_local_rho.unwrap_or(f64::INFINITY).min(plan.local_rho);
+        if certified > ceiling * (1.0 + 1e-6) {
+            return Err(NoiseError::OverCost {
+                loss: certified,
+                sensitivity: l2,
+                cost: ceiling,
+            }
+            .into());
+        }
+        values.extend(noisy);
+        measures.push(MeasureNoise {
+            column: m.name.clone(),
+            mechanism: secagg::MECHANISM.to_string(),
+            scale: plan.sigma / plan.granularity as f64,
+            variance: plan.share_variance,
+            per_cell_bound: m.per_cell,
+            cells_per_unit: m.cells_per_unit,
+            l1_bound: m.l1(),
+            l2_bound: m.l2(),
+        });
+        secure_measures.push(SecureMeasure {
+            column: m.name.clone(),
+            granularity: plan.granularity,
+            sigma: plan.sigma,
+            rho: plan.rho,
+            local_rho: certified,
+        });
+    }
+    binding.bits = prepared.bits;
+    binding.length = values.len() as u32;
+    binding.granularity = prepared.plans.iter().map(|(_, p)| p.granularity).collect();
+    binding.nodes = prepared.request.nodes;
+    binding.max_missing = prepared.request.max_missing;
+    let mut shares = secagg::report::make(
+        binding,
+        &values,
+        secure_measures,
+        &keys.helper,
+        &keys.signer,
+    )?;
+    // Fault injection for tests only (`testing.corrupt_secure_report`).
+    if corrupt && let Some(b) = shares.leader_share.as_bytes().get(8).copied() {
+        let flipped = if b == b'0' { "1" } else { "0" };
+        shares.leader_share.replace_range(8..9, flipped);
+    }
+    Ok(SecureAnswer { measures, shares })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn count_measure(rho: f64) -> Measure {
+        Measure {
+            name: "count".into(),
+            per_cell: 1,
+            cells_per_unit: 4,
+            cost: MeasureCost::Rho(rho),
+        }
+    }
+
+    fn cells(values: Vec<i64>) -> Cells {
+        Cells {
+            group_columns: vec!["quarter".into()],
+            keys: (0..values.len()).map(|i| vec![format!("k{i}")]).collect(),
+            measures: vec![("count".into(), values)],
+        }
+    }
+
+    fn cfg() -> SecureConfig {
+        SecureConfig::default()
+    }
+
+    #[test]
+    fn the_shares_of_n_minus_t_nodes_carry_the_declared_national_variance() {
+        // Ten honest nodes, ρ = 0.01, L2 = 2: the central discrete Gaussian has σ² = 200.
+        let m = count_measure(0.01);
+        let c = cells(vec![0; 4]);
+        let req = SecureRequest {
+            nodes: 11,
+            max_missing: 1,
+        };
+        let p = prepare("x", &cfg(), true, &req, std::slice::from_ref(&m), &c).expect("plan");
+        let plan = p.plans[0].1;
+        assert_eq!(plan.granularity, 1);
+        let declared = 10.0 * plan.share_variance;
+        assert!((declared - 200.0).abs() < 0.3, "{declared}");
+        let trials = 2000;
+        let mut sum_sq = 0.0;
+        let mut n = 0.0;
+        for _ in 0..trials {
+            let mut national = vec![0i64; 4];
+            for _ in 0..10 {
+                let (noisy, local) =
+                    noise::gaussian_share(plan.sigma, m.l2(), &[0, 0, 0, 0]).expect("share");
+                assert!((local - plan.local_rho).abs() <= plan.local_rho * 1e-6);
+                for (a, b) in national.iter_mut().zip(noisy) {
+                    *a += b;
+                }
+            }
+            for v in national {
+                sum_sq += (v * v) as f64;
+                n += 1.0;
+            }
+        }
+        let empirical = sum_sq / n;
+        // 8,000 draws: the sample variance's standard error is 200·√(2/8000) ≈ 3.2; allow 5 of
+        // them. Shares drawn at the central σ (not divided by n − t) would give 2,000.
+        assert!(
+            (empirical - declared).abs() < 16.0,
+            "empirical {empirical}, declared {declared}"
+        );
+    }
+
+    #[test]
+    fn with_one_honest_node_the_distributed_bound_is_opendps_own_map() {
+        let m = count_measure(0.05);
+        let c = cells(vec![0; 4]);
+        let req = SecureRequest {
+            nodes: 1,
+            max_missing: 0,
+        };
+        let single = SecureConfig {
+            min_honest: 1,
+            ..cfg()
+        };
+        let p = prepare("x", &single, true, &req, std::slice::from_ref(&m), &c).expect("plan");
+        let plan = p.plans[0].1;
+        let (_, opendp) = noise::gaussian_share(plan.sigma, m.l2(), &[0; 4]).expect("share");
+        assert!(
+            (plan.rho - opendp).abs() <= 1e-12 * opendp,
+            "{plan:?} vs {opendp}"
+        );
+        assert!(
+            plan.rho <= 0.05 && plan.rho > 0.05 * (1.0 - 1e-6),
+            "{plan:?}"
+        );
+        // ... and the node's per-node scale for the same cost within the nudge.
+        assert!((plan.sigma - m.scale()).abs() <= 1e-6 * m.scale());
+    }
+
+    #[test]
+    fn requests_the_node_cannot_serve_safely_are_refused_before_any_spend() {
+        let m = count_measure(0.01);
+        let c = cells(vec![3, 4, 5, 6]);
+        let req = |nodes, max_missing| SecureRequest { nodes, max_missing };
+        let ms = std::slice::from_ref(&m);
+        assert!(matches!(
+            prepare("x", &cfg(), false, &req(11, 1), ms, &c),
+            Err(SecureError::NotConfigured)
+        ));
+        assert!(matches!(
+            prepare("x", &cfg(), true, &req(3, 3), ms, &c),
+            Err(SecureError::BadRun { .. })
+        ));
+        assert!(matches!(
+            prepare("x", &cfg(), true, &req(3, 2), ms, &c),
+            Err(SecureError::TooFewHonest {
+                honest: 1,
+                floor: 2,
+                ..
+            })
+        ));
+        let laplace = Measure {
+            cost: MeasureCost::Epsilon(1.0),
+            ..m.clone()
+        };
+        assert!(matches!(
+            prepare("x", &cfg(), true, &req(11, 1), &[laplace], &c),
+            Err(SecureError::PureDp(_))
+        ));
+        let narrow = SecureConfig { bits: 8, ..cfg() };
+        assert!(matches!(
+            prepare(
+                "x",
+                &narrow,
+                true,
+                &req(11, 1),
+                ms,
+                &cells(vec![100, 0, 0, 0])
+            ),
+            Err(SecureError::TooWide { bits: 8, .. })
+        ));
+        assert!(prepare("x", &cfg(), true, &req(11, 1), ms, &c).is_ok());
+    }
+
+    #[test]
+    fn a_local_ceiling_is_met_by_adding_more_than_the_share() {
+        let m = count_measure(0.01);
+        let c = cells(vec![0; 4]);
+        let req = SecureRequest {
+            nodes: 11,
+            max_missing: 1,
+        };
+        let capped = SecureConfig {
+            max_local_rho: Some(0.02),
+            ..cfg()
+        };
+        let free = prepare("x", &cfg(), true, &req, std::slice::from_ref(&m), &c).expect("plan");
+        let p = prepare("x", &capped, true, &req, std::slice::from_ref(&m), &c).expect("plan");
+        let (free, plan) = (free.plans[0].1, p.plans[0].1);
+        assert!((free.local_rho - 0.1).abs() < 1e-3, "{free:?}");
+        assert!(plan.local_rho <= 0.02 * (1.0 + 1e-6), "{plan:?}");
+        // OpenDP's own map of the share agrees with the plan.
+        let (_, certified) = noise::gaussian_share(plan.sigma, m.l2(), &[0; 4]).expect("share");
+        assert!((certified - plan.local_rho).abs() <= plan.local_rho * 1e-6);
+        // The national variance grows accordingly: five times the share at a fifth of the ρ.
+        assert!((plan.share_variance / free.share_variance - 5.0).abs() < 0.01);
+    }
+}

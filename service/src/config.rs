@@ -1,0 +1,58 @@
+//! One configuration loader for every service: built-in defaults, then the TOML file, then the
+//! `STROOM_`-prefixed environment variables that name one of the service's own top-level keys
+//! (`STROOM_BUDGET__RHO_PER_PERIOD=2`); other `STROOM_` variables belong to other parts of the
+//! program and are left out.
+
+use serde::de::DeserializeOwned;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+#[error("config file {file}: {message}")]
+pub struct LoadError {
+    pub file: PathBuf,
+    pub message: String,
+}
+
+fn config_env(keys: &[&str]) -> config::Map<String, String> {
+    std::env::vars()
+        .filter(|(k, _)| {
+            k.strip_prefix("STROOM_").is_some_and(|rest| {
+                let first = rest.split("__").next().unwrap_or("").to_ascii_lowercase();
+                keys.contains(&first.as_str())
+            })
+        })
+        .collect()
+}
+
+/// Loads `file` over `defaults` (TOML text) and the environment. `list_keys` are the keys whose
+/// environment value is a comma-separated list.
+pub fn load<T: DeserializeOwned>(
+    file: &Path,
+    defaults: &str,
+    keys: &[&str],
+    list_keys: &[&str],
+) -> Result<T, LoadError> {
+    let err = |message: String| LoadError {
+        file: file.to_path_buf(),
+        message,
+    };
+    if !file.is_file() {
+        return Err(err("no such file".into()));
+    }
+    let mut env = config::Environment::with_prefix("STROOM")
+        .source(Some(config_env(keys)))
+        .prefix_separator("_")
+        .separator("__")
+        .try_parsing(true)
+        .list_separator(",");
+    for k in list_keys {
+        env = env.with_list_parse_key(k);
+    }
+    config::Config::builder()
+        .add_source(config::File::from_str(defaults, config::FileFormat::Toml))
+        .add_source(config::File::from(file).format(config::FileFormat::Toml))
+        .add_source(env)
+        .build()
+        .and_then(|c| c.try_deserialize())
+        .map_err(|e| err(e.to_string()))
+}
