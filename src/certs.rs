@@ -90,6 +90,8 @@ pub fn node_dns_name(node_id: &str) -> String {
 pub const HELPER_HPKE_KEY: &str = "helper.hpke.key";
 pub const HELPER_HPKE_PUB: &str = "helper.hpke.pub";
 pub const VERIFY_KEY: &str = "aggregators.verify.key";
+/// The helper's roster of node signing keys (`[[nodes]]` entries), for its `roster` setting.
+pub const HELPER_ROSTER: &str = "helper-roster.toml";
 
 pub fn node_signing_key(node: &str) -> String {
     format!("{node}.sign.key")
@@ -121,7 +123,9 @@ pub fn generate(out: &Path, nodes: &[String], helper: bool, existing: Existing) 
             .flat_map(|n| [format!("{n}.crt"), format!("{n}.key")])
             .collect();
         if helper {
-            files.extend([HELPER_HPKE_KEY, HELPER_HPKE_PUB, VERIFY_KEY].map(String::from));
+            files.extend(
+                [HELPER_HPKE_KEY, HELPER_HPKE_PUB, VERIFY_KEY, HELPER_ROSTER].map(String::from),
+            );
             for n in nodes {
                 files.extend([node_signing_key(n), node_signing_pub(n)]);
             }
@@ -175,11 +179,19 @@ pub fn generate(out: &Path, nodes: &[String], helper: bool, existing: Existing) 
         let verify = secagg::vdaf::random_bytes::<{ secagg::vdaf::VERIFY_KEY_LEN }>()
             .map_err(|e| anyhow::anyhow!("verification key: {e}"))?;
         write(&out.join(VERIFY_KEY), &hex::encode(verify), true)?;
+        let mut roster = String::from(
+            "# The nodes whose signed reports the helper accepts (its `roster` setting).\n",
+        );
         for n in nodes {
             let (key, text) = policies::governance::SigningKey::generate()?;
             write(&out.join(node_signing_key(n)), &text, true)?;
             write(&out.join(node_signing_pub(n)), &key.public_key_hex(), false)?;
+            roster.push_str(&format!(
+                "\n[[nodes]]\nid = \"{n}\"\npublic_key = \"{}\"\n",
+                key.public_key_hex()
+            ));
         }
+        write(&out.join(HELPER_ROSTER), &roster, false)?;
     }
     Ok(())
 }

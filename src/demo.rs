@@ -116,17 +116,27 @@ pub(crate) fn node_secure_section(id: &str) -> String {
     )
 }
 
-/// The coordinator's `[secure]` section for a helper at `helper_url`.
-pub(crate) fn coordinator_secure_section(helper_url: &str, max_missing: u32) -> String {
+/// The coordinator's `[secure]` section for a helper at `helper_url`; `t` is the TOML line that
+/// sets t (`max_missing = 1` or `max_missing_share = 0.1`).
+pub(crate) fn coordinator_secure_section(helper_url: &str, t: &str) -> String {
     format!(
-        "\n[secure]\nhelper_url = \"{helper_url}\"\nverify_key = \"certs/{}\"\nmax_missing = {max_missing}\n",
+        "\n[secure]\nhelper_url = \"{helper_url}\"\nverify_key = \"certs/{}\"\n{t}\n",
         crate::certs::VERIFY_KEY
     )
 }
 
-/// Writes `dir/helper.toml` (roster: `nodes` with their signing keys from `dir/certs`) and starts
-/// the helper as an HTTPS server on loopback.
+/// Writes `dir/helper.toml` (see [`write_helper_config`]) and starts the helper as an HTTPS server
+/// on loopback in this process.
 pub(crate) async fn start_helper(dir: &Path, nodes: &[String]) -> Result<helper::server::Running> {
+    let path = write_helper_config(dir, nodes)?;
+    let cfg = helper::config::HelperConfig::load(&path)?;
+    let h = Arc::new(helper::Helper::open(cfg)?);
+    Ok(helper::server::start(h).await?)
+}
+
+/// `dir/helper.toml` for a helper on a free loopback port; its roster is `nodes` with their
+/// signing keys from `dir/certs`.
+pub(crate) fn write_helper_config(dir: &Path, nodes: &[String]) -> Result<PathBuf> {
     let mut text = format!(
         "listen = \"127.0.0.1:0\"\nhpke_key = \"certs/{}\"\nverify_key = \"certs/{}\"\n\n[tls]\ncert = \"certs/helper.crt\"\nkey = \"certs/helper.key\"\nclient_ca = \"certs/ca.crt\"\n\n[store]\npath = \"helper.sqlite\"\n",
         crate::certs::HELPER_HPKE_KEY,
@@ -143,9 +153,7 @@ pub(crate) async fn start_helper(dir: &Path, nodes: &[String]) -> Result<helper:
     }
     let path = dir.join("helper.toml");
     std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
-    let cfg = helper::config::HelperConfig::load(&path)?;
-    let h = Arc::new(helper::Helper::open(cfg)?);
-    Ok(helper::server::start(h).await?)
+    Ok(path)
 }
 
 pub(crate) fn progress(done: usize, total: usize, label: &str) {
@@ -247,7 +255,12 @@ pub async fn run(opts: DemoOptions) -> Result<()> {
     };
     let secure_section = helper
         .as_ref()
-        .map(|h| coordinator_secure_section(&format!("https://{}", h.addr), DEMO_MAX_MISSING))
+        .map(|h| {
+            coordinator_secure_section(
+                &format!("https://{}", h.addr),
+                &format!("max_missing = {DEMO_MAX_MISSING}"),
+            )
+        })
         .unwrap_or_default();
     let token = random_token();
     let coordinator_cfg_path = coordinator_config(

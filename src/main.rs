@@ -258,6 +258,14 @@ enum BenchAction {
         catalog: Option<PathBuf>,
         #[arg(long, default_value = "bench-federation.json")]
         out: PathBuf,
+        /// Secure aggregation: the helper as its own process, nodes answering with signed Prio3
+        /// reports; adds the secure combination with a fresh helper, the helper's CPU and memory
+        /// and the bytes per report.
+        #[arg(long)]
+        secure: bool,
+        /// t as a share of the nodes in secure runs.
+        #[arg(long, default_value_t = 0.1)]
+        max_missing_share: f64,
     },
     /// Error of the national estimates against the truth and against central DP at the same cost,
     /// per catalog indicator, over many repetitions of the noise.
@@ -292,6 +300,9 @@ enum BenchAction {
         indicator: String,
         #[arg(long)]
         quarter: String,
+        /// Configure the nodes for secure aggregation (keys from DIR/certs).
+        #[arg(long)]
+        secure: bool,
     },
 }
 
@@ -452,8 +463,12 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode> {
                     node_delay_ms,
                     catalog,
                     out,
+                    secure,
+                    max_missing_share,
                 } => {
                     bench::federation::run(bench::federation::FederationBenchOptions {
+                        secure,
+                        max_missing_share,
                         nodes,
                         repeats,
                         indicator,
@@ -490,6 +505,7 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode> {
                     catalog,
                     indicator,
                     quarter,
+                    secure,
                 } => {
                     bench::federation::serve_nodes(bench::federation::ServeNodesOptions {
                         dir,
@@ -497,6 +513,7 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode> {
                         catalog,
                         indicator,
                         quarter,
+                        secure,
                     })
                     .await?;
                 }
@@ -512,7 +529,7 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode> {
             );
             if helper {
                 println!(
-                    "and for secure aggregation: helper.crt/.key, helper.hpke.key/.pub, aggregators.verify.key and NODE.sign.key/.pub"
+                    "and for secure aggregation: helper.crt/.key, helper.hpke.key/.pub, aggregators.verify.key, NODE.sign.key/.pub and helper-roster.toml"
                 );
             }
             Ok(std::process::ExitCode::SUCCESS)

@@ -9,6 +9,14 @@ fn shipped_configs_load_and_agree() {
     node::config::NodeConfig::load(&root.join("node.example.toml")).expect("node example");
     coordinator::config::CoordinatorConfig::load(&root.join("coordinator.example.toml"))
         .expect("coordinator example");
+    for helper in ["helper.example.toml", "local/helper.toml"] {
+        // The roster file is made by `stroom certs --helper`; the rest must load as shipped.
+        let text = std::fs::read_to_string(root.join(helper)).expect("helper config");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let copy = dir.path().join("helper.toml");
+        std::fs::write(&copy, text.replace("roster = ", "# roster = ")).expect("copy");
+        helper::config::HelperConfig::load(&copy).unwrap_or_else(|e| panic!("{helper}: {e}"));
+    }
 
     let local = root.join("local");
     let coordinator = coordinator::config::CoordinatorConfig::load(&local.join("coordinator.toml"))
@@ -25,7 +33,16 @@ fn shipped_configs_load_and_agree() {
         assert_eq!(node.node_id, entry.id);
         assert_eq!(entry.url, format!("https://{}", node.listen));
         assert!(node.tls.client_ca.is_some(), "{}: mutual TLS", entry.id);
+        assert!(
+            node.secure.helper_key.is_some() && node.secure.signing_key.is_some(),
+            "{}: secure aggregation",
+            entry.id
+        );
     }
+    assert!(
+        coordinator.secure.helper_url.is_some(),
+        "the local federation runs securely"
+    );
     assert_eq!(
         coordinator.researchers[0].token_sha256,
         coordinator::config::token_hash("local-researcher-token"),
@@ -132,6 +149,15 @@ fn compose_configs_load_and_agree() {
     let coordinator = coordinator::config::CoordinatorConfig::load(&dir.join("coordinator.toml"))
         .expect("compose coordinator");
     assert_eq!(coordinator.nodes.len(), 3);
+    let text = std::fs::read_to_string(dir.join("helper.toml")).expect("compose helper");
+    let tmp = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        tmp.path().join("helper.toml"),
+        text.replace("roster = ", "# roster = "),
+    )
+    .expect("copy");
+    helper::config::HelperConfig::load(&tmp.path().join("helper.toml")).expect("compose helper");
+    assert!(compose.contains("/etc/stroom/helper.toml") && compose.contains("state-helper:"));
     for entry in &coordinator.nodes {
         let node = node::config::NodeConfig::load(&dir.join(format!("{}.toml", entry.id)))
             .unwrap_or_else(|e| panic!("compose node {}: {e}", entry.id));
@@ -146,6 +172,10 @@ fn compose_configs_load_and_agree() {
             entry.id
         );
     }
+    assert!(
+        coordinator.secure.helper_url.is_some(),
+        "the compose federation runs securely"
+    );
     assert_eq!(
         coordinator.researchers[0].token_sha256,
         coordinator::config::token_hash("compose-researcher-token"),

@@ -47,12 +47,23 @@ fn secure_node(dir: &Path, id: &str, testing: &str) -> ServerProcess {
 }
 
 fn secure_coordinator(dir: &Path, name: &str, helper: &str, nodes: &[(&str, &str)]) -> PathBuf {
+    secure_coordinator_with(dir, name, helper, nodes, "")
+}
+
+/// With `top` (top-level keys such as `quorum`) before the `[secure]` table.
+fn secure_coordinator_with(
+    dir: &Path,
+    name: &str,
+    helper: &str,
+    nodes: &[(&str, &str)],
+    top: &str,
+) -> PathBuf {
     coordinator_config(
         dir,
         name,
         nodes,
         &format!(
-            "[secure]\nhelper_url = \"{helper}\"\nverify_key = \"certs/aggregators.verify.key\"\nmax_missing = {T}\n"
+            "{top}\n[secure]\nhelper_url = \"{helper}\"\nverify_key = \"certs/aggregators.verify.key\"\nmax_missing = {T}\n"
         ),
     )
 }
@@ -357,7 +368,8 @@ async fn dropouts_within_t_publish_with_the_real_variance_and_beyond_t_nothing()
         .iter()
         .map(|(a, b)| (a.as_str(), b.as_str()))
         .collect();
-    let cfg = secure_coordinator(dir, "coordinator", &helper.url, &refs);
+    // Publish when 3 of 4 answer (quorum 0.7), marked incomplete.
+    let cfg = secure_coordinator_with(dir, "coordinator", &helper.url, &refs, "quorum = 0.7");
     let coordinator = ServerProcess::start_coordinator(&cfg);
     let c = client(dir);
 
@@ -375,6 +387,21 @@ async fn dropouts_within_t_publish_with_the_real_variance_and_beyond_t_nothing()
     assert!(
         (half - 1.959_963_984_540_054 * three.sqrt()).abs() < 1e-6,
         "the variance of the three reports that count"
+    );
+    let public = get_json(
+        &c,
+        format!(
+            "{}/v1/indicators?indicator=care.unique_youths",
+            coordinator.url
+        ),
+    )
+    .await;
+    let published = public.to_string();
+    assert!(
+        published.contains("2024Q1")
+            && published.contains("\"providers_reporting\":3")
+            && published.contains("\"complete\":false"),
+        "published as 3 of 4, incomplete: {public}"
     );
 
     // A cheater and a node down: beyond t, the run fails and publishes nothing.

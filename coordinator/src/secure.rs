@@ -68,6 +68,15 @@ struct Expected<'a> {
     request: SecureRequest,
 }
 
+/// What the first valid report fixes for the batch: report shape, granularities, measure names
+/// and public keys.
+struct BatchShape {
+    shape: Shape,
+    granularity: Vec<i64>,
+    measures: Vec<String>,
+    keys: Vec<Vec<String>>,
+}
+
 /// A report checked against the run, with the leader's verification started.
 struct Checked<'a> {
     meta: &'a AnswerMeta,
@@ -132,7 +141,7 @@ impl SecureAggregator {
         };
         let mut excluded = Vec::new();
         let mut checked: Vec<Checked<'_>> = Vec::new();
-        let mut shape: Option<(Shape, Vec<i64>, Vec<String>, Vec<Vec<String>>)> = None;
+        let mut shape: Option<BatchShape> = None;
         for (batch, meta) in answers {
             match self.check(&expected, batch, meta, &mut shape) {
                 Ok(c) => checked.push(c),
@@ -159,7 +168,13 @@ impl SecureAggregator {
                     .join("; ")
             },
         };
-        let Some((shape, granularity, measures, keys)) = shape else {
+        let Some(BatchShape {
+            shape,
+            granularity,
+            measures,
+            keys,
+        }) = shape
+        else {
             return Err(too_few(0, &excluded));
         };
         if (checked.len() as u32) < request.honest() {
@@ -303,13 +318,12 @@ impl SecureAggregator {
     }
 
     /// One answer against the run; the first valid one fixes the report shape and public keys.
-    #[allow(clippy::type_complexity)]
     fn check<'a>(
         &self,
         expected: &Expected<'_>,
         batch: &'a RecordBatch,
         meta: &'a AnswerMeta,
-        shape: &mut Option<(Shape, Vec<i64>, Vec<String>, Vec<Vec<String>>)>,
+        shape: &mut Option<BatchShape>,
     ) -> Result<Checked<'a>, String> {
         let shares = meta
             .secure
@@ -356,7 +370,13 @@ impl SecureAggregator {
                 names.len()
             ));
         }
-        if let Some((s, g, n, k)) = shape.as_ref() {
+        if let Some(BatchShape {
+            shape: s,
+            granularity: g,
+            measures: n,
+            keys: k,
+        }) = shape.as_ref()
+        {
             if s.bits != b.bits || s.length != b.length as usize || *g != b.granularity {
                 return Err(format!(
                     "report shape ({} bits, {} entries, granularity {:?}) differs from the other reports' ({} bits, {} entries, {:?})",
@@ -370,7 +390,7 @@ impl SecureAggregator {
             }
         }
         let candidate = match shape.as_ref() {
-            Some((s, ..)) => s.clone(),
+            Some(fixed) => fixed.shape.clone(),
             None => Shape::new(b.bits, b.length as usize).map_err(|e| e.to_string())?,
         };
         let nonce = parse_nonce(&b.nonce).map_err(|e| e.to_string())?;
@@ -380,7 +400,12 @@ impl SecureAggregator {
             .leader_init(&self.verify_key, &nonce, &public, &leader)
             .map_err(|e| format!("verification failed at the coordinator: {e}"))?;
         if shape.is_none() {
-            *shape = Some((candidate, b.granularity.clone(), names, keys));
+            *shape = Some(BatchShape {
+                shape: candidate,
+                granularity: b.granularity.clone(),
+                measures: names,
+                keys,
+            });
         }
         Ok(Checked {
             meta,

@@ -17,9 +17,20 @@ pub struct HelperConfig {
     pub store: StoreConfig,
     pub limits: Limits,
     /// The federation's nodes and the ed25519 keys their reports are signed with. A report from
-    /// a node not listed here, or not signed by its key, is rejected.
+    /// a node not listed here (or in `roster`), or not signed by its key, is rejected.
     #[serde(default)]
     pub nodes: Vec<RosterEntry>,
+    /// A TOML file of further `[[nodes]]` entries (`stroom certs --helper` writes
+    /// `helper-roster.toml`), read at start-up.
+    #[serde(default)]
+    pub roster: Option<PathBuf>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RosterFile {
+    #[serde(default)]
+    nodes: Vec<RosterEntry>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -100,10 +111,26 @@ impl HelperConfig {
             &mut cfg.hpke_key,
             &mut cfg.verify_key,
             &mut cfg.store.path,
-        ] {
+        ]
+        .into_iter()
+        .chain(cfg.roster.as_mut())
+        {
             if p.is_relative() {
                 *p = base.join(&*p);
             }
+        }
+        if let Some(roster) = &cfg.roster {
+            let text = std::fs::read_to_string(roster).map_err(|e| ConfigError::Invalid {
+                file: file.to_path_buf(),
+                key: "roster",
+                message: format!("{}: {e}", roster.display()),
+            })?;
+            let more: RosterFile = toml::from_str(&text).map_err(|e| ConfigError::Invalid {
+                file: file.to_path_buf(),
+                key: "roster",
+                message: format!("{}: {e}", roster.display()),
+            })?;
+            cfg.nodes.extend(more.nodes);
         }
         cfg.validate(file)?;
         Ok(cfg)

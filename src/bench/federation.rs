@@ -30,6 +30,8 @@ pub struct FederationBenchOptions {
     pub node_delay_ms: u64,
     pub catalog: PathBuf,
     pub out: PathBuf,
+    pub secure: bool,
+    pub max_missing_share: f64,
 }
 
 /// Each node's rho budget per year in the benchmark: ample for the runs it makes.
@@ -76,6 +78,31 @@ pub struct FederationFigures {
     pub coordinator_rss_before_mib: f64,
     pub coordinator_peak_rss_mib: f64,
     pub nodes_up_s: f64,
+    /// Secure aggregation (repeat runs replay the nodes' reports and the helper's stored
+    /// verification); absent for per-node runs.
+    pub secure: Option<SecureFigures>,
+}
+
+/// What secure aggregation costs beyond the fan-out, with a helper whose store is new each time
+/// (every report verified by both aggregators, then collected).
+#[derive(Debug, Serialize)]
+pub struct SecureFigures {
+    /// t of the runs.
+    pub max_missing: u32,
+    /// Bytes of one node's answer (Arrow IPC with the report in its metadata), mean.
+    pub report_bytes: f64,
+    /// Coordinator: check, leader verification, helper round trips, unsharding; medians.
+    pub combination_s: Vec<f64>,
+    pub combination_median_s: f64,
+    /// The helper's CPU (user + system) per combination, and its peak resident memory.
+    pub helper_cpu_per_combination_s: f64,
+    pub helper_peak_rss_mib: f64,
+    /// Coordinator CPU per combination.
+    pub coordinator_cpu_per_combination_s: f64,
+    /// Run with nodes taking `node_delay_s` − that delay + (fresh combination − the replayed
+    /// combination inside the run): the run time beyond its slowest node with every report
+    /// verified anew. Target: 1 s.
+    pub fresh_run_beyond_slowest_node_s: f64,
 }
 
 #[derive(Debug, Serialize)]
@@ -128,7 +155,7 @@ pub async fn run(opts: FederationBenchOptions) -> Result<FederationReport> {
     crate::certs::generate(
         &work.path().join("certs"),
         &manifest.providers,
-        false,
+        opts.secure,
         crate::certs::Existing::Refuse,
     )?;
 
@@ -201,6 +228,39 @@ pub async fn run(opts: FederationBenchOptions) -> Result<FederationReport> {
         ],
         &delayed,
     );
+    let secure: Vec<Vec<String>> = report
+        .runs
+        .iter()
+        .filter_map(|r| r.secure.as_ref().map(|s| (r, s)))
+        .map(|(r, s)| {
+            vec![
+                r.nodes.to_string(),
+                s.max_missing.to_string(),
+                format!("{:.0}", s.report_bytes),
+                format!("{:.4}", s.combination_median_s),
+                format!("{:.4}", s.coordinator_cpu_per_combination_s),
+                format!("{:.4}", s.helper_cpu_per_combination_s),
+                format!("{:.0}", s.helper_peak_rss_mib),
+                format!("{:.4}", s.fresh_run_beyond_slowest_node_s),
+            ]
+        })
+        .collect();
+    if !secure.is_empty() {
+        super::print_table(
+            "Secure aggregation, every report verified anew by a fresh helper, medians",
+            &[
+                "nodes",
+                "t",
+                "bytes/report",
+                "secure combination (s)",
+                "coordinator CPU (s)",
+                "helper CPU (s)",
+                "helper peak RSS (MiB)",
+                "run − slowest node, fresh (s)",
+            ],
+            &secure,
+        );
+    }
     super::print_table(
         "With new connections (every node's mutual-TLS handshake in the run), medians",
         &[
@@ -253,12 +313,17 @@ async fn one(
     }
     eprintln!("{n} nodes: starting them in a child process …");
     let t = Instant::now();
-    let mut child = Command::new(std::env::current_exe()?)
+    let mut command = Command::new(std::env::current_exe()?);
+    command
         .args(["bench", "serve-nodes", "--dir"])
         .arg(&dir)
         .args(["--nodes", &n.to_string(), "--catalog"])
         .arg(catalog_dir)
-        .args(["--indicator", &opts.indicator, "--quarter", &opts.quarter])
+        .args(["--indicator", &opts.indicator, "--quarter", &opts.quarter]);
+    if opts.secure {
+        command.arg("--secure");
+    }
+    let mut child = command
         .env("STROOM_LOG", "warn")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -284,13 +349,30 @@ async fn one(
         .iter()
         .map(|(id, url)| (id.clone(), url.clone(), policies::cdm::UNIT_COLUMN))
         .collect();
+    let ids: Vec<String> = served.nodes.iter().map(|(id, _)| id.clone()).collect();
+    let helper_cfg = if opts.secure {
+        Some(crate::demo::write_helper_config(&dir, &ids)?)
+    } else {
+        None
+    };
+    let helper = match &helper_cfg {
+        Some(cfg) => Some(HelperProcess::start(cfg, &dir.join("helper.sqlite"))?),
+        None => None,
+    };
+    let secure_section = match &helper {
+        Some(h) => crate::demo::coordinator_secure_section(
+            &h.url,
+            &format!("max_missing_share = {}", opts.max_missing_share),
+        ),
+        None => String::new(),
+    };
     let token = crate::demo::random_token();
     let cfg_path = crate::demo::coordinator_config(
         &dir,
         catalog_dir,
         &entries,
         &coordinator::config::token_hash(&token),
-        "",
+        &secure_section,
     )?;
     let cfg = CoordinatorConfig::load(&cfg_path)?;
     let rss_before = rss_mib();
@@ -338,12 +420,36 @@ async fn one(
         .map(|b| policies::wire::decode_answer(&b))
         .collect::<Result<_, _>>()?;
     let t = Instant::now();
-    let combined = coordinator::national::combine(&answers, n).await?;
+    let combined = match runner.secure_request_for(ind).zip(runner.secure.as_ref()) {
+        Some((request, aggregator)) => {
+            aggregator
+                .combine(&ind.id, &ind.content_hash, &opts.quarter, request, &answers)
+                .await?
+                .0
+        }
+        None => coordinator::national::combine(&answers, n).await?,
+    };
     let mut base = std::collections::BTreeMap::new();
     base.insert(opts.indicator.clone(), combined);
     let records = coordinator::publish::records(catalog, ind, &opts.quarter, &base);
     let combination_ms = t.elapsed().as_secs_f64() * 1000.0;
     anyhow::ensure!(!records.is_empty(), "combination published nothing");
+    let secure_fresh = match (&helper_cfg, runner.secure_request_for(ind)) {
+        (Some(helper_cfg), Some(request)) => Some(
+            fresh_secure_combinations(
+                &cfg,
+                helper_cfg,
+                &dir,
+                opts,
+                ind,
+                request,
+                &answers,
+                runner.store.answers(&warm.last_run)?,
+            )
+            .await?,
+        ),
+        _ => None,
+    };
 
     // Nodes that each take a while, as each on its own machine: the run should end soon after
     // the slowest of them, not after waves of them.
@@ -376,6 +482,7 @@ async fn one(
     .await?;
     let peak = peak_rss_mib();
 
+    drop(helper);
     // Closing its stdin tells the node process to stop.
     drop(nodes_control);
     let status = child.wait()?;
@@ -413,6 +520,110 @@ async fn one(
         nodes_up_s,
         repeat_runs_s: warm.runs,
         fanout_only_s: warm.fanouts,
+        secure: secure_fresh.map(|mut f| {
+            // The delayed runs replayed the helper's verification; add what fresh work costs.
+            f.fresh_run_beyond_slowest_node_s =
+                delayed_run_s - delay + (f.combination_median_s - combination_ms / 1000.0);
+            f
+        }),
+    })
+}
+
+/// A `stroom helper` process on a free loopback port; killed when dropped.
+struct HelperProcess {
+    child: std::process::Child,
+    url: String,
+}
+
+impl HelperProcess {
+    fn start(config: &Path, store: &Path) -> Result<HelperProcess> {
+        let mut child = Command::new(std::env::current_exe()?)
+            .args(["helper", "--config"])
+            .arg(config)
+            .env("STROOM_LOG", "warn")
+            .env("STROOM_STORE__PATH", store)
+            .stdout(Stdio::piped())
+            .spawn()
+            .context("starting the helper")?;
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().context("helper stdout")?).read_line(&mut line)?;
+        let url = line
+            .find("https://")
+            .map(|i| line[i..].trim().to_string())
+            .with_context(|| format!("the helper did not report its address: '{line}'"))?;
+        Ok(HelperProcess { child, url })
+    }
+}
+
+impl Drop for HelperProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The secure combination of the stored answers, `opts.repeats` times, each with a new helper
+/// process on a new store (so both aggregators verify every report), with the helper's CPU and
+/// peak memory read from /proc.
+#[allow(clippy::too_many_arguments)]
+async fn fresh_secure_combinations(
+    cfg: &CoordinatorConfig,
+    helper_cfg: &Path,
+    dir: &Path,
+    opts: &FederationBenchOptions,
+    ind: &policies::Indicator,
+    request: policies::wire::SecureRequest,
+    answers: &[(
+        datafusion::arrow::array::RecordBatch,
+        policies::wire::AnswerMeta,
+    )],
+    stored: Vec<coordinator::store::StoredAnswer>,
+) -> Result<SecureFigures> {
+    let bytes: Vec<usize> = stored
+        .iter()
+        .filter_map(|a| a.answer.as_ref().map(Vec::len))
+        .collect();
+    let mut times = Vec::new();
+    let (mut helper_cpu, mut helper_peak, mut coordinator_cpu) = (0.0, 0.0f64, 0.0);
+    for i in 0..opts.repeats {
+        eprint!(
+            "\r  secure combinations with a fresh helper {}/{}",
+            i + 1,
+            opts.repeats
+        );
+        let helper =
+            HelperProcess::start(helper_cfg, &dir.join(format!("helper-fresh-{i}.sqlite")))?;
+        let (cpu_before, _) = super::process_cpu_and_peak(helper.child.id());
+        let mut fresh = cfg.clone();
+        fresh.secure.helper_url = Some(helper.url.clone());
+        let runner = Runner::new(&fresh, policies::Catalog::load(&opts.catalog).await?)?;
+        let aggregator = runner.secure.as_ref().context("secure runner")?;
+        let cpu = cpu_seconds();
+        let t = Instant::now();
+        let (result, excluded) = aggregator
+            .combine(&ind.id, &ind.content_hash, &opts.quarter, request, answers)
+            .await?;
+        times.push(t.elapsed().as_secs_f64());
+        coordinator_cpu += cpu_seconds() - cpu;
+        anyhow::ensure!(
+            excluded.is_empty() && result.providers_reporting == answers.len(),
+            "a fresh secure combination excluded reports: {excluded:?}"
+        );
+        let (cpu_after, peak) = super::process_cpu_and_peak(helper.child.id());
+        helper_cpu += cpu_after - cpu_before;
+        helper_peak = helper_peak.max(peak);
+    }
+    eprintln!();
+    let reps = opts.repeats as f64;
+    Ok(SecureFigures {
+        max_missing: request.max_missing,
+        report_bytes: bytes.iter().sum::<usize>() as f64 / bytes.len().max(1) as f64,
+        combination_median_s: median(times.clone()),
+        combination_s: times,
+        helper_cpu_per_combination_s: helper_cpu / reps,
+        helper_peak_rss_mib: helper_peak,
+        coordinator_cpu_per_combination_s: coordinator_cpu / reps,
+        fresh_run_beyond_slowest_node_s: f64::NAN,
     })
 }
 
@@ -538,6 +749,7 @@ pub struct ServeNodesOptions {
     pub catalog: PathBuf,
     pub indicator: String,
     pub quarter: String,
+    pub secure: bool,
 }
 
 /// The child process: start `nodes` nodes over `dir/data`, time each node's own evaluation, print
@@ -564,7 +776,11 @@ pub async fn serve_nodes(opts: ServeNodesOptions) -> Result<()> {
             &opts.catalog,
             node::config::DEFAULT_TABLES,
             NODE_BUDGET,
-            "",
+            &if opts.secure {
+                crate::demo::node_secure_section(&id)
+            } else {
+                String::new()
+            },
         )
         .await?;
         let delay = delay_ms.clone();

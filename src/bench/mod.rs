@@ -63,6 +63,27 @@ pub fn peak_rss_mib() -> f64 {
     proc_field(&status, "VmHWM:").map_or(f64::NAN, |kib| kib / 1024.0)
 }
 
+/// Another process's CPU time (user + system, /proc/PID/stat) in seconds and peak resident memory
+/// (VmHWM) in MiB: the helper's, measured from the benchmark.
+pub fn process_cpu_and_peak(pid: u32) -> (f64, f64) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // SAFETY: sysconf reads a constant of the running system.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let tick = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let cpu = (tick(11) + tick(12)) / ticks;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let peak = proc_field(&status, "VmHWM:").map_or(f64::NAN, |kib| kib / 1024.0);
+    (cpu, peak)
+}
+
 /// This process's resident memory now (VmRSS) in MiB.
 pub fn rss_mib() -> f64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
