@@ -32,8 +32,13 @@ pub struct DemoOptions {
     pub per_node: bool,
 }
 
-/// t of the demo's secure runs: one of the providers may drop out or cheat.
+/// t of the demo's secure runs: one of the providers may drop out or cheat (none with two
+/// providers, where a node would refuse a run counting on a single honest node).
 pub const DEMO_MAX_MISSING: u32 = 1;
+
+fn demo_max_missing(providers: usize) -> u32 {
+    DEMO_MAX_MISSING.min(providers.saturating_sub(2) as u32)
+}
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Truth {
@@ -246,7 +251,8 @@ pub async fn run(opts: DemoOptions) -> Result<()> {
 
     let helper = if secure {
         eprintln!(
-            "4/5 starting the helper and the coordinator (secure aggregation, t = {DEMO_MAX_MISSING})"
+            "4/5 starting the helper and the coordinator (secure aggregation, t = {})",
+            demo_max_missing(opts.providers)
         );
         Some(start_helper(out, &manifest.providers).await?)
     } else {
@@ -258,7 +264,7 @@ pub async fn run(opts: DemoOptions) -> Result<()> {
         .map(|h| {
             coordinator_secure_section(
                 &format!("https://{}", h.addr),
-                &format!("max_missing = {DEMO_MAX_MISSING}"),
+                &format!("max_missing = {}", demo_max_missing(opts.providers)),
             )
         })
         .unwrap_or_default();
@@ -353,7 +359,8 @@ pub async fn run(opts: DemoOptions) -> Result<()> {
         "\nMode: {}",
         if secure {
             format!(
-                "secure aggregation (coordinator and helper each see only shares; every provider adds 1/(n − t) of the noise, t = {DEMO_MAX_MISSING}); the panel's indicator with per-node noise (one holder)"
+                "secure aggregation (coordinator and helper each see only shares; every provider adds 1/(n − t) of the noise, t = {}); the panel's indicator with per-node noise (one holder)",
+                demo_max_missing(opts.providers)
             )
         } else {
             "per-node noise (each provider adds the full noise; --per-node)".to_string()
