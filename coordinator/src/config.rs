@@ -31,7 +31,7 @@ pub struct CoordinatorConfig {
 /// indicator held by more than one node runs securely; one held by a single node (the panel) runs
 /// per node, as it must. Off is the explicit per-node fallback: a secure run never silently
 /// becomes one.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SecureConfig {
     /// The helper's base URL (`https://…`); unset means per-node noise for every run.
@@ -46,6 +46,26 @@ pub struct SecureConfig {
     /// t as a share of the run's nodes (rounded up); the larger of the two counts.
     #[serde(default)]
     pub max_missing_share: f64,
+    /// Width of a report's entries (public, sent to the nodes; out-of-range reports fail
+    /// verification).
+    #[serde(default = "default_bits")]
+    pub bits: u32,
+}
+
+fn default_bits() -> u32 {
+    policies::wire::DEFAULT_BITS
+}
+
+impl Default for SecureConfig {
+    fn default() -> Self {
+        SecureConfig {
+            helper_url: None,
+            verify_key: None,
+            max_missing: 0,
+            max_missing_share: 0.0,
+            bits: default_bits(),
+        }
+    }
 }
 
 impl SecureConfig {
@@ -333,6 +353,16 @@ impl CoordinatorConfig {
                     "a helper needs the verification key the coordinator shares with it".into(),
                 ));
             }
+        }
+        if !(2..=secagg::vdaf::MAX_BITS).contains(&sec.bits) {
+            return Err(invalid(
+                "secure.bits",
+                format!(
+                    "must be between 2 and {}, found {}",
+                    secagg::vdaf::MAX_BITS,
+                    sec.bits
+                ),
+            ));
         }
         if !(0.0..1.0).contains(&sec.max_missing_share) {
             return Err(invalid(

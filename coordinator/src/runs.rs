@@ -234,6 +234,7 @@ impl Runner {
         (n > 1).then(|| policies::wire::SecureRequest {
             nodes: n as u32,
             max_missing: self.secure_config.max_missing_for(n),
+            bits: self.secure_config.bits,
         })
     }
 
@@ -471,7 +472,7 @@ impl Runner {
                 let secure = self.secure_request_for(base).zip(self.secure.as_ref());
                 let combined = match secure {
                     Some((request, aggregator)) => aggregator
-                        .combine(&base.id, &base.content_hash, &quarter, request, &answers)
+                        .combine(base, *q, request, &answers)
                         .await
                         .map(|(r, excluded)| {
                             for e in excluded {

@@ -12,7 +12,10 @@ use crate::national::{BaseResult, CellSum};
 use datafusion::arrow::array::{AsArray, RecordBatch};
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::DataType;
+use policies::sensitivity::MeasureCost;
 use policies::wire::{AnswerMeta, SecureRequest, SecureShares};
+use policies::{Indicator, Period};
+use secagg::accounting;
 use secagg::api::{AggregateRequest, CollectRequest, HelperReport, ReportOutcome};
 use secagg::vdaf::{LeaderState, Shape, VERIFY_KEY_LEN, parse_nonce, unhex};
 use sha2::{Digest, Sha256};
@@ -123,27 +126,75 @@ impl SecureAggregator {
         hex::encode(h.finalize())
     }
 
-    /// National sums of one base indicator for one quarter from the nodes' secure answers.
-    /// `providers_total` nodes were asked with `request`.
+    /// What every honest report of the batch looks like, from public facts alone: the entry
+    /// width the run asked, the public key set, the measures and each measure's granularity
+    /// (which every node derives from the same public numbers). A report that differs is
+    /// excluded; no report can set the shape for the others.
+    fn expected_shape(
+        base: &Indicator,
+        quarter: &Period,
+        request: &SecureRequest,
+    ) -> Result<BatchShape, SecureError> {
+        let query = base
+            .query()
+            .ok_or_else(|| internal(format!("{} is not a base indicator", base.id)))?;
+        let (_, keys) = policies::catalog::public_keys(query, quarter);
+        let measures = query.measures(1);
+        let mut granularity = Vec::with_capacity(measures.len());
+        for m in &measures {
+            let MeasureCost::Rho(rho) = m.cost else {
+                return Err(internal(format!(
+                    "{}: secure aggregation needs a ρ cost",
+                    base.id
+                )));
+            };
+            let plan = accounting::plan(
+                m.l1(),
+                m.l2(),
+                keys.len() as u64,
+                rho,
+                request.honest() as u64,
+                None,
+            )
+            .map_err(internal)?;
+            granularity.push(plan.granularity);
+        }
+        let shape = Shape::new(request.bits, keys.len() * measures.len()).map_err(internal)?;
+        Ok(BatchShape {
+            shape,
+            granularity,
+            measures: measures.into_iter().map(|m| m.name).collect(),
+            keys,
+        })
+    }
+
+    /// National sums of one base indicator for one quarter from the nodes' secure answers; the
+    /// nodes were asked with `request`.
     pub async fn combine(
         &self,
-        indicator: &str,
-        content_hash: &str,
-        quarter: &str,
+        base: &Indicator,
+        quarter: Period,
         request: SecureRequest,
         answers: &[(RecordBatch, AnswerMeta)],
     ) -> Result<(BaseResult, Vec<Excluded>), SecureError> {
+        let quarter_text = quarter.to_string();
+        let (indicator, content_hash, quarter) = (
+            base.id.as_str(),
+            base.content_hash.as_str(),
+            quarter_text.as_str(),
+        );
         let expected = Expected {
             indicator,
             content_hash,
             quarter,
             request,
         };
+        let batch_shape =
+            Self::expected_shape(base, &quarter_text.parse().map_err(internal)?, &request)?;
         let mut excluded = Vec::new();
         let mut checked: Vec<Checked<'_>> = Vec::new();
-        let mut shape: Option<BatchShape> = None;
         for (batch, meta) in answers {
-            match self.check(&expected, batch, meta, &mut shape) {
+            match self.check(&expected, batch, meta, &batch_shape) {
                 Ok(c) => checked.push(c),
                 Err(reason) => excluded.push(Excluded {
                     node: meta.node_id.clone(),
@@ -168,15 +219,12 @@ impl SecureAggregator {
                     .join("; ")
             },
         };
-        let Some(BatchShape {
+        let BatchShape {
             shape,
             granularity,
             measures,
             keys,
-        }) = shape
-        else {
-            return Err(too_few(0, &excluded));
-        };
+        } = &batch_shape;
         if (checked.len() as u32) < request.honest() {
             return Err(too_few(checked.len(), &excluded));
         }
@@ -317,13 +365,13 @@ impl SecureAggregator {
         ))
     }
 
-    /// One answer against the run; the first valid one fixes the report shape and public keys.
+    /// One answer against the run and the batch's expected shape.
     fn check<'a>(
         &self,
         expected: &Expected<'_>,
         batch: &'a RecordBatch,
         meta: &'a AnswerMeta,
-        shape: &mut Option<BatchShape>,
+        shape: &BatchShape,
     ) -> Result<Checked<'a>, String> {
         let shares = meta
             .secure
@@ -362,51 +410,30 @@ impl SecureAggregator {
         }
         let keys = keys_of(batch, &meta.group_columns)?;
         let names: Vec<String> = meta.measures.iter().map(|m| m.column.clone()).collect();
-        if b.length as usize != keys.len() * names.len() {
+        if shape.shape.bits != b.bits
+            || shape.shape.length != b.length as usize
+            || shape.granularity != b.granularity
+        {
             return Err(format!(
-                "report has {} entries for {} cells × {} measures",
+                "report shape ({} bits, {} entries, granularity {:?}) is not the run's ({} bits, {} entries, granularity {:?})",
+                b.bits,
                 b.length,
-                keys.len(),
-                names.len()
+                b.granularity,
+                shape.shape.bits,
+                shape.shape.length,
+                shape.granularity
             ));
         }
-        if let Some(BatchShape {
-            shape: s,
-            granularity: g,
-            measures: n,
-            keys: k,
-        }) = shape.as_ref()
-        {
-            if s.bits != b.bits || s.length != b.length as usize || *g != b.granularity {
-                return Err(format!(
-                    "report shape ({} bits, {} entries, granularity {:?}) differs from the other reports' ({} bits, {} entries, {:?})",
-                    b.bits, b.length, b.granularity, s.bits, s.length, g
-                ));
-            }
-            if *n != names || *k != keys {
-                return Err(
-                    "report's measures or public keys differ from the other reports'".into(),
-                );
-            }
+        if shape.measures != names || shape.keys != keys {
+            return Err("report's measures or public keys are not the indicator's".into());
         }
-        let candidate = match shape.as_ref() {
-            Some(fixed) => fixed.shape.clone(),
-            None => Shape::new(b.bits, b.length as usize).map_err(|e| e.to_string())?,
-        };
         let nonce = parse_nonce(&b.nonce).map_err(|e| e.to_string())?;
         let public = unhex("public share", &shares.public_share).map_err(|e| e.to_string())?;
         let leader = unhex("leader share", &shares.leader_share).map_err(|e| e.to_string())?;
-        let (state, verifier_share) = candidate
+        let (state, verifier_share) = shape
+            .shape
             .leader_init(&self.verify_key, &nonce, &public, &leader)
             .map_err(|e| format!("verification failed at the coordinator: {e}"))?;
-        if shape.is_none() {
-            *shape = Some(BatchShape {
-                shape: candidate,
-                granularity: b.granularity.clone(),
-                measures: names,
-                keys,
-            });
-        }
         Ok(Checked {
             meta,
             shares,

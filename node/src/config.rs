@@ -51,17 +51,10 @@ pub struct SecureConfig {
     /// the node adds more than its share.
     #[serde(default)]
     pub max_local_rho: Option<f64>,
-    /// Width of an encoded entry (public; out-of-range reports fail verification).
-    #[serde(default = "default_bits")]
-    pub bits: u32,
 }
 
 fn default_min_honest() -> u32 {
     2
-}
-
-fn default_bits() -> u32 {
-    32
 }
 
 impl Default for SecureConfig {
@@ -71,7 +64,6 @@ impl Default for SecureConfig {
             signing_key: None,
             min_honest: default_min_honest(),
             max_local_rho: None,
-            bits: default_bits(),
         }
     }
 }
@@ -430,16 +422,6 @@ impl NodeConfig {
         let sec = &self.secure;
         if sec.min_honest == 0 {
             return Err(invalid("secure.min_honest", "must be at least 1".into()));
-        }
-        if !(2..=secagg::vdaf::MAX_BITS).contains(&sec.bits) {
-            return Err(invalid(
-                "secure.bits",
-                format!(
-                    "must be between 2 and {}, found {}",
-                    secagg::vdaf::MAX_BITS,
-                    sec.bits
-                ),
-            ));
         }
         if let Some(r) = sec.max_local_rho
             && !(r.is_finite() && r > 0.0)

@@ -77,37 +77,7 @@ fn clamp(e: Expr, lo: i64, hi: i64) -> Expr {
         .unwrap_or_else(|_| lit(lo))
 }
 
-/// The public domains of the answer's group columns, bins last for histograms.
-pub fn public_domains(query: &Query, period: &Period) -> (Vec<String>, Vec<Vec<String>>) {
-    let mut names: Vec<String> = query.group_by.iter().map(|k| k.column.clone()).collect();
-    let mut domains: Vec<Vec<String>> = query
-        .group_by
-        .iter()
-        .map(|k| domain_values(&k.domain, period))
-        .collect();
-    let bins = query.bins();
-    if !bins.is_empty() {
-        names.push(policies::indicator::BIN_COLUMN.to_string());
-        domains.push(bins);
-    }
-    (names, domains)
-}
-
-pub fn cartesian(domains: &[Vec<String>]) -> Vec<Vec<String>> {
-    let mut out: Vec<Vec<String>> = vec![vec![]];
-    for d in domains {
-        let mut next = Vec::with_capacity(out.len() * d.len());
-        for prefix in &out {
-            for v in d {
-                let mut k = prefix.clone();
-                k.push(v.clone());
-                next.push(k);
-            }
-        }
-        out = next;
-    }
-    out
-}
+pub use policies::catalog::{cartesian, public_domains};
 
 /// The DataFrame of bounded (or exact) values per cell (`__cell`, the position in the public key
 /// set), before collection. Cells no unit touched are absent; [`cells`] fills them with zeros.

@@ -80,7 +80,8 @@ pub fn release_key(
     secure: Option<&SecureRequest>,
 ) -> String {
     let mut h = Sha256::new();
-    let secure_part = secure.map(|s| format!("secure n={} t={}", s.nodes, s.max_missing));
+    let secure_part =
+        secure.map(|s| format!("secure n={} t={} bits={}", s.nodes, s.max_missing, s.bits));
     for part in [
         ind.id.as_str(),
         ind.content_hash.as_str(),

@@ -57,9 +57,13 @@ pub enum SecureError {
     )]
     NotConfigured,
     #[error(
-        "a secure run of n = {nodes} nodes with t = {max_missing} missing leaves no honest node"
+        "a secure run of n = {nodes} nodes with t = {max_missing} missing and {bits}-bit entries is not possible: it needs t < n and 2 to 64 bits"
     )]
-    BadRun { nodes: u32, max_missing: u32 },
+    BadRun {
+        nodes: u32,
+        max_missing: u32,
+        bits: u32,
+    },
     #[error(
         "a secure run of n = {nodes} with t = {max_missing} counts on {honest} honest node(s); this node requires at least {floor} (secure.min_honest)"
     )]
@@ -143,9 +147,17 @@ pub fn prepare(
     if !configured {
         return Err(SecureError::NotConfigured);
     }
-    let SecureRequest { nodes, max_missing } = *request;
-    if nodes == 0 || max_missing >= nodes {
-        return Err(SecureError::BadRun { nodes, max_missing });
+    let SecureRequest {
+        nodes,
+        max_missing,
+        bits,
+    } = *request;
+    if nodes == 0 || max_missing >= nodes || !(2..=secagg::vdaf::MAX_BITS).contains(&bits) {
+        return Err(SecureError::BadRun {
+            nodes,
+            max_missing,
+            bits,
+        });
     }
     let honest = request.honest();
     if honest < cfg.min_honest {
@@ -172,20 +184,20 @@ pub fn prepare(
             .max()
             .unwrap_or(0);
         let reach = largest as f64 * plan.granularity as f64 + HEADROOM_SIGMAS * plan.sigma;
-        if reach >= 2f64.powi(cfg.bits as i32 - 1) {
+        if reach >= 2f64.powi(bits as i32 - 1) {
             return Err(SecureError::TooWide {
                 measure: m.name.clone(),
                 largest: largest.min(i64::MAX as u64) as i64,
                 sigma: plan.sigma,
                 granularity: plan.granularity,
-                bits: cfg.bits,
+                bits,
             });
         }
         plans.push((m.clone(), plan));
     }
     Ok(Prepared {
         request: *request,
-        bits: cfg.bits,
+        bits,
         plans,
     })
 }
@@ -300,6 +312,7 @@ mod tests {
         let req = SecureRequest {
             nodes: 11,
             max_missing: 1,
+            bits: 32,
         };
         let p = prepare("x", &cfg(), true, &req, std::slice::from_ref(&m), &c).expect("plan");
         let plan = p.plans[0].1;
@@ -340,6 +353,7 @@ mod tests {
         let req = SecureRequest {
             nodes: 1,
             max_missing: 0,
+            bits: 32,
         };
         let single = SecureConfig {
             min_honest: 1,
@@ -364,7 +378,11 @@ mod tests {
     fn requests_the_node_cannot_serve_safely_are_refused_before_any_spend() {
         let m = count_measure(0.01);
         let c = cells(vec![3, 4, 5, 6]);
-        let req = |nodes, max_missing| SecureRequest { nodes, max_missing };
+        let req = |nodes, max_missing| SecureRequest {
+            nodes,
+            max_missing,
+            bits: 32,
+        };
         let ms = std::slice::from_ref(&m);
         assert!(matches!(
             prepare("x", &cfg(), false, &req(11, 1), ms, &c),
@@ -390,17 +408,21 @@ mod tests {
             prepare("x", &cfg(), true, &req(11, 1), &[laplace], &c),
             Err(SecureError::PureDp(_))
         ));
-        let narrow = SecureConfig { bits: 8, ..cfg() };
+        let narrow = SecureRequest {
+            bits: 8,
+            ..req(11, 1)
+        };
         assert!(matches!(
-            prepare(
-                "x",
-                &narrow,
-                true,
-                &req(11, 1),
-                ms,
-                &cells(vec![100, 0, 0, 0])
-            ),
+            prepare("x", &cfg(), true, &narrow, ms, &cells(vec![100, 0, 0, 0])),
             Err(SecureError::TooWide { bits: 8, .. })
+        ));
+        let too_wide = SecureRequest {
+            bits: 65,
+            ..req(11, 1)
+        };
+        assert!(matches!(
+            prepare("x", &cfg(), true, &too_wide, ms, &c),
+            Err(SecureError::BadRun { bits: 65, .. })
         ));
         assert!(prepare("x", &cfg(), true, &req(11, 1), ms, &c).is_ok());
     }
@@ -412,6 +434,7 @@ mod tests {
         let req = SecureRequest {
             nodes: 11,
             max_missing: 1,
+            bits: 32,
         };
         let capped = SecureConfig {
             max_local_rho: Some(0.02),

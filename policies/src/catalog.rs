@@ -208,3 +208,42 @@ pub fn domain_values(domain: &Domain, period: &Period) -> Vec<String> {
         Domain::Values { values } => values.clone(),
     }
 }
+
+/// The public domains of the answer's group columns, bins last for histograms.
+pub fn public_domains(query: &crate::Query, period: &Period) -> (Vec<String>, Vec<Vec<String>>) {
+    let mut names: Vec<String> = query.group_by.iter().map(|k| k.column.clone()).collect();
+    let mut domains: Vec<Vec<String>> = query
+        .group_by
+        .iter()
+        .map(|k| domain_values(&k.domain, period))
+        .collect();
+    let bins = query.bins();
+    if !bins.is_empty() {
+        names.push(crate::indicator::BIN_COLUMN.to_string());
+        domains.push(bins);
+    }
+    (names, domains)
+}
+
+pub fn cartesian(domains: &[Vec<String>]) -> Vec<Vec<String>> {
+    let mut out: Vec<Vec<String>> = vec![vec![]];
+    for d in domains {
+        let mut next = Vec::with_capacity(out.len() * d.len());
+        for prefix in &out {
+            for v in d {
+                let mut k = prefix.clone();
+                k.push(v.clone());
+                next.push(k);
+            }
+        }
+        out = next;
+    }
+    out
+}
+
+/// The public key set of an answer for `period`: every combination of the group columns' public
+/// values (bins last), in the canonical order nodes answer in.
+pub fn public_keys(query: &crate::Query, period: &Period) -> (Vec<String>, Vec<Vec<String>>) {
+    let (names, domains) = public_domains(query, period);
+    (names, cartesian(&domains))
+}

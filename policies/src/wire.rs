@@ -37,6 +37,16 @@ pub struct EvaluateRequest {
 pub struct SecureRequest {
     pub nodes: u32,
     pub max_missing: u32,
+    /// Width of an encoded entry (public; out-of-range reports fail verification).
+    #[serde(default = "default_bits")]
+    pub bits: u32,
+}
+
+/// The default entry width of a secure report.
+pub const DEFAULT_BITS: u32 = 32;
+
+fn default_bits() -> u32 {
+    DEFAULT_BITS
 }
 
 impl SecureRequest {

@@ -421,12 +421,7 @@ async fn one(
         .collect::<Result<_, _>>()?;
     let t = Instant::now();
     let combined = match runner.secure_request_for(ind).zip(runner.secure.as_ref()) {
-        Some((request, aggregator)) => {
-            aggregator
-                .combine(&ind.id, &ind.content_hash, &opts.quarter, request, &answers)
-                .await?
-                .0
-        }
+        Some((request, aggregator)) => aggregator.combine(ind, quarter, request, &answers).await?.0,
         None => coordinator::national::combine(&answers, n).await?,
     };
     let mut base = std::collections::BTreeMap::new();
@@ -600,9 +595,8 @@ async fn fresh_secure_combinations(
         let aggregator = runner.secure.as_ref().context("secure runner")?;
         let cpu = cpu_seconds();
         let t = Instant::now();
-        let (result, excluded) = aggregator
-            .combine(&ind.id, &ind.content_hash, &opts.quarter, request, answers)
-            .await?;
+        let quarter: policies::Period = opts.quarter.parse()?;
+        let (result, excluded) = aggregator.combine(ind, quarter, request, answers).await?;
         times.push(t.elapsed().as_secs_f64());
         coordinator_cpu += cpu_seconds() - cpu;
         anyhow::ensure!(
