@@ -5,7 +5,7 @@ pub const DOCUMENT: &str = r##"{
   "info": {
     "title": "Stroom coordinator",
     "version": "0.1.0",
-    "description": "Runs approved StroomOP indicators over the federation's nodes and publishes national indicators with 95% intervals (differential-privacy noise only)."
+    "description": "Runs approved StroomOP indicators over the federation's nodes and publishes national indicators with 95% intervals (differential-privacy noise only). With a helper configured, indicators held by more than one node run by secure aggregation: the coordinator and the helper each see only secret shares of the nodes' vectors, every node adds its share of the noise, and a run with more than t nodes missing or rejected fails and publishes nothing; results have the same shape either way."
   },
   "components": {
     "securitySchemes": {

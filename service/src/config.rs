@@ -43,10 +43,13 @@ pub fn load<T: DeserializeOwned>(
         .source(Some(config_env(keys)))
         .prefix_separator("_")
         .separator("__")
-        .try_parsing(true)
-        .list_separator(",");
-    for k in list_keys {
-        env = env.with_list_parse_key(k);
+        .try_parsing(true);
+    // With a separator and no list keys, the config crate splits every value into a list.
+    if !list_keys.is_empty() {
+        env = env.list_separator(",");
+        for k in list_keys {
+            env = env.with_list_parse_key(k);
+        }
     }
     config::Config::builder()
         .add_source(config::File::from_str(defaults, config::FileFormat::Toml))
@@ -55,4 +58,37 @@ pub fn load<T: DeserializeOwned>(
         .build()
         .and_then(|c| c.try_deserialize())
         .map_err(|e| err(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, serde::Deserialize)]
+    struct Cfg {
+        store: Store,
+        tables: Vec<String>,
+    }
+
+    #[derive(Debug, serde::Deserialize)]
+    struct Store {
+        path: String,
+    }
+
+    #[test]
+    fn environment_values_are_lists_only_for_list_keys() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("c.toml");
+        std::fs::write(&file, "tables = [\"a\"]\n[store]\npath = \"x\"\n").expect("write");
+        // SAFETY (edition 2024): the test sets variables no other test of this crate reads.
+        unsafe {
+            std::env::set_var("STROOM_STORE__PATH", "/var/lib/a,b.sqlite");
+            std::env::set_var("STROOM_TABLES", "youth,stay");
+        }
+        let c: Cfg = load(&file, "", &["store", "tables"], &["tables"]).expect("load");
+        assert_eq!(c.store.path, "/var/lib/a,b.sqlite");
+        assert_eq!(c.tables, vec!["youth", "stay"]);
+        let none: Result<Cfg, _> = load(&dir.path().join("missing.toml"), "", &[], &[]);
+        assert!(none.is_err_and(|e| e.message.contains("no such file")));
+    }
 }
