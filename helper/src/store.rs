@@ -66,6 +66,24 @@ pub struct Store {
     path: PathBuf,
 }
 
+/// A batch's collection: node set, count, aggregate share.
+type Collection = (String, usize, String);
+
+const COLLECTION: &str =
+    "SELECT node_set, count, aggregate_share FROM collections WHERE batch = ?1";
+
+fn collection_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Collection> {
+    Ok((r.get(0)?, r.get::<_, i64>(1)? as usize, r.get(2)?))
+}
+
+/// Maps a SQLite error to the store's error, naming the file.
+fn sql_err(path: &Path) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
+    move |source| StoreError::Sql {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
 impl Store {
     pub fn open(path: &Path) -> Result<Store, StoreError> {
         let err = |source| StoreError::Sql {
@@ -160,13 +178,9 @@ impl Store {
     }
 
     /// The set of nodes a batch was collected over, with the count and aggregate share.
-    pub fn collection(&self, batch: &str) -> Result<Option<(String, usize, String)>, StoreError> {
+    pub fn collection(&self, batch: &str) -> Result<Option<Collection>, StoreError> {
         self.conn
-            .query_row(
-                "SELECT node_set, count, aggregate_share FROM collections WHERE batch = ?1",
-                params![batch],
-                |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as usize, r.get(2)?)),
-            )
+            .query_row(COLLECTION, params![batch], collection_row)
             .optional()
             .map_err(|e| self.err(e))
     }
@@ -181,27 +195,23 @@ impl Store {
         output_share: &[u8],
         verifier_message: &str,
     ) -> Result<(), StoreError> {
-        let path = self.path.clone();
-        let err = |source| StoreError::Sql {
-            path: path.clone(),
-            source,
-        };
+        let err = sql_err(&self.path);
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(err)?;
+            .map_err(&err)?;
         tx.execute(
             "INSERT OR IGNORE INTO batches (batch, params) VALUES (?1, ?2)",
             params![batch, params_json],
         )
-        .map_err(err)?;
+        .map_err(&err)?;
         tx.execute(
             "INSERT INTO reports (nonce, batch, node_id, output_share, verifier_message)
              VALUES (?1, ?2, ?3, ?4, ?5)",
             params![nonce, batch, node_id, output_share, verifier_message],
         )
-        .map_err(err)?;
-        tx.commit().map_err(err)
+        .map_err(&err)?;
+        tx.commit().map_err(&err)
     }
 
     /// The stored output shares of these nodes' reports in the batch (None for a node without).
@@ -235,30 +245,22 @@ impl Store {
         node_set: &str,
         count: usize,
         aggregate_share: &str,
-    ) -> Result<(String, usize, String), StoreError> {
-        let path = self.path.clone();
-        let err = |source| StoreError::Sql {
-            path: path.clone(),
-            source,
-        };
+    ) -> Result<Collection, StoreError> {
+        let err = sql_err(&self.path);
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(err)?;
+            .map_err(&err)?;
         tx.execute(
             "INSERT OR IGNORE INTO collections (batch, node_set, count, aggregate_share)
              VALUES (?1, ?2, ?3, ?4)",
             params![batch, node_set, count as i64, aggregate_share],
         )
-        .map_err(err)?;
+        .map_err(&err)?;
         let stored = tx
-            .query_row(
-                "SELECT node_set, count, aggregate_share FROM collections WHERE batch = ?1",
-                params![batch],
-                |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as usize, r.get(2)?)),
-            )
-            .map_err(err)?;
-        tx.commit().map_err(err)?;
+            .query_row(COLLECTION, params![batch], collection_row)
+            .map_err(&err)?;
+        tx.commit().map_err(&err)?;
         Ok(stored)
     }
 }
