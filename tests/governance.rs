@@ -381,6 +381,29 @@ async fn propose_dry_run_approve_verify_run_publish_and_every_refusal() {
         "{body}"
     );
     assert!(body["problems"].to_string().contains("aggregate"), "{body}");
+    // SQL whose rows are not each one youth's is refused at the coordinator, before any review.
+    let unstable = proposal_toml("research.unstable", "weglopen", 0.05).replace(
+        "SELECT i.youth_pid, q.quarter",
+        "SELECT CAST(i.incident_id AS VARCHAR) AS youth_pid, q.quarter",
+    );
+    let (status, body) = post(
+        &c,
+        format!("{url}/v1/proposals"),
+        RESEARCHER_TOKEN,
+        serde_json::json!({ "toml": unstable, "purpose": "Every incident its own youth." }),
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (422, Some("invalid_indicator")),
+        "{body}"
+    );
+    assert!(
+        body["problems"]
+            .to_string()
+            .contains("is not the privacy unit carried unchanged"),
+        "{body}"
+    );
     let (status, body) = post(
         &c,
         format!("{url}/v1/proposals"),

@@ -186,3 +186,44 @@ fn config_errors_name_the_file_and_key_and_env_overrides_apply() {
         "{out}"
     );
 }
+
+/// A node enforces the stability check itself: an indicator in its own catalog whose SQL labels
+/// rows with something other than the youth's id stops it, whoever approved the indicator.
+#[test]
+fn an_indicator_whose_rows_are_not_one_youths_stops_the_node() {
+    let dir = federation_fixture(1);
+    let catalog = dir.path().join("catalog");
+    std::fs::create_dir_all(&catalog).unwrap();
+    for entry in std::fs::read_dir(catalog_dir()).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, catalog.join(path.file_name().unwrap())).unwrap();
+    }
+    let unstable = std::fs::read_to_string(catalog_dir().join("measures.count.toml"))
+        .unwrap()
+        .replace(
+            "id = \"measures.count\"",
+            "id = \"measures.count_per_measure\"",
+        )
+        .replace(
+            "SELECT m.youth_pid, q.quarter",
+            "SELECT CAST(m.measure_id AS VARCHAR) AS youth_pid, q.quarter",
+        );
+    assert!(
+        unstable.contains("measure_id AS VARCHAR"),
+        "fixture edit applies"
+    );
+    std::fs::write(catalog.join("measures.count_per_measure.toml"), unstable).unwrap();
+    let cfg = node_config(dir.path(), "P01", 5.0, "");
+    let text = std::fs::read_to_string(&cfg).unwrap().replace(
+        &catalog_dir().display().to_string(),
+        &catalog.display().to_string(),
+    );
+    std::fs::write(&cfg, text).unwrap();
+    let (ok, out) = check(&cfg);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("measures.count_per_measure")
+            && out.contains("is not the privacy unit carried unchanged"),
+        "{out}"
+    );
+}

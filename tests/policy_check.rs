@@ -80,6 +80,14 @@ fn every_problem_is_reported_with_file_and_field() {
             "bad.table.toml",
             variant("bad.table", "FROM youth", "FROM secrets"),
         ),
+        (
+            "bad.stability.toml",
+            variant(
+                "bad.stability",
+                "FROM youth",
+                "FROM youth WHERE EXISTS (SELECT 1 FROM incident WHERE type = 'suicidepoging')",
+            ),
+        ),
     ];
     let (ok, out) = check_dir(&files);
     assert!(!ok, "{out}");
@@ -100,6 +108,11 @@ fn every_problem_is_reported_with_file_and_field() {
         ("bad.cost.toml", "cost.rho", "must be positive"),
         ("bad.domain.toml", "group_by.quarter", "not a coded column"),
         ("bad.table.toml", "sql", "secrets"),
+        (
+            "bad.stability.toml",
+            "sql",
+            "does not keep each unit's rows apart: EXISTS subquery over data-model rows is not correlated on the unit",
+        ),
     ];
     for (file, field, message) in expect {
         let line = out
@@ -110,7 +123,7 @@ fn every_problem_is_reported_with_file_and_field() {
         assert!(line.contains(message), "{line}");
     }
     assert!(!out.lines().any(|l| l.contains("ok.one.toml")), "{out}");
-    assert!(out.contains("8 problem(s)"), "{out}");
+    assert!(out.contains("9 problem(s)"), "{out}");
 }
 
 #[test]

@@ -111,7 +111,11 @@ impl SecureAggregator {
     /// The batch a set of reports forms: the run's public parameters and each report's identity.
     /// The same reports make the same batch (a resumed or repeated run collects it again and gets
     /// the same sums); reports the helper saw in another batch are refused there.
+    /// Reports are taken in node order, so answers arriving (or read back) in another order
+    /// make the same batch.
     pub fn batch_id(expected_parts: &[&str], reports: &[(&str, &str)]) -> String {
+        let mut reports = reports.to_vec();
+        reports.sort_unstable();
         let mut h = Sha256::new();
         for p in expected_parts.iter().chain(
             reports
@@ -202,6 +206,8 @@ impl SecureAggregator {
                 }),
             }
         }
+        // One order for everything the helper sees, whatever order the answers came in.
+        checked.sort_by(|a, b| a.meta.node_id.cmp(&b.meta.node_id));
         let too_few = |verified: usize, excluded: &[Excluded]| SecureError::TooFew {
             indicator: indicator.to_string(),
             quarter: quarter.to_string(),
@@ -440,5 +446,30 @@ impl SecureAggregator {
             state,
             verifier_share,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SecureAggregator;
+
+    #[test]
+    fn a_batch_does_not_depend_on_the_order_its_reports_arrive_in() {
+        let parts = ["measures.youths_by_type", "hash", "2024Q1", "3", "0"];
+        let in_order = [("P01", "n1"), ("P10", "n2"), ("P100", "n3")];
+        let arrived = [("P100", "n3"), ("P01", "n1"), ("P10", "n2")];
+        assert_eq!(
+            SecureAggregator::batch_id(&parts, &in_order),
+            SecureAggregator::batch_id(&parts, &arrived)
+        );
+        // Another set of reports, or another nonce, is another batch.
+        assert_ne!(
+            SecureAggregator::batch_id(&parts, &in_order),
+            SecureAggregator::batch_id(&parts, &in_order[..2])
+        );
+        assert_ne!(
+            SecureAggregator::batch_id(&parts, &in_order),
+            SecureAggregator::batch_id(&parts, &[("P01", "n1"), ("P10", "n2"), ("P100", "n4")])
+        );
     }
 }

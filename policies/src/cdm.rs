@@ -79,6 +79,15 @@ impl TableDef {
     pub fn has_unit(&self) -> bool {
         self.column(UNIT_COLUMN).is_some()
     }
+
+    /// The privacy-unit column whose rows this table holds (a youth's or a panel respondent's),
+    /// or `None` for a reference table that describes no person (such as `unit`).
+    pub fn unit_column(&self) -> Option<&'static str> {
+        crate::indicator::PRIVACY_UNITS
+            .iter()
+            .copied()
+            .find(|u| self.column(u).is_some())
+    }
 }
 
 pub const SEX: &[&str] = &["M", "V", "X"];

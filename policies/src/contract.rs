@@ -41,6 +41,8 @@ pub enum ContractError {
     ExtraColumn(String),
     #[error("SQL yields column '{column}' more than once")]
     Duplicate { column: String },
+    #[error("SQL does not keep each unit's rows apart: {0}")]
+    Unstable(#[from] crate::stability::StabilityError),
     #[error("column '{column}' ({role}) must be {expected}, found {found}")]
     WrongType {
         column: String,
@@ -143,7 +145,8 @@ pub fn read_only() -> SQLOptions {
         .with_allow_statements(false)
 }
 
-/// Plan an indicator's SQL in `ctx` and check its output. Nothing is executed.
+/// Plan an indicator's SQL in `ctx`, check its output columns and prove from the plan that every
+/// output row is one unit's (see [`crate::stability`]). Nothing is executed.
 pub async fn plan(ctx: &SessionContext, query: &Query) -> Result<DataFrame, ContractError> {
     check_sql_shape(&query.sql)?;
     let df = ctx
@@ -151,6 +154,7 @@ pub async fn plan(ctx: &SessionContext, query: &Query) -> Result<DataFrame, Cont
         .await
         .map_err(|e| ContractError::Plan(e.strip_backtrace()))?;
     check_output(df.schema(), query)?;
+    crate::stability::check(df.logical_plan(), &query.privacy_unit)?;
     Ok(df)
 }
 

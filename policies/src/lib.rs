@@ -11,6 +11,7 @@ pub mod ops;
 pub mod period;
 pub mod problem;
 pub mod sensitivity;
+pub mod stability;
 pub mod wire;
 
 pub use catalog::{Catalog, CatalogError};

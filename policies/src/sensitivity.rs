@@ -136,7 +136,67 @@ pub fn magnitude(lower: i64, upper: i64) -> i64 {
     lower.unsigned_abs().max(upper.unsigned_abs()) as i64
 }
 
-/// ε of ρ-zCDP at a given δ: ε = ρ + 2·√(ρ·ln(1/δ)) (Bun & Steinke 2016, Prop. 1.3).
+/// ε of ρ-zCDP at a given δ, by OpenDP's conversion (its privacy profile of ρ-zCDP, the tight
+/// bound of Canonne, Kamath & Steinke 2020, inverted at δ). Where OpenDP cannot give a figure
+/// (δ outside (0, 1), ρ not finite), the looser [`zcdp_to_epsilon_bound`], never an understatement.
 pub fn zcdp_to_epsilon(rho: f64, delta: f64) -> f64 {
+    use opendp::combinators::ConcentratedMeasure;
+    use opendp::measures::ZeroConcentratedDivergence;
+    match ZeroConcentratedDivergence::convert(rho).and_then(|profile| profile.epsilon(delta)) {
+        Ok(epsilon) if epsilon.is_finite() => epsilon,
+        Ok(_) | Err(_) => zcdp_to_epsilon_bound(rho, delta),
+    }
+}
+
+/// ε = ρ + 2·√(ρ·ln(1/δ)) (Bun & Steinke 2016, Prop. 1.3): a simple upper bound on the above.
+pub fn zcdp_to_epsilon_bound(rho: f64, delta: f64) -> f64 {
     rho + 2.0 * (rho * (1.0 / delta).ln()).sqrt()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opendp::combinators::make_zCDP_to_approxDP;
+    use opendp::domains::{AtomDomain, VectorDomain};
+    use opendp::measurements::make_gaussian;
+    use opendp::measures::ZeroConcentratedDivergence;
+    use opendp::metrics::L2Distance;
+
+    /// ε at δ from a real OpenDP measurement: a discrete Gaussian of σ = 1 over an L2
+    /// sensitivity of √(2ρ), which is ρ-zCDP, converted by OpenDP's combinator.
+    fn opendp_epsilon(rho: f64, delta: f64) -> f64 {
+        let gaussian = make_gaussian::<_, _, ZeroConcentratedDivergence>(
+            VectorDomain::new(AtomDomain::<i64>::default()),
+            L2Distance::<f64>::default(),
+            1.0,
+            None,
+        )
+        .expect("gaussian");
+        let approx = make_zCDP_to_approxDP(gaussian).expect("conversion");
+        let profile = approx.map(&(2.0 * rho).sqrt()).expect("map");
+        profile.epsilon(delta).expect("epsilon")
+    }
+
+    #[test]
+    fn epsilon_is_opendps_and_tighter_than_the_simple_bound() {
+        for rho in [0.01, 0.05, 0.1, 0.5, 1.0, 2.0] {
+            for delta in [1e-5, 1e-6, 1e-9] {
+                let ours = zcdp_to_epsilon(rho, delta);
+                let theirs = opendp_epsilon(rho, delta);
+                // The measurement's ρ is √(2ρ)²/2, which float rounding can move by an ulp.
+                assert!(
+                    (ours - theirs).abs() <= 1e-9 * theirs.max(1.0),
+                    "ρ={rho} δ={delta}: {ours} vs OpenDP {theirs}"
+                );
+                let bound = zcdp_to_epsilon_bound(rho, delta);
+                assert!(ours < bound, "ρ={rho} δ={delta}: {ours} ≥ {bound}");
+            }
+        }
+    }
+
+    #[test]
+    fn impossible_deltas_fall_back_to_the_upper_bound() {
+        // δ = 0: no finite ε exists; the bound says so (infinity) rather than a number.
+        assert_eq!(zcdp_to_epsilon(0.5, 0.0), f64::INFINITY);
+    }
 }

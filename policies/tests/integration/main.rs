@@ -1,0 +1,3 @@
+//! The `policies` crate's integration tests, one binary.
+
+mod stability_differential;
