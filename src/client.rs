@@ -223,7 +223,7 @@ pub fn print_results(run: &serde_json::Value, format: &str) -> Result<()> {
     Ok(())
 }
 
-/// `stroom budget`: remaining budget per node, as each node reports it.
+/// `stroom budget`: remaining budget per node and data period, as each node reports it.
 pub async fn budget(c: &Connection) -> Result<std::process::ExitCode> {
     let body = Client::new(c)?.budget().await?;
     println!(
@@ -243,15 +243,26 @@ pub async fn budget(c: &Connection) -> Result<std::process::ExitCode> {
             );
             continue;
         }
-        println!(
-            "{:<8} {:<8} {:>10.4} {:>10.4} {:>10.4} {:>9}",
-            n["node"].as_str().unwrap_or(""),
-            b["budget_period"].as_str().unwrap_or(""),
-            b["rho_budget"].as_f64().unwrap_or(f64::NAN),
-            b["rho_spent"].as_f64().unwrap_or(f64::NAN),
-            b["rho_remaining"].as_f64().unwrap_or(f64::NAN),
-            b["releases"]
-        );
+        // One line per data period with spend; a node that spent nothing shows its budget once.
+        let periods = b["periods"].as_array().filter(|p| !p.is_empty());
+        let rows: Vec<&serde_json::Value> = match periods {
+            Some(p) => p.iter().collect(),
+            None => vec![b],
+        };
+        for p in rows {
+            println!(
+                "{:<8} {:<8} {:>10.4} {:>10.4} {:>10.4} {:>9}",
+                n["node"].as_str().unwrap_or(""),
+                p["period"]
+                    .as_str()
+                    .or(b["budget_period"].as_str())
+                    .unwrap_or(""),
+                b["rho_budget"].as_f64().unwrap_or(f64::NAN),
+                p["rho_spent"].as_f64().unwrap_or(f64::NAN),
+                p["rho_remaining"].as_f64().unwrap_or(f64::NAN),
+                p["releases"]
+            );
+        }
     }
     Ok(if unreachable == 0 {
         std::process::ExitCode::SUCCESS

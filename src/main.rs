@@ -790,9 +790,15 @@ async fn node_check(cfg: node::config::NodeConfig) -> Result<std::process::ExitC
     }
     let b = node.budget()?;
     println!(
-        "  budget {}: ρ {:.4} spent of {:.4} ({} releases)",
-        b.budget_period, b.rho_spent, b.rho_budget, b.releases
+        "  budget: ρ {:.4} per data {} ({} releases so far)",
+        b.rho_budget, b.granularity, b.releases
     );
+    for p in &b.periods {
+        println!(
+            "    {}: ρ {:.4} spent, {:.4} left",
+            p.period, p.rho_spent, p.rho_remaining
+        );
+    }
     println!(
         "  catalog: {} approved indicators from {}",
         node.catalog.indicators.len(),

@@ -260,3 +260,74 @@ async fn health_and_metrics_are_served() {
         "{m}"
     );
 }
+
+/// Budgets belong to the data's period: a release is charged to every data year it covers, and
+/// the same records queried again in a later calendar year draw on the same data-year budget.
+/// In-process, with the node's clock set to 2025 and then to 2026 over one ledger.
+#[tokio::test]
+async fn old_data_queried_in_a_later_calendar_year_draws_on_the_same_data_year_budget() {
+    use chrono::TimeZone;
+    use node::clock::FixedClock;
+    use std::sync::Arc;
+    let dir = federation_fixture(1);
+    let cfg = node_config(dir.path(), "P01", 0.2, "");
+    let open = |year: i32| {
+        let cfg = node::config::NodeConfig::load(&cfg).expect("config");
+        let clock = FixedClock(chrono::Utc.with_ymd_and_hms(year, 6, 1, 0, 0, 0).unwrap());
+        async move {
+            Arc::new(
+                node::Node::open_with_clock(cfg, Arc::new(clock))
+                    .await
+                    .expect("node"),
+            )
+        }
+    };
+    let ask = |indicator: &str, period: &str| policies::wire::EvaluateRequest {
+        indicator: indicator.into(),
+        period: period.parse().unwrap(),
+        content_hash: None,
+        catalog_version: None,
+        secure: None,
+    };
+    let spent = |b: &policies::wire::BudgetStatus, period: &str| {
+        b.periods
+            .iter()
+            .find(|p| p.period == period)
+            .map_or(0.0, |p| p.rho_spent)
+    };
+
+    let in_2025 = open(2025).await;
+    // ρ 0.05 each: one over 2024Q1, one spanning 2023Q4:2024Q1 (charged to both years).
+    node::release::evaluate(&in_2025, &ask("care.unique_youths", "2024Q1"))
+        .await
+        .expect("first release");
+    node::release::evaluate(&in_2025, &ask("discharge.count", "2023Q4:2024Q1"))
+        .await
+        .expect("spanning release");
+    let b = in_2025.budget().expect("budget");
+    assert!((spent(&b, "2023") - 0.05).abs() < 1e-9, "{b:?}");
+    assert!((spent(&b, "2024") - 0.10).abs() < 1e-9, "{b:?}");
+    assert!((b.rho_spent_total - 0.10).abs() < 1e-9, "{b:?}");
+    assert_eq!(b.budget_period, "2024");
+    drop(in_2025);
+
+    // A year later: 2024's records have no fresh budget.
+    let in_2026 = open(2026).await;
+    node::release::evaluate(&in_2026, &ask("care.youth_days", "2024Q2"))
+        .await
+        .expect("third release over 2024");
+    let refused = node::release::evaluate(&in_2026, &ask("measures.count", "2024Q3")).await;
+    let e = refused
+        .err()
+        .expect("2024 is at 0.15 of 0.2; ρ 0.1 more is refused");
+    assert_eq!(e.code(), "budget_exhausted", "{e}");
+    assert!(e.to_string().contains("data period 2024"), "{e}");
+    // 2023's records still have room.
+    node::release::evaluate(&in_2026, &ask("measures.count", "2023Q3"))
+        .await
+        .expect("a release over 2023 fits 2023's budget");
+    let b = in_2026.budget().expect("budget");
+    assert!((spent(&b, "2023") - 0.15).abs() < 1e-9, "{b:?}");
+    assert!((spent(&b, "2024") - 0.15).abs() < 1e-9, "{b:?}");
+    assert_eq!(b.releases, 4);
+}

@@ -163,7 +163,7 @@ fn config_errors_name_the_file_and_key_and_env_overrides_apply() {
         "{text}{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(text.contains("of 2.5000"), "{text}");
+    assert!(text.contains("ρ 2.5000 per data year"), "{text}");
 
     let bad = dir.path().join("bad.toml");
     let valid = std::fs::read_to_string(&cfg).unwrap();

@@ -197,8 +197,12 @@ impl SecureAggregator {
             Self::expected_shape(base, &quarter_text.parse().map_err(internal)?, &request)?;
         let mut excluded = Vec::new();
         let mut checked: Vec<Checked<'_>> = Vec::new();
-        for (batch, meta) in answers {
-            match self.check(&expected, batch, meta, &batch_shape) {
+        // The leader's share of verification is per report: spread over the cores.
+        let verdicts = secagg::parallel::map(answers, |(batch, meta)| {
+            self.check(&expected, batch, meta, &batch_shape)
+        });
+        for ((_, meta), verdict) in answers.iter().zip(verdicts) {
+            match verdict {
                 Ok(c) => checked.push(c),
                 Err(reason) => excluded.push(Excluded {
                     node: meta.node_id.clone(),

@@ -9,7 +9,7 @@ pub mod server;
 pub mod store;
 
 use crate::config::HelperConfig;
-use crate::store::{Known, Store, StoreError};
+use crate::store::{Known, NewReport, Store, StoreError};
 use policies::wire::ReportBinding;
 use secagg::api::{
     AggregateRequest, AggregateResponse, CollectRequest, CollectResponse, HelperReport,
@@ -99,6 +99,15 @@ impl BatchParams {
     }
 }
 
+/// What checking one report against the store and its proof gave.
+enum Verdict {
+    /// Verified before in this batch: the stored verifier message.
+    Known(String),
+    Rejected(String),
+    /// Verified now; stored (after a last check) with the others of its request.
+    Verified(NewReport),
+}
+
 pub struct Helper {
     pub config: HelperConfig,
     hpke: HelperPrivateKey,
@@ -151,12 +160,37 @@ impl Helper {
     }
 
     /// Verifies each report; a report that fails is rejected with its reason and the others go on.
-    /// Synchronous (proof checks are CPU work): call it off the async threads.
+    /// Synchronous (proof checks are CPU work): call it off the async threads. The checks and
+    /// proofs run on every core; the new reports are then stored in one transaction, each
+    /// checked again there against what the store holds by then.
     pub fn aggregate(&self, req: &AggregateRequest) -> Result<AggregateResponse, HelperError> {
+        let verdicts = secagg::parallel::map(&req.reports, |r| self.verify(&req.batch, r));
+        let mut fresh: Vec<NewReport> = Vec::new();
+        let mut settled: Vec<Option<Result<String, String>>> = Vec::with_capacity(verdicts.len());
+        for verdict in verdicts {
+            settled.push(match verdict? {
+                Verdict::Known(message) => Some(Ok(message)),
+                Verdict::Rejected(reason) => Some(Err(reason)),
+                Verdict::Verified(report) => {
+                    fresh.push(report);
+                    None
+                }
+            });
+        }
+        let mut stored = self
+            .store()?
+            .insert_reports(&req.batch, &fresh)?
+            .into_iter();
         let mut outcomes = Vec::with_capacity(req.reports.len());
-        for report in &req.reports {
+        for (report, settled) in req.reports.iter().zip(settled) {
             let node_id = report.binding.node_id.clone();
-            outcomes.push(match self.one(&req.batch, report)? {
+            let result = match settled {
+                Some(r) => r,
+                None => stored.next().ok_or_else(|| {
+                    HelperError::Internal("a verified report was not stored".into())
+                })?,
+            };
+            outcomes.push(match result {
                 Ok(verifier_message) => ReportOutcome::Verified {
                     node_id,
                     verifier_message,
@@ -170,8 +204,8 @@ impl Helper {
         Ok(AggregateResponse { outcomes })
     }
 
-    /// Ok(Ok(message)) verified, Ok(Err(reason)) rejected, Err on a store failure.
-    fn one(&self, batch: &str, r: &HelperReport) -> Result<Result<String, String>, HelperError> {
+    /// One report against what the store holds and its proof. Err only on a store failure.
+    fn verify(&self, batch: &str, r: &HelperReport) -> Result<Verdict, HelperError> {
         let b = &r.binding;
         let params = BatchParams::of(b);
         let params_json =
@@ -179,35 +213,20 @@ impl Helper {
         {
             let store = self.store()?;
             match store.known(&b.nonce, batch, &b.node_id)? {
-                Known::Same { verifier_message } => return Ok(Ok(verifier_message)),
+                Known::Same { verifier_message } => return Ok(Verdict::Known(verifier_message)),
                 Known::Elsewhere {
                     batch: other,
                     node_id,
                 } => {
-                    return Ok(Err(format!(
+                    return Ok(Verdict::Rejected(format!(
                         "report nonce {} was already verified for node {node_id} in batch {other}; a report counts in one batch only",
                         b.nonce
                     )));
                 }
                 Known::New => {}
             }
-            if store.collection(batch)?.is_some() {
-                return Ok(Err(format!(
-                    "batch {batch} is already collected; no report can join it"
-                )));
-            }
-            if store.has_report(batch, &b.node_id)? {
-                return Ok(Err(format!(
-                    "node {} already has another report in batch {batch}",
-                    b.node_id
-                )));
-            }
-            if let Some(existing) = store.batch_params(batch)?
-                && existing != params_json
-            {
-                return Ok(Err(format!(
-                    "report parameters {params_json} differ from the batch's {existing}"
-                )));
+            if let Some(reason) = store.refusal(batch, &b.node_id, &params_json)? {
+                return Ok(Verdict::Rejected(reason));
             }
         }
         let verified = (|| -> Result<(Vec<u8>, Vec<u8>), String> {
@@ -235,31 +254,16 @@ impl Helper {
                 .helper_verify(&self.verify_key, &nonce, &public, &share, &leader)
                 .map_err(|e| e.to_string())
         })();
-        let (output, message) = match verified {
-            Ok(v) => v,
-            Err(reason) => return Ok(Err(reason)),
-        };
-        let message = hex::encode(message);
-        let mut store = self.store()?;
-        // Checked again under the lock the insert takes: a concurrent request may have won.
-        match store.known(&b.nonce, batch, &b.node_id)? {
-            Known::Same { verifier_message } => return Ok(Ok(verifier_message)),
-            Known::Elsewhere { batch: other, .. } => {
-                return Ok(Err(format!(
-                    "report nonce {} was verified in batch {other} meanwhile",
-                    b.nonce
-                )));
-            }
-            Known::New => {}
-        }
-        if store.has_report(batch, &b.node_id)? {
-            return Ok(Err(format!(
-                "node {} already has another report in batch {batch}",
-                b.node_id
-            )));
-        }
-        store.insert_report(batch, &params_json, &b.nonce, &b.node_id, &output, &message)?;
-        Ok(Ok(message))
+        Ok(match verified {
+            Ok((output_share, message)) => Verdict::Verified(NewReport {
+                params_json,
+                nonce: b.nonce.clone(),
+                node_id: b.node_id.clone(),
+                output_share,
+                verifier_message: hex::encode(message),
+            }),
+            Err(reason) => Verdict::Rejected(reason),
+        })
     }
 
     /// The helper's aggregate share over exactly `req.nodes`' verified reports in the batch.

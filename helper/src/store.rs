@@ -84,6 +84,74 @@ fn sql_err(path: &Path) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
     }
 }
 
+/// A report both aggregators verified, to be stored.
+pub struct NewReport {
+    pub params_json: String,
+    pub nonce: String,
+    pub node_id: String,
+    pub output_share: Vec<u8>,
+    pub verifier_message: String,
+}
+
+fn known(conn: &Connection, nonce: &str, batch: &str, node_id: &str) -> rusqlite::Result<Known> {
+    let row: Option<(String, String, String)> = conn
+        .query_row(
+            "SELECT batch, node_id, verifier_message FROM reports WHERE nonce = ?1",
+            params![nonce],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .optional()?;
+    Ok(match row {
+        None => Known::New,
+        Some((b, n, m)) if b == batch && n == node_id => Known::Same {
+            verifier_message: m,
+        },
+        Some((batch, node_id, _)) => Known::Elsewhere { batch, node_id },
+    })
+}
+
+fn refusal(
+    conn: &Connection,
+    batch: &str,
+    node_id: &str,
+    params_json: &str,
+) -> rusqlite::Result<Option<String>> {
+    if conn
+        .query_row(COLLECTION, params![batch], collection_row)
+        .optional()?
+        .is_some()
+    {
+        return Ok(Some(format!(
+            "batch {batch} is already collected; no report can join it"
+        )));
+    }
+    let other = conn
+        .query_row(
+            "SELECT 1 FROM reports WHERE batch = ?1 AND node_id = ?2",
+            params![batch, node_id],
+            |_| Ok(()),
+        )
+        .optional()?;
+    if other.is_some() {
+        return Ok(Some(format!(
+            "node {node_id} already has another report in batch {batch}"
+        )));
+    }
+    let existing: Option<String> = conn
+        .query_row(
+            "SELECT params FROM batches WHERE batch = ?1",
+            params![batch],
+            |r| r.get(0),
+        )
+        .optional()?;
+    Ok(match existing {
+        Some(existing) if existing != params_json => Some(format!(
+            "report parameters {params_json} differ from the batch's {existing}"
+        )),
+        Some(_) | None => None,
+    })
+}
+
 impl Store {
     pub fn open(path: &Path) -> Result<Store, StoreError> {
         let err = |source| StoreError::Sql {
@@ -135,22 +203,7 @@ impl Store {
     }
 
     pub fn known(&self, nonce: &str, batch: &str, node_id: &str) -> Result<Known, StoreError> {
-        let row: Option<(String, String, String)> = self
-            .conn
-            .query_row(
-                "SELECT batch, node_id, verifier_message FROM reports WHERE nonce = ?1",
-                params![nonce],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-            )
-            .optional()
-            .map_err(|e| self.err(e))?;
-        Ok(match row {
-            None => Known::New,
-            Some((b, n, m)) if b == batch && n == node_id => Known::Same {
-                verifier_message: m,
-            },
-            Some((batch, node_id, _)) => Known::Elsewhere { batch, node_id },
-        })
+        known(&self.conn, nonce, batch, node_id).map_err(|e| self.err(e))
     }
 
     /// The batch's common parameters (JSON), if it has any report yet.
@@ -165,18 +218,6 @@ impl Store {
             .map_err(|e| self.err(e))
     }
 
-    pub fn has_report(&self, batch: &str, node_id: &str) -> Result<bool, StoreError> {
-        self.conn
-            .query_row(
-                "SELECT 1 FROM reports WHERE batch = ?1 AND node_id = ?2",
-                params![batch, node_id],
-                |_| Ok(()),
-            )
-            .optional()
-            .map(|r| r.is_some())
-            .map_err(|e| self.err(e))
-    }
-
     /// The set of nodes a batch was collected over, with the count and aggregate share.
     pub fn collection(&self, batch: &str) -> Result<Option<Collection>, StoreError> {
         self.conn
@@ -185,33 +226,74 @@ impl Store {
             .map_err(|e| self.err(e))
     }
 
-    /// Stores one verified report (and its batch's parameters, when it is the batch's first).
-    pub fn insert_report(
+    /// Why a new report of `node_id` cannot join `batch` now, if it cannot: the batch is
+    /// collected, the node has another report in it, or its parameters differ from the batch's.
+    pub fn refusal(
+        &self,
+        batch: &str,
+        node_id: &str,
+        params_json: &str,
+    ) -> Result<Option<String>, StoreError> {
+        refusal(&self.conn, batch, node_id, params_json).map_err(|e| self.err(e))
+    }
+
+    /// Stores verified reports in one transaction, each checked again against the store as it
+    /// then is (a concurrent request may have stored a report of the same nonce or node, or
+    /// collected the batch). Per report: its verifier message, or why it was not stored.
+    pub fn insert_reports(
         &mut self,
         batch: &str,
-        params_json: &str,
-        nonce: &str,
-        node_id: &str,
-        output_share: &[u8],
-        verifier_message: &str,
-    ) -> Result<(), StoreError> {
+        reports: &[NewReport],
+    ) -> Result<Vec<Result<String, String>>, StoreError> {
+        if reports.is_empty() {
+            return Ok(vec![]);
+        }
         let err = sql_err(&self.path);
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(&err)?;
-        tx.execute(
-            "INSERT OR IGNORE INTO batches (batch, params) VALUES (?1, ?2)",
-            params![batch, params_json],
-        )
-        .map_err(&err)?;
-        tx.execute(
-            "INSERT INTO reports (nonce, batch, node_id, output_share, verifier_message)
-             VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![nonce, batch, node_id, output_share, verifier_message],
-        )
-        .map_err(&err)?;
-        tx.commit().map_err(&err)
+        let mut out = Vec::with_capacity(reports.len());
+        for r in reports {
+            match known(&tx, &r.nonce, batch, &r.node_id).map_err(&err)? {
+                Known::Same { verifier_message } => {
+                    out.push(Ok(verifier_message));
+                    continue;
+                }
+                Known::Elsewhere { batch: other, .. } => {
+                    out.push(Err(format!(
+                        "report nonce {} was verified in batch {other} meanwhile",
+                        r.nonce
+                    )));
+                    continue;
+                }
+                Known::New => {}
+            }
+            if let Some(reason) = refusal(&tx, batch, &r.node_id, &r.params_json).map_err(&err)? {
+                out.push(Err(reason));
+                continue;
+            }
+            tx.execute(
+                "INSERT OR IGNORE INTO batches (batch, params) VALUES (?1, ?2)",
+                params![batch, r.params_json],
+            )
+            .map_err(&err)?;
+            tx.execute(
+                "INSERT INTO reports (nonce, batch, node_id, output_share, verifier_message)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![
+                    r.nonce,
+                    batch,
+                    r.node_id,
+                    r.output_share,
+                    r.verifier_message
+                ],
+            )
+            .map_err(&err)?;
+            out.push(Ok(r.verifier_message.clone()));
+        }
+        tx.commit().map_err(&err)?;
+        Ok(out)
     }
 
     /// The stored output shares of these nodes' reports in the batch (None for a node without).
@@ -275,14 +357,36 @@ mod tests {
         let path = dir.path().join("h.sqlite");
         {
             let mut s = Store::open(&path).expect("open");
-            s.insert_report("b1", "{}", "n1", "P01", b"share", "msg")
+            let report = |nonce: &str, node: &str, params: &str| NewReport {
+                params_json: params.into(),
+                nonce: nonce.into(),
+                node_id: node.into(),
+                output_share: b"share".to_vec(),
+                verifier_message: format!("msg-{nonce}"),
+            };
+            let stored = s
+                .insert_reports(
+                    "b1",
+                    &[
+                        report("n1", "P01", "{}"),
+                        // Each checked again in the transaction: the second report of P01, a
+                        // report with other parameters and a repeat of n1 are not stored anew.
+                        report("n2", "P01", "{}"),
+                        report("n3", "P02", "{\"other\":1}"),
+                        report("n1", "P01", "{}"),
+                    ],
+                )
                 .expect("insert");
+            assert_eq!(stored[0], Ok("msg-n1".into()));
+            assert!(matches!(&stored[1], Err(r) if r.contains("already has another report")));
+            assert!(matches!(&stored[2], Err(r) if r.contains("differ from the batch's")));
+            assert_eq!(stored[3], Ok("msg-n1".into()));
         }
         let s = Store::open(&path).expect("reopen");
         assert_eq!(
             s.known("n1", "b1", "P01").expect("known"),
             Known::Same {
-                verifier_message: "msg".into()
+                verifier_message: "msg-n1".into()
             }
         );
         drop(s);

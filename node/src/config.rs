@@ -165,21 +165,37 @@ pub struct AuditConfig {
     pub path: PathBuf,
 }
 
+/// The periods of the *data* a budget is kept for: a release is charged to every one its period
+/// covers, whenever it is made.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum BudgetPeriod {
     Year,
     Quarter,
-    /// One budget for the node's whole life.
+    /// One budget for all of the node's data.
     Lifetime,
+}
+
+impl BudgetPeriod {
+    pub fn name(self) -> &'static str {
+        match self {
+            BudgetPeriod::Year => "year",
+            BudgetPeriod::Quarter => "quarter",
+            BudgetPeriod::Lifetime => "lifetime",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BudgetConfig {
-    /// ρ (zCDP) this node releases per budget period, per youth.
+    /// ρ (zCDP) this node releases per data period, per youth.
     pub rho_per_period: f64,
     pub period: BudgetPeriod,
+    /// Optional cap on the ρ of all releases together, whatever data periods they cover: bounds
+    /// the loss of a youth whose records span many years.
+    #[serde(default)]
+    pub lifetime_rho: Option<f64>,
     /// δ used to state the spent ρ as (ε, δ)-DP.
     pub delta: f64,
 }
@@ -334,6 +350,14 @@ impl NodeConfig {
                     "must be a positive number, found {}",
                     self.budget.rho_per_period
                 ),
+            ));
+        }
+        if let Some(cap) = self.budget.lifetime_rho
+            && !(cap.is_finite() && cap > 0.0)
+        {
+            return Err(invalid(
+                "budget.lifetime_rho",
+                format!("must be a positive number, found {cap}"),
             ));
         }
         if !(self.budget.delta > 0.0 && self.budget.delta < 1.0) {

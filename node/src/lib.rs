@@ -21,12 +21,12 @@ pub mod tables;
 pub mod tls;
 
 use crate::clock::{Clock, SystemClock};
-use crate::config::{BudgetPeriod, NodeConfig};
+use crate::config::NodeConfig;
 use crate::ledger::Ledger;
 use crate::metrics::Metrics;
 use crate::tables::Tables;
 use policies::Catalog;
-use policies::wire::BudgetStatus;
+use policies::wire::{BudgetStatus, PeriodBudget};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
@@ -131,41 +131,69 @@ impl Node {
             .clone()
     }
 
-    /// The budget period a spend made now is charged to.
-    pub fn budget_period(&self) -> String {
-        let now = self.clock.now().date_naive();
-        match self.config.budget.period {
-            BudgetPeriod::Year => chrono::Datelike::year(&now).to_string(),
-            BudgetPeriod::Quarter => policies::Quarter::of_date(now).to_string(),
-            BudgetPeriod::Lifetime => "lifetime".to_string(),
+    /// How this node's budget is kept (see `ledger`: charged to the data's periods).
+    pub fn budget_rule(&self) -> ledger::BudgetRule {
+        ledger::BudgetRule {
+            granularity: self.config.budget.period,
+            rho_per_period: self.config.budget.rho_per_period,
+            lifetime_rho: self.config.budget.lifetime_rho,
         }
     }
 
+    /// Spend per data period, the lifetime total, and as a summary the data period nearest its
+    /// budget.
     pub fn budget(&self) -> Result<BudgetStatus, ledger::LedgerError> {
-        let period = self.budget_period();
-        let (spent_nano, releases) = self
-            .ledger
-            .lock()
-            .map_err(|_| ledger::LedgerError::Sql {
+        let rule = self.budget_rule();
+        let (periods, (total_nano, releases)) = {
+            let l = self.ledger.lock().map_err(|_| ledger::LedgerError::Sql {
                 path: self.config.ledger.path.clone(),
                 source: rusqlite::Error::InvalidQuery,
-            })?
-            .spent(&period)?;
-        let spent = ledger::from_nano(spent_nano);
-        let budget = self.config.budget.rho_per_period;
-        Ok(BudgetStatus {
-            node_id: self.config.node_id.clone(),
-            budget_period: period,
-            rho_budget: budget,
-            rho_spent: spent,
-            rho_remaining: (budget - spent).max(0.0),
-            releases,
-            delta: self.config.budget.delta,
-            epsilon_spent: if spent > 0.0 {
-                policies::sensitivity::zcdp_to_epsilon(spent, self.config.budget.delta)
+            })?;
+            (l.spend_by_period(rule.granularity)?, l.total()?)
+        };
+        let delta = self.config.budget.delta;
+        let budget = rule.rho_per_period;
+        let epsilon = |rho: f64| {
+            if rho > 0.0 {
+                policies::sensitivity::zcdp_to_epsilon(rho, delta)
             } else {
                 0.0
-            },
+            }
+        };
+        let periods: Vec<PeriodBudget> = periods
+            .into_iter()
+            .map(|p| {
+                let spent = ledger::from_nano(p.rho_nano);
+                PeriodBudget {
+                    period: p.period,
+                    rho_spent: spent,
+                    rho_remaining: (budget - spent).max(0.0),
+                    releases: p.releases,
+                    epsilon_spent: epsilon(spent),
+                }
+            })
+            .collect();
+        let tightest = periods
+            .iter()
+            .max_by(|a, b| a.rho_spent.total_cmp(&b.rho_spent))
+            .cloned();
+        let total = ledger::from_nano(total_nano);
+        Ok(BudgetStatus {
+            node_id: self.config.node_id.clone(),
+            budget_period: tightest
+                .as_ref()
+                .map(|p| p.period.clone())
+                .unwrap_or_else(|| "none spent".into()),
+            granularity: rule.granularity.name().to_string(),
+            rho_budget: budget,
+            rho_spent: tightest.as_ref().map_or(0.0, |p| p.rho_spent),
+            rho_remaining: tightest.as_ref().map_or(budget, |p| p.rho_remaining),
+            releases,
+            delta,
+            epsilon_spent: tightest.as_ref().map_or(0.0, |p| p.epsilon_spent),
+            periods,
+            rho_spent_total: total,
+            lifetime_rho: rule.lifetime_rho,
         })
     }
 }

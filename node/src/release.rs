@@ -109,7 +109,9 @@ async fn ledger_call<T: Send + 'static>(
             .map_err(|_| ReleaseError::Internal("ledger lock poisoned".into()))?;
         f(&mut l).map_err(|e| match e {
             e @ LedgerError::Exhausted { .. } => ReleaseError::Budget(e),
-            e => ReleaseError::Ledger(e),
+            e @ (LedgerError::Sql { .. }
+            | LedgerError::Newer { .. }
+            | LedgerError::Unmigratable { .. }) => ReleaseError::Ledger(e),
         })
     })
     .await
@@ -242,10 +244,13 @@ async fn evaluate_inner(node: &Arc<Node>, req: &EvaluateRequest) -> Result<Relea
         None => None,
     };
     let rho = query.cost.rho();
-    let budget_period = node.budget_period();
+    let quarters = req.period.quarters();
+    let budget_period =
+        crate::ledger::charged_periods(node.config.budget.period, &quarters).join(",");
     {
         let new = OwnedRelease {
             key: key.clone(),
+            quarters,
             budget_period: budget_period.clone(),
             indicator: ind.id.clone(),
             content_hash: ind.content_hash.clone(),
@@ -253,10 +258,10 @@ async fn evaluate_inner(node: &Arc<Node>, req: &EvaluateRequest) -> Result<Relea
             snapshot: snapshot.clone(),
             rho,
         };
-        let budget = node.config.budget.rho_per_period;
+        let rule = node.budget_rule();
         // An existing reservation (a crash came between spend and answer) is already paid for:
         // no answer left the node, so one fresh release under it is still a single release.
-        ledger_call(node, move |l| l.reserve(&new.as_new(), budget)).await?;
+        ledger_call(node, move |l| l.reserve(&new.as_new(), &rule)).await?;
     }
     tracing::info!(indicator = %ind.id, period = %req.period, rho, "spend recorded");
     if let Some(ms) = node.config.testing.pause_after_spend_ms {
@@ -423,6 +428,7 @@ pub async fn sandbox_answer(
 
 struct OwnedRelease {
     key: String,
+    quarters: Vec<policies::Quarter>,
     budget_period: String,
     indicator: String,
     content_hash: String,
@@ -435,6 +441,7 @@ impl OwnedRelease {
     fn as_new(&self) -> NewRelease<'_> {
         NewRelease {
             key: &self.key,
+            quarters: &self.quarters,
             budget_period: &self.budget_period,
             indicator: &self.indicator,
             content_hash: &self.content_hash,

@@ -147,16 +147,43 @@ pub struct AnswerMeta {
     pub secure: Option<SecureShares>,
 }
 
+/// A node's budget: ρ per period of the *data* (year, quarter or lifetime), each release charged
+/// to every data period it covers.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BudgetStatus {
     pub node_id: String,
+    /// The data period nearest its budget (the one a next release over it would exhaust first),
+    /// or "none spent"; `rho_spent`, `rho_remaining` and `epsilon_spent` are that period's.
     pub budget_period: String,
+    /// "year", "quarter" or "lifetime": the data periods budgets are kept for.
+    #[serde(default)]
+    pub granularity: String,
+    /// ρ per data period.
     pub rho_budget: f64,
     pub rho_spent: f64,
     pub rho_remaining: f64,
+    /// Every release the node ever made (each counted once).
     pub releases: u64,
     /// The spent ρ stated as (ε, δ)-DP.
     pub delta: f64,
+    pub epsilon_spent: f64,
+    /// Spend per data period, oldest first; periods without spend are left out.
+    #[serde(default)]
+    pub periods: Vec<PeriodBudget>,
+    /// ρ of every release together, and the optional cap on it.
+    #[serde(default)]
+    pub rho_spent_total: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lifetime_rho: Option<f64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PeriodBudget {
+    /// "2024" (year), "2024Q1" (quarter) or "lifetime".
+    pub period: String,
+    pub rho_spent: f64,
+    pub rho_remaining: f64,
+    pub releases: u64,
     pub epsilon_spent: f64,
 }
 

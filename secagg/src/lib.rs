@@ -1,9 +1,11 @@
 //! Secure aggregation, shared by node, coordinator and helper (below all three): Prio3 sharding
 //! and verification ([`vdaf`]), the helper's sealed input share ([`seal`]), a node's signed report
-//! ([`report`]), the leader–helper messages ([`api`]) and the noise each node adds ([`accounting`]).
+//! ([`report`]), the leader–helper messages ([`api`]), the noise each node adds ([`accounting`])
+//! and per-report work over the machine's cores ([`parallel`]).
 
 pub mod accounting;
 pub mod api;
+pub mod parallel;
 pub mod report;
 pub mod seal;
 pub mod vdaf;
