@@ -144,6 +144,19 @@ async fn visit(
     );
     std::fs::write(shots.join("dashboard-nl.png"), session.screenshot().await).unwrap();
 
+    // The providers' spend per data year, as they reported it after the demo's runs (2023 and
+    // 2024 data): one row per provider and year.
+    let mut budget_rows = Vec::new();
+    for row in session.find_all("#budgets tbody tr").await {
+        budget_rows.push(session.text(&row).await);
+    }
+    for year in ["2023", "2024"] {
+        assert!(
+            budget_rows.iter().filter(|r| r.contains(year)).count() >= 2,
+            "data year {year} missing from the budget table: {budget_rows:?}"
+        );
+    }
+
     // Every theme shows a chart: a visible SVG with a real size, labelled for assistive
     // technology, and beside it a table that states the numbers.
     let sections = session.find_all("section.theme").await;

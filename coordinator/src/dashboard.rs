@@ -5,6 +5,7 @@
 
 use crate::publish::Published;
 use crate::store::Interpretation;
+use policies::wire::BudgetStatus;
 use policies::{Catalog, Indicator};
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -350,6 +351,7 @@ pub fn render(
     catalog: &Catalog,
     records: &[Published],
     interpretations: &[Interpretation],
+    budgets: &BTreeMap<String, BudgetStatus>,
     lang: Lang,
 ) -> String {
     let mut by_indicator: BTreeMap<&str, Vec<&Published>> = BTreeMap::new();
@@ -476,11 +478,78 @@ table {{ border-collapse: collapse; font-size: .9rem; }} td, th {{ border: 1px s
         }
         html.push_str("</section>\n");
     }
+    html.push_str(&budget_section(budgets, lang));
     let _ = writeln!(
         html,
         "</main>\n<footer><p>{} <a href=\"/v1/indicators?format=csv\">CSV</a> · <a href=\"/v1/indicators\">JSON</a> · <a href=\"/openapi.json\">API</a></p></footer>\n</body>\n</html>",
         lang.t("Alle gepubliceerde cijfers:", "All published figures:")
     );
+    html
+}
+
+/// ρ with two decimals (budgets are set in steps of a hundredth or more).
+fn rho_text(rho: f64, lang: Lang) -> String {
+    let s = format!("{rho:.2}");
+    match lang {
+        Lang::Nl => s.replace('.', ","),
+        Lang::En => s,
+    }
+}
+
+/// Every provider's spend per data period, as the providers last reported it.
+fn budget_section(budgets: &BTreeMap<String, BudgetStatus>, lang: Lang) -> String {
+    let mut html = String::new();
+    let _ = write!(
+        html,
+        "<section id=\"budgets\" aria-labelledby=\"budgets-title\"><h2 id=\"budgets-title\">{}</h2><p>{}</p>",
+        lang.t("Privacybudget van de aanbieders", "The providers' privacy budgets"),
+        lang.t(
+            "Elke aanbieder heeft per periode van de gegevens (meestal een jaar) een vast privacybudget ρ. Elk antwoord over die periode gaat ervan af, ook als het jaren later wordt gevraagd; een nieuw kalenderjaar geeft oude gegevens geen nieuw budget.",
+            "Each provider has a fixed privacy budget ρ per period of the data (usually a year). Every answer about that period draws on it, even when asked years later; a new calendar year gives old records no new budget."
+        )
+    );
+    if budgets.is_empty() {
+        let _ = writeln!(
+            html,
+            "<p>{}</p></section>",
+            lang.t(
+                "Nog geen aanbieder heeft zijn budget gemeld.",
+                "No provider has reported its budget yet."
+            )
+        );
+        return html;
+    }
+    let _ = write!(
+        html,
+        "<table><thead><tr><th scope=\"col\">{}</th><th scope=\"col\">{}</th><th scope=\"col\">{}</th><th scope=\"col\">{}</th><th scope=\"col\">{}</th></tr></thead><tbody>",
+        lang.t("Aanbieder", "Provider"),
+        lang.t("Periode van de gegevens", "Data period"),
+        lang.t("ρ besteed", "ρ spent"),
+        lang.t("ρ budget", "ρ budget"),
+        lang.t("Antwoorden", "Answers")
+    );
+    for (node, b) in budgets {
+        if b.periods.is_empty() {
+            let _ = write!(
+                html,
+                "<tr><td>{}</td><td>–</td><td>0</td><td>{}</td><td>0</td></tr>",
+                escape(node),
+                rho_text(b.rho_budget, lang)
+            );
+        }
+        for p in &b.periods {
+            let _ = write!(
+                html,
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                escape(node),
+                escape(&p.period),
+                rho_text(p.rho_spent, lang),
+                rho_text(b.rho_budget, lang),
+                p.releases
+            );
+        }
+    }
+    html.push_str("</tbody></table></section>\n");
     html
 }
 
@@ -623,6 +692,52 @@ mod tests {
         for n in ["100", "120", "80", "70,5", "65,5 – 75,5", "10/11"] {
             assert!(t.contains(n), "{n} missing from {t}");
         }
+    }
+
+    #[test]
+    fn the_budget_section_lists_every_provider_and_data_period() {
+        let status = |node: &str, periods: &[(&str, f64, u64)]| policies::wire::BudgetStatus {
+            node_id: node.into(),
+            budget_period: "2024".into(),
+            granularity: "year".into(),
+            rho_budget: 12.0,
+            rho_spent: 0.0,
+            rho_remaining: 12.0,
+            releases: 0,
+            delta: 1e-6,
+            epsilon_spent: 0.0,
+            periods: periods
+                .iter()
+                .map(|(p, spent, n)| policies::wire::PeriodBudget {
+                    period: p.to_string(),
+                    rho_spent: *spent,
+                    rho_remaining: 12.0 - spent,
+                    releases: *n,
+                    epsilon_spent: 0.0,
+                })
+                .collect(),
+            rho_spent_total: 0.0,
+            lifetime_rho: None,
+        };
+        let mut budgets = BTreeMap::new();
+        budgets.insert(
+            "P01".to_string(),
+            status("P01", &[("2023", 1.25, 40), ("2024", 2.5, 72)]),
+        );
+        budgets.insert("P02".to_string(), status("P02", &[]));
+        let html = budget_section(&budgets, Lang::Nl);
+        assert!(
+            html.contains("<td>P01</td><td>2023</td><td>1,25</td><td>12,00</td><td>40</td>"),
+            "{html}"
+        );
+        assert!(
+            html.contains("<td>P01</td><td>2024</td><td>2,50</td>"),
+            "{html}"
+        );
+        assert!(html.contains("<td>P02</td><td>–</td><td>0</td>"), "{html}");
+        let en = budget_section(&budgets, Lang::En);
+        assert!(en.contains("<td>2023</td><td>1.25</td>"), "{en}");
+        assert!(budget_section(&BTreeMap::new(), Lang::En).contains("No provider has reported"));
     }
 
     #[test]

@@ -84,6 +84,10 @@ pub struct Runner {
     /// Leader and collector of secure aggregation, when a helper is configured.
     pub secure: Option<crate::secure::SecureAggregator>,
     pub secure_config: crate::config::SecureConfig,
+    /// Each node's budget as it last reported it, for the dashboard; `budgets_stale` is set when
+    /// a run finishes (its spend is not in there yet).
+    budgets: std::sync::Mutex<BTreeMap<String, policies::wire::BudgetStatus>>,
+    budgets_stale: std::sync::atomic::AtomicBool,
 }
 
 impl Runner {
@@ -136,7 +140,43 @@ impl Runner {
             counters: FanoutCounters::default(),
             secure,
             secure_config: cfg.secure.clone(),
+            budgets: std::sync::Mutex::new(BTreeMap::new()),
+            budgets_stale: std::sync::atomic::AtomicBool::new(true),
         })
+    }
+
+    /// Asks every node for its budget (all at once) and keeps what they say for the dashboard.
+    /// Per node, in configuration order: its status, or why it could not be asked.
+    pub async fn refresh_budgets(
+        &self,
+    ) -> Vec<(String, Result<policies::wire::BudgetStatus, String>)> {
+        self.budgets_stale.store(false, Ordering::SeqCst);
+        let asks = self.targets.iter().map(|t| async move {
+            let answer = t.client.budget().await;
+            self.record_contact(&t.client.id, answer.is_ok());
+            (t.client.id.clone(), answer.map_err(|e| e.to_string()))
+        });
+        let answers = futures::future::join_all(asks).await;
+        if let Ok(mut known) = self.budgets.lock() {
+            for (node, answer) in &answers {
+                if let Ok(status) = answer {
+                    known.insert(node.clone(), status.clone());
+                }
+            }
+        }
+        answers
+    }
+
+    /// The budgets nodes last reported, refreshed first (waiting at most `wait`) when a run has
+    /// finished since: what the public dashboard shows.
+    pub async fn known_budgets(
+        &self,
+        wait: std::time::Duration,
+    ) -> BTreeMap<String, policies::wire::BudgetStatus> {
+        if self.budgets_stale.load(Ordering::SeqCst) {
+            let _ = tokio::time::timeout(wait, self.refresh_budgets()).await;
+        }
+        self.budgets.lock().map(|b| b.clone()).unwrap_or_default()
     }
 
     /// Notes whether a node answered (any answer, a refusal included, means it was reachable).
@@ -325,6 +365,7 @@ impl Runner {
                 .store
                 .set_status(run_id, RunStatus::Failed, Some(&e.to_string()));
         }
+        self.budgets_stale.store(true, Ordering::SeqCst);
     }
 
     async fn try_execute(&self, run_id: &str) -> Result<(), RunError> {

@@ -148,16 +148,16 @@ async fn node_budgets(State(state): State<Arc<AppState>>, headers: HeaderMap) ->
     ) {
         return r;
     }
-    let runner = &state.runner;
-    let asks = runner.targets.iter().map(|t| async move {
-        let answer = t.client.budget().await;
-        runner.record_contact(&t.client.id, answer.is_ok());
-        match answer {
-            Ok(b) => serde_json::json!({ "node": t.client.id, "budget": b }),
-            Err(e) => serde_json::json!({ "node": t.client.id, "error": e.to_string() }),
-        }
-    });
-    let nodes = futures::future::join_all(asks).await;
+    let nodes: Vec<serde_json::Value> = state
+        .runner
+        .refresh_budgets()
+        .await
+        .into_iter()
+        .map(|(node, answer)| match answer {
+            Ok(b) => serde_json::json!({ "node": node, "budget": b }),
+            Err(e) => serde_json::json!({ "node": node, "error": e }),
+        })
+        .collect();
     Json(serde_json::json!({ "nodes": nodes })).into_response()
 }
 
@@ -520,7 +520,18 @@ async fn dashboard(
         }
     };
     let lang = crate::dashboard::Lang::parse(q.lang.as_deref());
-    let html = crate::dashboard::render(&state.runner.catalog(), &records, &interpretations, lang);
+    // Budgets as nodes last reported them; after a run, asked again (briefly waited for).
+    let budgets = state
+        .runner
+        .known_budgets(std::time::Duration::from_secs(3))
+        .await;
+    let html = crate::dashboard::render(
+        &state.runner.catalog(),
+        &records,
+        &interpretations,
+        &budgets,
+        lang,
+    );
     (
         [
             (header::CONTENT_TYPE, "text/html; charset=utf-8"),
