@@ -92,7 +92,7 @@ pub const DOCUMENT: &str = r##"{
     },
     "/v1/budget": {
       "get": {
-        "summary": "Each node's privacy budget as the node reports it (ρ budget, spent, remaining, ε at δ)",
+        "summary": "Each node's privacy budget as the node reports it: ρ per data period (year, quarter or lifetime of the data), spend and remainder per data period with any spend, the total and optional lifetime cap, ε at δ",
         "security": [{ "researcher": [] }, { "reviewer": [] }, { "admin": [] }],
         "responses": { "200": { "description": "One entry per node: its budget, or why it could not be asked" }, "401": { "description": "No bearer token" }, "403": { "description": "Token refused" } }
       }
