@@ -1,12 +1,10 @@
 //! A node refuses to start on data or configuration that does not match, and says exactly where.
 
-mod support;
-
+use crate::support::*;
 use datafusion::arrow::array::{ArrayRef, Date32Array, RecordBatch, StringArray};
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::parquet::arrow::ArrowWriter;
 use std::sync::Arc;
-use support::*;
 
 fn write_parquet(path: &std::path::Path, fields: Vec<(&str, DataType)>, cols: Vec<ArrayRef>) {
     let schema = Arc::new(Schema::new(

@@ -3,10 +3,8 @@
 //! none, not with another CA's, not with a node's own certificate. And `stroom certs` keeps keys
 //! private and never replaces a federation's certificates.
 
-mod support;
-
+use crate::support::*;
 use std::time::Duration;
-use support::*;
 
 fn client_with(
     dir: &std::path::Path,

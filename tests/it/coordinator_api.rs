@@ -2,10 +2,8 @@
 //! with mutual TLS toward the nodes: researcher authentication, runs, exact combination, coverage
 //! statements, quorum, publication and the public endpoints.
 
-mod support;
-
+use crate::support::*;
 use policies::wire::decode_answer;
-use support::*;
 
 const MTLS: &str = "client_ca = \"certs/ca.crt\"";
 

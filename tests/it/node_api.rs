@@ -1,9 +1,7 @@
 //! The node's HTTPS API, against a real `stroom node` process on loopback.
 
-mod support;
-
+use crate::support::*;
 use policies::wire::decode_answer;
-use support::*;
 
 #[tokio::test]
 async fn evaluate_answers_arrow_with_scales_and_spend_and_repeats_are_idempotent() {

@@ -2,12 +2,8 @@
 //! Debian's headless Chromium, driven through chromedriver, reads the page as a visitor would.
 //! Screenshots go to `target/dashboard-screenshots/` (ignored by git) for a person to look at.
 
-mod support;
-#[path = "support/webdriver.rs"]
-mod webdriver;
-
-use support::*;
-use webdriver::{Driver, Session};
+use crate::support::webdriver::{Driver, Session};
+use crate::support::*;
 
 const TAB: &str = "\u{E004}";
 

@@ -2,9 +2,7 @@
 //! creates, lists and revokes tokens in the coordinator's store (only hashes are stored), and
 //! every endpoint × role cell of the authorization matrix (README) answers as documented.
 
-mod support;
-
-use support::*;
+use crate::support::*;
 
 fn token(config: &std::path::Path, args: &[&str]) -> std::process::Output {
     let mut all = vec!["token"];

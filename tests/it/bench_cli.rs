@@ -1,9 +1,7 @@
 //! `stroom bench`: each command runs for real at a small size, prints its table and writes JSON
 //! whose figures hang together; bad input is refused before any work.
 
-mod support;
-
-use support::*;
+use crate::support::*;
 
 fn bench(
     args: &[&str],

@@ -2,9 +2,7 @@
 //! accepts the log as written and names the first bad entry after an edit, a deletion or a
 //! reordering, and catches a cut-off tail against a recorded head.
 
-mod support;
-
-use support::*;
+use crate::support::*;
 
 fn verify(file: &std::path::Path, head: Option<&str>) -> (bool, String) {
     let mut args = vec!["audit", "verify", file.to_str().unwrap()];

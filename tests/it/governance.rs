@@ -6,10 +6,8 @@
 //! altered after signing, denied locally, over the cost cap, not accepted), each with its reason in
 //! the answer and in the node's audit log.
 
-mod support;
-
+use crate::support::*;
 use std::path::Path;
-use support::*;
 
 /// A port that was free a moment ago. The nodes must know the coordinator's address before it
 /// starts, and the coordinator must know theirs, so one side needs a fixed port.

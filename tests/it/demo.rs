@@ -1,9 +1,7 @@
 //! `stroom demo` end to end (two providers to keep it quick): real node and coordinator servers
 //! over HTTPS, national records with intervals, the truth beside them, and the intervals' coverage.
 
-mod support;
-
-use support::*;
+use crate::support::*;
 
 #[test]
 fn demo_writes_national_records_with_intervals_and_truth() {

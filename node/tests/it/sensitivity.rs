@@ -3,9 +3,7 @@
 //! per-cell bound, and the whole vector by at most the declared L1 and L2 bounds. This is the
 //! property every noise scale rests on.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use node::evaluate::{Bounding, cells};
 use proptest::prelude::*;
 

@@ -1,9 +1,7 @@
 //! `stroom policy check`: the shipped catalog passes; every kind of bad indicator is reported with
 //! its file and field, all at once, and the command exits non-zero.
 
-mod support;
-
-use support::*;
+use crate::support::*;
 
 const VALID: &str = r#"id = "ok.one"
 theme = "zorg"

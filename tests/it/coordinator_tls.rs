@@ -2,11 +2,9 @@
 //! the node's certificate comes from the federation CA and names the provider it is configured
 //! for, and the node accepts the coordinator's certificate.
 
-mod support;
-
+use crate::support::*;
 use coordinator::node_client::{FederationTls, NodeClient, NodeError, RetryPolicy, TlsMaterial};
 use std::time::Duration;
-use support::*;
 
 fn coordinator_tls(dir: &std::path::Path) -> TlsMaterial {
     let certs = dir.join("certs");

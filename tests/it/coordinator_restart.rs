@@ -1,10 +1,8 @@
 //! A coordinator killed (SIGKILL) in the middle of a run and started again on the same run store
 //! resumes the run to completion; no node spends budget twice for it.
 
-mod support;
-
+use crate::support::*;
 use std::time::{Duration, Instant};
-use support::*;
 
 #[tokio::test]
 async fn killed_coordinator_resumes_the_run_without_double_spend() {

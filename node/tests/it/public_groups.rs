@@ -1,9 +1,7 @@
 //! Every public group appears (zeros included); nothing outside the public domain ever does; the
 //! per-unit bounds do what the catalog says.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use node::evaluate::{Bounding, cells};
 
 fn r(u: &str, q: &str, k: &str, v: i64) -> Row {

@@ -1,13 +1,11 @@
 //! Secure aggregation end to end with real processes: nodes, the helper and the coordinator as
 //! HTTPS servers on 127.0.0.1 with mutual TLS, certificates and keys from `stroom certs --helper`.
 
-mod support;
-
+use crate::support::*;
 use policies::wire::{AnswerMeta, decode_answer};
 use secagg::seal::HelperPrivateKey;
 use secagg::vdaf::{Shape, parse_nonce, parse_verify_key};
 use std::path::{Path, PathBuf};
-use support::*;
 
 const T: u32 = 1;
 

@@ -2,9 +2,7 @@
 //! the national results, `stroom results` gives them as CSV or JSON, `stroom budget` shows what each
 //! node has left; without a token it says how to give one.
 
-mod support;
-
-use support::*;
+use crate::support::*;
 
 fn cli(
     dir: &std::path::Path,

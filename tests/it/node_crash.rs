@@ -2,10 +2,8 @@
 //! stored: after a restart the budget still holds — the spend was kept, the release is answered
 //! once under it, and the total charged never exceeds the budget.
 
-mod support;
-
+use crate::support::*;
 use std::time::{Duration, Instant};
-use support::*;
 
 fn reserved_count(ledger: &std::path::Path) -> i64 {
     let Ok(conn) =

@@ -1,0 +1,8 @@
+//! The node crate's integration tests, one binary: noise calibration, public groups and
+//! sensitivity of every aggregate kind.
+
+mod common;
+
+mod noise_calibration;
+mod public_groups;
+mod sensitivity;
