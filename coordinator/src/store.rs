@@ -16,7 +16,64 @@ pub enum StoreError {
     Json(#[from] serde_json::Error),
     #[error("run store: lock poisoned")]
     Poisoned,
+    #[error(
+        "run store has schema version {found}, newer than this build's {SCHEMA_VERSION}: refusing to run on it"
+    )]
+    Newer { found: i64 },
 }
+
+/// Schema version this build writes; a store from a newer build is refused.
+pub const SCHEMA_VERSION: i64 = 1;
+
+const V1: &str = "CREATE TABLE IF NOT EXISTS runs (
+        id TEXT PRIMARY KEY,
+        indicator TEXT NOT NULL,
+        period TEXT NOT NULL,
+        status TEXT NOT NULL,
+        requested_by TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL,
+        error TEXT,
+        resumed INTEGER NOT NULL DEFAULT 0,
+        published INTEGER NOT NULL DEFAULT 0,
+        records TEXT
+    );
+    CREATE TABLE IF NOT EXISTS answers (
+        run_id TEXT NOT NULL REFERENCES runs(id),
+        base TEXT NOT NULL,
+        quarter TEXT NOT NULL,
+        node TEXT NOT NULL,
+        answer BLOB,
+        error TEXT,
+        updated_at TEXT NOT NULL,
+        PRIMARY KEY (run_id, base, quarter, node)
+    );
+    CREATE TABLE IF NOT EXISTS interpretations (
+        indicator TEXT NOT NULL,
+        period TEXT NOT NULL,
+        nl TEXT,
+        en TEXT,
+        reviewer TEXT NOT NULL,
+        updated_at TEXT NOT NULL,
+        PRIMARY KEY (indicator, period)
+    );
+    CREATE TABLE IF NOT EXISTS tokens (
+        id TEXT PRIMARY KEY,
+        hash TEXT NOT NULL UNIQUE,
+        name TEXT NOT NULL,
+        role TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        expires_at TEXT,
+        revoked_at TEXT
+    );
+    CREATE TABLE IF NOT EXISTS published (
+        indicator TEXT NOT NULL,
+        period TEXT NOT NULL,
+        grp TEXT NOT NULL,
+        run_id TEXT NOT NULL,
+        record TEXT NOT NULL,
+        PRIMARY KEY (indicator, period, grp)
+    );";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -158,64 +215,20 @@ pub(crate) fn now() -> String {
 
 impl RunStore {
     pub fn open(path: &Path) -> Result<RunStore, StoreError> {
-        if let Some(parent) = path.parent() {
-            let _ = std::fs::create_dir_all(parent);
+        let mut conn = service::sqlite::open(path)?;
+        let version = match service::sqlite::schema(&conn, SCHEMA_VERSION)? {
+            service::sqlite::Schema::At(v) => v,
+            service::sqlite::Schema::Newer(found) => return Err(StoreError::Newer { found }),
+        };
+        // Version 1: the store as first released (before versioning it had `user_version` 0 and
+        // these same tables, hence `IF NOT EXISTS`). Later versions add their steps below it.
+        let tx = conn.transaction()?;
+        if version < 1 {
+            tx.execute_batch(V1)?;
+            tx.execute_batch(crate::proposals::SCHEMA)?;
         }
-        let conn = Connection::open(path)?;
-        conn.execute_batch(
-            "PRAGMA journal_mode = WAL;
-             PRAGMA synchronous = FULL;
-             CREATE TABLE IF NOT EXISTS runs (
-                 id TEXT PRIMARY KEY,
-                 indicator TEXT NOT NULL,
-                 period TEXT NOT NULL,
-                 status TEXT NOT NULL,
-                 requested_by TEXT NOT NULL,
-                 created_at TEXT NOT NULL,
-                 updated_at TEXT NOT NULL,
-                 error TEXT,
-                 resumed INTEGER NOT NULL DEFAULT 0,
-                 published INTEGER NOT NULL DEFAULT 0,
-                 records TEXT
-             );
-             CREATE TABLE IF NOT EXISTS answers (
-                 run_id TEXT NOT NULL REFERENCES runs(id),
-                 base TEXT NOT NULL,
-                 quarter TEXT NOT NULL,
-                 node TEXT NOT NULL,
-                 answer BLOB,
-                 error TEXT,
-                 updated_at TEXT NOT NULL,
-                 PRIMARY KEY (run_id, base, quarter, node)
-             );
-             CREATE TABLE IF NOT EXISTS interpretations (
-                 indicator TEXT NOT NULL,
-                 period TEXT NOT NULL,
-                 nl TEXT,
-                 en TEXT,
-                 reviewer TEXT NOT NULL,
-                 updated_at TEXT NOT NULL,
-                 PRIMARY KEY (indicator, period)
-             );
-             CREATE TABLE IF NOT EXISTS tokens (
-                 id TEXT PRIMARY KEY,
-                 hash TEXT NOT NULL UNIQUE,
-                 name TEXT NOT NULL,
-                 role TEXT NOT NULL,
-                 created_at TEXT NOT NULL,
-                 expires_at TEXT,
-                 revoked_at TEXT
-             );
-             CREATE TABLE IF NOT EXISTS published (
-                 indicator TEXT NOT NULL,
-                 period TEXT NOT NULL,
-                 grp TEXT NOT NULL,
-                 run_id TEXT NOT NULL,
-                 record TEXT NOT NULL,
-                 PRIMARY KEY (indicator, period, grp)
-             );",
-        )?;
-        conn.execute_batch(crate::proposals::SCHEMA)?;
+        tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+        tx.commit()?;
         Ok(RunStore {
             conn: Mutex::new(conn),
         })
@@ -603,6 +616,77 @@ pub fn parse_expiry(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeMap;
+
+    /// Every table's rows, as text, to compare a store before and after its upgrade.
+    fn dump(conn: &Connection) -> BTreeMap<String, Vec<String>> {
+        let tables: Vec<String> = conn
+            .prepare("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        tables
+            .into_iter()
+            .map(|t| {
+                let mut stmt = conn.prepare(&format!("SELECT * FROM \"{t}\"")).unwrap();
+                let n = stmt.column_count();
+                let mut rows: Vec<String> = stmt
+                    .query_map([], |r| {
+                        Ok((0..n)
+                            .map(|i| format!("{:?}", r.get_ref(i).unwrap()))
+                            .collect::<Vec<_>>()
+                            .join("|"))
+                    })
+                    .unwrap()
+                    .map(Result::unwrap)
+                    .collect();
+                rows.sort();
+                (t, rows)
+            })
+            .collect()
+    }
+
+    /// A run store written by the release before versioning (the governance test's coordinator:
+    /// runs, answers, a publication, an interpretation, tokens, reviewer keys, proposals,
+    /// approvals and catalog versions) opens with every row intact and is readable.
+    #[test]
+    fn a_store_from_the_previous_release_opens_with_every_row_intact() {
+        let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/runs-v0.sqlite");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("runs.sqlite");
+        std::fs::copy(&fixture, &path).unwrap();
+        let before = dump(&Connection::open(&path).unwrap());
+        assert_eq!(before["runs"].len(), 3);
+        assert_eq!(before["proposals"].len(), 3);
+        let store = RunStore::open(&path).unwrap();
+        assert_eq!(dump(&store.conn().unwrap()), before);
+        let version: i64 = store
+            .conn()
+            .unwrap()
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
+        assert_eq!(store.published().unwrap().len(), before["published"].len());
+        assert_eq!(store.interpretations().unwrap().len(), 1);
+        assert_eq!(store.list_tokens().unwrap().len(), before["tokens"].len());
+        assert_eq!(store.proposals().unwrap().len(), 3);
+        drop(store);
+        // Reopening changes nothing more; a store from a newer build is refused.
+        let store = RunStore::open(&path).unwrap();
+        assert_eq!(dump(&store.conn().unwrap()), before);
+        store
+            .conn()
+            .unwrap()
+            .pragma_update(None, "user_version", SCHEMA_VERSION + 1)
+            .unwrap();
+        drop(store);
+        assert!(matches!(
+            RunStore::open(&path),
+            Err(StoreError::Newer { found }) if found == SCHEMA_VERSION + 1
+        ));
+    }
 
     #[test]
     fn expiry_accepts_durations_and_dates_in_the_future_only() {

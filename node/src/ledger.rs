@@ -162,19 +162,7 @@ impl Ledger {
             path: path.to_path_buf(),
             source,
         };
-        if let Some(dir) = path.parent()
-            && !dir.as_os_str().is_empty()
-        {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| err(rusqlite::Error::ToSqlConversionFailure(Box::new(e))))?;
-        }
-        let mut conn = Connection::open(path).map_err(err)?;
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(err)?;
-        conn.pragma_update(None, "synchronous", "FULL")
-            .map_err(err)?;
-        conn.busy_timeout(std::time::Duration::from_secs(10))
-            .map_err(err)?;
+        let mut conn = service::sqlite::open(path).map_err(err)?;
         migrate(&mut conn, path)?;
         Ok(Ledger {
             conn,
@@ -413,15 +401,15 @@ fn migrate(conn: &mut Connection, path: &Path) -> Result<(), LedgerError> {
         path: path.to_path_buf(),
         source,
     };
-    let version: i64 = conn
-        .pragma_query_value(None, "user_version", |r| r.get(0))
-        .map_err(err)?;
-    if version > SCHEMA_VERSION {
-        return Err(LedgerError::Newer {
-            path: path.to_path_buf(),
-            found: version,
-        });
-    }
+    let version = match service::sqlite::schema(conn, SCHEMA_VERSION).map_err(err)? {
+        service::sqlite::Schema::At(v) => v,
+        service::sqlite::Schema::Newer(found) => {
+            return Err(LedgerError::Newer {
+                path: path.to_path_buf(),
+                found,
+            });
+        }
+    };
     let tx = conn.transaction().map_err(err)?;
     if version < 1 {
         tx.execute_batch(V1).map_err(err)?;

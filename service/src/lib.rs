@@ -1,5 +1,6 @@
-//! Plumbing every Stroom service shares (node, coordinator, helper): the configuration loader and
-//! the TLS setup.
+//! Plumbing every Stroom service shares (node, coordinator, helper): the configuration loader,
+//! the TLS setup and how SQLite stores are opened and versioned.
 
 pub mod config;
+pub mod sqlite;
 pub mod tls;
