@@ -328,11 +328,7 @@ fn table(s: &Series<'_>, lang: Lang) -> String {
 }
 
 fn cost_words(ind: &Indicator, catalog: &Catalog, lang: Lang) -> String {
-    let rho: f64 = crate::publish::bases(catalog, ind)
-        .iter()
-        .filter_map(|b| b.query())
-        .map(|q| q.cost.rho())
-        .sum();
+    let rho = catalog.rho(ind);
     let eps = policies::sensitivity::zcdp_to_epsilon(rho, 1e-6);
     match lang {
         Lang::Nl => format!(

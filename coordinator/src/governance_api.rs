@@ -84,11 +84,7 @@ fn proposal_file(toml: &str) -> std::path::PathBuf {
 fn estimate(state: &AppState, catalog: &Catalog, ind: &Indicator) -> serde_json::Value {
     let runner = &state.runner;
     let bases = crate::publish::bases(catalog, ind);
-    let rho: f64 = bases
-        .iter()
-        .filter_map(|b| b.query())
-        .map(|q| q.cost.rho())
-        .sum();
+    let rho = catalog.rho(ind);
     let measures: Vec<serde_json::Value> = bases
         .iter()
         .filter_map(|b| b.query().map(|q| (b, q)))

@@ -63,22 +63,9 @@ pub struct Published {
     pub rho: f64,
 }
 
-/// The base indicators a run of `indicator` needs answers for.
+/// The base indicators a run of `indicator` needs answers for (see [`Catalog::bases`]).
 pub fn bases<'a>(catalog: &'a Catalog, indicator: &'a Indicator) -> Vec<&'a Indicator> {
-    match &indicator.body {
-        policies::Body::Query(_) => vec![indicator],
-        policies::Body::Derived(Derived::Ratio {
-            numerator,
-            denominator,
-            ..
-        }) => [numerator, denominator]
-            .into_iter()
-            .filter_map(|id| catalog.get(id))
-            .collect(),
-        policies::Body::Derived(Derived::Quantile { histogram, .. }) => {
-            catalog.get(histogram).into_iter().collect()
-        }
-    }
+    catalog.bases(indicator)
 }
 
 fn period_column(ind: &Indicator) -> Option<String> {
@@ -146,11 +133,7 @@ fn record(
 }
 
 fn rho_of(catalog: &Catalog, id: &str) -> f64 {
-    catalog
-        .get(id)
-        .and_then(|i| i.query())
-        .map(|q| q.cost.rho())
-        .unwrap_or(0.0)
+    catalog.get(id).map_or(0.0, |i| catalog.rho(i))
 }
 
 /// Records of `indicator` for one quarter, from its bases' national sums for that quarter

@@ -587,11 +587,7 @@ impl Runner {
             &records,
             published.as_deref(),
         )?;
-        let rho: f64 = bases
-            .iter()
-            .filter_map(|b| b.query())
-            .map(|q| q.cost.rho())
-            .sum();
+        let rho = catalog.rho(ind);
         self.audit.append(AuditEvent {
             actor: "coordinator".into(),
             action: "run.finish".into(),

@@ -187,6 +187,35 @@ impl Catalog {
     pub fn get(&self, id: &str) -> Option<&Indicator> {
         self.indicators.get(id)
     }
+
+    /// The base (query) indicators a run of `indicator` needs answers for: itself, or the
+    /// queries a derived indicator combines.
+    pub fn bases<'a>(&'a self, indicator: &'a Indicator) -> Vec<&'a Indicator> {
+        match &indicator.body {
+            crate::Body::Query(_) => vec![indicator],
+            crate::Body::Derived(Derived::Ratio {
+                numerator,
+                denominator,
+                ..
+            }) => [numerator, denominator]
+                .into_iter()
+                .filter_map(|id| self.get(id))
+                .collect(),
+            crate::Body::Derived(Derived::Quantile { histogram, .. }) => {
+                self.get(histogram).into_iter().collect()
+            }
+        }
+    }
+
+    /// ρ one node spends on a run of `indicator` for one quarter: the sum over its bases. The one
+    /// place an indicator's cost is computed.
+    pub fn rho(&self, indicator: &Indicator) -> f64 {
+        self.bases(indicator)
+            .iter()
+            .filter_map(|b| b.query())
+            .map(|q| q.cost.rho())
+            .sum()
+    }
 }
 
 /// Number of values in a public domain for a run of `quarters` quarters.
@@ -246,4 +275,31 @@ pub fn cartesian(domains: &[Vec<String>]) -> Vec<Vec<String>> {
 pub fn public_keys(query: &crate::Query, period: &Period) -> (Vec<String>, Vec<Vec<String>>) {
     let (names, domains) = public_domains(query, period);
     (names, cartesian(&domains))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn an_indicators_rho_is_the_sum_over_its_bases() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("catalog");
+        let catalog = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime")
+            .block_on(super::Catalog::load(&dir))
+            .expect("catalog");
+        let rho = |id: &str| catalog.rho(catalog.get(id).expect(id));
+        // A query: its own cost. A ratio: numerator + denominator. A quantile: its histogram.
+        assert_eq!(rho("seclusion.count_own_room"), 0.1);
+        assert!(
+            (rho("seclusion.own_room_share")
+                - rho("seclusion.count_own_room")
+                - rho("seclusion.count"))
+            .abs()
+                < 1e-12
+        );
+        assert_eq!(
+            rho("seclusion.duration_median"),
+            rho("seclusion.duration_histogram")
+        );
+    }
 }
