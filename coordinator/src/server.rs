@@ -629,7 +629,7 @@ async fn not_found() -> Response {
 
 pub fn router(state: Arc<AppState>, body_limit: usize) -> Router {
     let counted = state.clone();
-    Router::new()
+    let api = Router::new()
         .route("/v1/runs", post(create_run))
         .route("/v1/runs/{id}", get(get_run))
         .route("/v1/indicators", get(list_indicators))
@@ -642,7 +642,10 @@ pub fn router(state: Arc<AppState>, body_limit: usize) -> Router {
             "/v1/proposals",
             post(crate::governance_api::create_proposal).get(crate::governance_api::list_proposals),
         )
-        .route("/v1/proposals/{id}", get(crate::governance_api::get_proposal))
+        .route(
+            "/v1/proposals/{id}",
+            get(crate::governance_api::get_proposal),
+        )
         .route(
             "/v1/proposals/{id}/dry-run",
             post(crate::governance_api::dry_run),
@@ -651,7 +654,10 @@ pub fn router(state: Arc<AppState>, body_limit: usize) -> Router {
             "/v1/proposals/{id}/approve",
             post(crate::governance_api::approve),
         )
-        .route("/v1/proposals/{id}/reject", post(crate::governance_api::reject))
+        .route(
+            "/v1/proposals/{id}/reject",
+            post(crate::governance_api::reject),
+        )
         .route("/v1/catalog", get(crate::governance_api::latest_catalog))
         .route(
             "/v1/catalog/{version}",
@@ -666,29 +672,8 @@ pub fn router(state: Arc<AppState>, body_limit: usize) -> Router {
         .route("/metrics", get(metrics))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(body_limit))
-        .with_state(state)
-        .layer(axum::middleware::from_fn(
-            move |req: Request<Body>, next: axum::middleware::Next| {
-                let counted = counted.clone();
-                async move {
-                    let method = req.method().to_string();
-                    let route = req
-                        .extensions()
-                        .get::<axum::extract::MatchedPath>()
-                        .map(|p| p.as_str().to_string())
-                        .unwrap_or_else(|| "unmatched".into());
-                    let started = std::time::Instant::now();
-                    let resp = next.run(req).await;
-                    counted.http.observe(
-                        &method,
-                        &route,
-                        resp.status().as_u16(),
-                        started.elapsed(),
-                    );
-                    resp
-                }
-            },
-        ))
+        .with_state(state);
+    service::http::with_http_metrics(api, counted)
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(TraceLayer::new_for_http().make_span_with(|req: &Request<Body>| {
             let id = req
@@ -781,4 +766,10 @@ pub async fn start(cfg: &CoordinatorConfig, runner: Arc<Runner>) -> Result<Runni
         task,
         runner,
     })
+}
+
+impl AsRef<policies::ops::HttpMetrics> for AppState {
+    fn as_ref(&self) -> &policies::ops::HttpMetrics {
+        &self.http
+    }
 }

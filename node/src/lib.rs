@@ -197,3 +197,9 @@ impl Node {
         })
     }
 }
+
+impl AsRef<policies::ops::HttpMetrics> for Node {
+    fn as_ref(&self) -> &policies::ops::HttpMetrics {
+        &self.metrics.http
+    }
+}

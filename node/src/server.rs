@@ -213,32 +213,6 @@ async fn not_found() -> Response {
     error_response(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
 }
 
-/// Counts every request by method, matched route and status, with its latency.
-fn with_http_metrics(router: Router, node: Arc<Node>) -> Router {
-    router.layer(axum::middleware::from_fn(
-        move |req: Request<Body>, next: axum::middleware::Next| {
-            let counted = node.clone();
-            async move {
-                let method = req.method().to_string();
-                let route = req
-                    .extensions()
-                    .get::<axum::extract::MatchedPath>()
-                    .map(|p| p.as_str().to_string())
-                    .unwrap_or_else(|| "unmatched".into());
-                let started = std::time::Instant::now();
-                let resp = next.run(req).await;
-                counted.metrics.http.observe(
-                    &method,
-                    &route,
-                    resp.status().as_u16(),
-                    started.elapsed(),
-                );
-                resp
-            }
-        },
-    ))
-}
-
 pub fn router(node: Arc<Node>) -> Router {
     let limit = node.config.limits.max_body_bytes;
     let counted = node.clone();
@@ -250,7 +224,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(limit))
         .with_state(node);
-    with_http_metrics(api, counted)
+    service::http::with_http_metrics(api, counted)
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(TraceLayer::new_for_http().make_span_with(|req: &Request<Body>| {
             let id = req
@@ -289,7 +263,7 @@ pub async fn start_ops(node: Arc<Node>, listen: &str) -> Result<Running, NodeErr
         .route("/metrics", get(metrics))
         .fallback(not_found)
         .with_state(node);
-    let app = with_http_metrics(app, counted);
+    let app = service::http::with_http_metrics(app, counted);
     let task = tokio::spawn(async move { server.serve(app.into_make_service()).await });
     Ok(Running { addr, handle, task })
 }

@@ -1,6 +1,7 @@
 //! Plumbing every Stroom service shares (node, coordinator, helper): the configuration loader,
-//! the TLS setup and how SQLite stores are opened and versioned.
+//! the TLS setup, the HTTP metrics layer and how SQLite stores are opened and versioned.
 
 pub mod config;
+pub mod http;
 pub mod sqlite;
 pub mod tls;
