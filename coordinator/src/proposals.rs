@@ -3,7 +3,7 @@
 //! approval that reaches the required number makes a new catalog version holding every approved
 //! indicator with its signatures. Every state change is one SQLite transaction.
 
-use crate::store::{RunStore, StoreError, now};
+use crate::store::{RunStore, StoreError};
 use policies::governance::{CatalogVersion, ReviewerSignature, SignedIndicator};
 use rusqlite::{OptionalExtension, TransactionBehavior, params};
 use serde::Serialize;
@@ -133,7 +133,7 @@ impl RunStore {
             "INSERT INTO reviewer_keys (name, public_key, registered_at) VALUES (?1, ?2, ?3)
              ON CONFLICT (name) DO UPDATE SET public_key = excluded.public_key,
                  registered_at = excluded.registered_at",
-            params![name, public_key.trim().to_ascii_lowercase(), now()],
+            params![name, public_key.trim().to_ascii_lowercase(), self.now()],
         )?;
         Ok(())
     }
@@ -165,7 +165,7 @@ impl RunStore {
             purpose: purpose.to_string(),
             proposed_by: proposed_by.to_string(),
             status: ProposalStatus::Pending,
-            created_at: now(),
+            created_at: self.now(),
             decided_at: None,
             approvals: Vec::new(),
             rejection: None,
@@ -325,7 +325,7 @@ impl RunStore {
             });
             let next = CatalogVersion {
                 version: current.version + 1,
-                created_at: now(),
+                created_at: self.now(),
                 entries,
             };
             tx.execute(
@@ -358,7 +358,7 @@ impl RunStore {
         tx.execute(
             "UPDATE proposals SET status = 'rejected', decided_at = ?2, rejected_by = ?3, reason = ?4
              WHERE id = ?1",
-            params![id, now(), reviewer, reason],
+            params![id, self.now(), reviewer, reason],
         )?;
         tx.commit()?;
         Ok(())

@@ -184,7 +184,7 @@ impl Runner {
         if let Ok(mut m) = self.counters.last_contact.lock() {
             m.insert(
                 node.to_string(),
-                (reachable, chrono::Utc::now().timestamp()),
+                (reachable, self.store.clock().now().timestamp()),
             );
         }
     }

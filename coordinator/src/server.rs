@@ -4,6 +4,7 @@
 use crate::config::{CoordinatorConfig, token_hash};
 use crate::publish::Published;
 use crate::runs::{RunError, Runner};
+use crate::store::TokenCheck;
 use crate::store::{Role, RunStatus};
 use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
@@ -104,27 +105,27 @@ pub(crate) fn authorize(
             role: Role::Researcher,
         }
     } else {
-        let info = state
-            .runner
-            .store
-            .token_by_hash(&hash)
-            .map_err(|e| error_response(StatusCode::INTERNAL_SERVER_ERROR, "store", e.to_string()))?
-            .ok_or_else(|| forbidden("the token is not a token of this coordinator".into()))?;
-        if info.revoked_at.is_some() {
-            return Err(forbidden(format!("token {} was revoked", info.id)));
-        }
-        let expired = info
-            .expires_at
-            .as_deref()
-            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
-            .is_some_and(|t| t <= chrono::Utc::now());
-        if expired {
-            return Err(forbidden(format!(
-                "token {} expired at {}",
-                info.id,
-                info.expires_at.unwrap_or_default()
-            )));
-        }
+        let check = state.runner.store.check_token(&hash).map_err(|e| {
+            error_response(StatusCode::INTERNAL_SERVER_ERROR, "store", e.to_string())
+        })?;
+        let info = match check {
+            TokenCheck::Unknown => {
+                return Err(forbidden(
+                    "the token is not a token of this coordinator".into(),
+                ));
+            }
+            TokenCheck::Revoked(info) => {
+                return Err(forbidden(format!("token {} was revoked", info.id)));
+            }
+            TokenCheck::Expired(info) => {
+                return Err(forbidden(format!(
+                    "token {} expired at {}",
+                    info.id,
+                    info.expires_at.unwrap_or_default()
+                )));
+            }
+            TokenCheck::Valid(info) => info,
+        };
         Caller {
             name: info.name,
             role: info.role,

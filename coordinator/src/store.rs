@@ -130,7 +130,7 @@ pub struct Interpretation {
 }
 
 pub fn now_rfc3339() -> String {
-    now()
+    stamp(chrono::Utc::now())
 }
 
 /// What a token may do. See the authorization matrix in the README.
@@ -207,14 +207,33 @@ pub struct StoredAnswer {
 
 pub struct RunStore {
     conn: Mutex<Connection>,
+    /// Every timestamp the store writes, and token expiry, come from here.
+    clock: std::sync::Arc<dyn service::clock::Clock>,
 }
 
-pub(crate) fn now() -> String {
-    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+/// A presented token, checked.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TokenCheck {
+    Unknown,
+    Revoked(TokenInfo),
+    Expired(TokenInfo),
+    Valid(TokenInfo),
+}
+
+/// A timestamp as the store writes them.
+fn stamp(t: chrono::DateTime<chrono::Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
 impl RunStore {
     pub fn open(path: &Path) -> Result<RunStore, StoreError> {
+        Self::open_with_clock(path, std::sync::Arc::new(service::clock::SystemClock))
+    }
+
+    pub fn open_with_clock(
+        path: &Path,
+        clock: std::sync::Arc<dyn service::clock::Clock>,
+    ) -> Result<RunStore, StoreError> {
         let mut conn = service::sqlite::open(path)?;
         let version = match service::sqlite::schema(&conn, SCHEMA_VERSION)? {
             service::sqlite::Schema::At(v) => v,
@@ -231,7 +250,18 @@ impl RunStore {
         tx.commit()?;
         Ok(RunStore {
             conn: Mutex::new(conn),
+            clock,
         })
+    }
+
+    /// The store's clock (the coordinator's): what "now" is for runs, tokens and publication.
+    pub fn clock(&self) -> &dyn service::clock::Clock {
+        self.clock.as_ref()
+    }
+
+    /// Now, as the store writes timestamps.
+    pub(crate) fn now(&self) -> String {
+        stamp(self.clock.now())
     }
 
     pub(crate) fn conn(&self) -> Result<std::sync::MutexGuard<'_, Connection>, StoreError> {
@@ -245,7 +275,7 @@ impl RunStore {
         requested_by: &str,
     ) -> Result<String, StoreError> {
         let id = uuid::Uuid::new_v4().to_string();
-        let t = now();
+        let t = self.now();
         self.conn()?.execute(
             "INSERT INTO runs (id, indicator, period, status, requested_by, created_at, updated_at)
              VALUES (?1, ?2, ?3, 'pending', ?4, ?5, ?5)",
@@ -262,7 +292,7 @@ impl RunStore {
     ) -> Result<(), StoreError> {
         self.conn()?.execute(
             "UPDATE runs SET status = ?2, error = ?3, updated_at = ?4 WHERE id = ?1",
-            params![id, status.as_str(), error, now()],
+            params![id, status.as_str(), error, self.now()],
         )?;
         Ok(())
     }
@@ -270,7 +300,7 @@ impl RunStore {
     pub fn mark_resumed(&self, id: &str) -> Result<(), StoreError> {
         self.conn()?.execute(
             "UPDATE runs SET resumed = resumed + 1, updated_at = ?2 WHERE id = ?1",
-            params![id, now()],
+            params![id, self.now()],
         )?;
         Ok(())
     }
@@ -287,7 +317,7 @@ impl RunStore {
     ) -> Result<(), StoreError> {
         let mut conn = self.conn()?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
-        let result = insert_answers(&mut conn, run_id, answers);
+        let result = insert_answers(&mut conn, run_id, answers, &self.now());
         conn.pragma_update(None, "synchronous", "FULL")?;
         result
     }
@@ -331,7 +361,7 @@ impl RunStore {
                 error,
                 serde_json::to_string(records)?,
                 publish.is_some(),
-                now()
+                self.now()
             ],
         )?;
         for p in publish.unwrap_or(&[]) {
@@ -426,7 +456,7 @@ impl RunStore {
             id,
             name: name.to_string(),
             role,
-            created_at: now(),
+            created_at: self.now(),
             expires_at: expires_at.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
             revoked_at: None,
         };
@@ -471,7 +501,7 @@ impl RunStore {
     pub fn revoke_token(&self, id: &str) -> Result<bool, StoreError> {
         let n = self.conn()?.execute(
             "UPDATE tokens SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL",
-            params![id, now()],
+            params![id, self.now()],
         )?;
         Ok(n == 1)
     }
@@ -487,6 +517,26 @@ impl RunStore {
                 Self::token_from_row,
             )
             .optional()?)
+    }
+
+    /// What a presented token's hash is worth now, by the store's clock.
+    pub fn check_token(&self, hash: &str) -> Result<TokenCheck, StoreError> {
+        let Some(info) = self.token_by_hash(hash)? else {
+            return Ok(TokenCheck::Unknown);
+        };
+        if info.revoked_at.is_some() {
+            return Ok(TokenCheck::Revoked(info));
+        }
+        let expired = info
+            .expires_at
+            .as_deref()
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+            .is_some_and(|t| t <= self.clock.now());
+        Ok(if expired {
+            TokenCheck::Expired(info)
+        } else {
+            TokenCheck::Valid(info)
+        })
     }
 
     /// Whether any record of this indicator and quarter is published.
@@ -546,6 +596,7 @@ fn insert_answers(
     conn: &mut Connection,
     run_id: &str,
     answers: &[NewAnswer<'_>],
+    at: &str,
 ) -> Result<(), StoreError> {
     let tx = conn.transaction()?;
     {
@@ -556,7 +607,6 @@ fn insert_answers(
              DO UPDATE SET answer = excluded.answer, error = excluded.error,
                            updated_at = excluded.updated_at",
         )?;
-        let at = now();
         for a in answers {
             let (bytes, error) = match a.answer {
                 Ok(b) => (Some(b), None),
@@ -732,6 +782,52 @@ mod tests {
         assert!(store.revoke_token(&info.id).unwrap());
         assert!(!store.revoke_token(&info.id).unwrap());
         assert!(store.list_tokens().unwrap()[0].revoked_at.is_some());
+    }
+
+    /// Expiry and timestamps follow the store's clock: a token valid today is refused once the
+    /// clock passes its expiry, and runs carry the clock's time.
+    #[test]
+    fn tokens_expire_and_runs_are_stamped_by_the_stores_clock() {
+        use service::clock::{Clock, ManualClock};
+        let dir = tempfile::tempdir().unwrap();
+        let start = chrono::DateTime::parse_from_rfc3339("2027-03-01T12:00:00Z")
+            .unwrap()
+            .with_timezone(&chrono::Utc);
+        let clock = std::sync::Arc::new(ManualClock::new(start));
+        let store =
+            RunStore::open_with_clock(&dir.path().join("runs.sqlite"), clock.clone()).unwrap();
+        let expiry = parse_expiry("2d", clock.now()).unwrap();
+        let (info, token) = store
+            .create_token("larry", Role::Researcher, Some(expiry))
+            .unwrap();
+        let hash = crate::config::token_hash(&token);
+        assert!(matches!(
+            store.check_token(&hash).unwrap(),
+            TokenCheck::Valid(_)
+        ));
+        assert_eq!(info.created_at, "2027-03-01T12:00:00.000Z");
+        clock.advance(chrono::Duration::hours(47));
+        assert!(matches!(
+            store.check_token(&hash).unwrap(),
+            TokenCheck::Valid(_)
+        ));
+        clock.advance(chrono::Duration::hours(2));
+        assert!(matches!(
+            store.check_token(&hash).unwrap(),
+            TokenCheck::Expired(i) if i.id == info.id
+        ));
+        assert_eq!(
+            store.check_token("no such hash").unwrap(),
+            TokenCheck::Unknown
+        );
+        let run = store.create_run("x", "2024Q1", "larry").unwrap();
+        let (run, _) = store.run(&run).unwrap().unwrap();
+        assert_eq!(run.created_at, "2027-03-03T13:00:00.000Z");
+        store.revoke_token(&info.id).unwrap();
+        assert!(matches!(
+            store.check_token(&hash).unwrap(),
+            TokenCheck::Revoked(_)
+        ));
     }
 
     #[test]

@@ -1,24 +1,4 @@
-//! Time as a dependency, so budget periods can be tested without waiting for a new year.
+//! Time as a dependency, so budget periods can be tested without waiting for a new year (the
+//! shared clock of every service).
 
-use chrono::{DateTime, Utc};
-
-pub trait Clock: Send + Sync {
-    fn now(&self) -> DateTime<Utc>;
-}
-
-pub struct SystemClock;
-
-impl Clock for SystemClock {
-    fn now(&self) -> DateTime<Utc> {
-        Utc::now()
-    }
-}
-
-/// A clock that always says the same time.
-pub struct FixedClock(pub DateTime<Utc>);
-
-impl Clock for FixedClock {
-    fn now(&self) -> DateTime<Utc> {
-        self.0
-    }
-}
+pub use service::clock::{Clock, FixedClock, ManualClock, SystemClock};
