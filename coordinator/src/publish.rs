@@ -5,6 +5,7 @@
 
 use crate::combine::{self, Interval};
 use crate::national::{BaseResult, CellSum};
+use policies::indicator::MeasureKind;
 use policies::{Aggregate, Catalog, Derived, Domain, Indicator};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -96,11 +97,14 @@ fn split_key(
     (period, group)
 }
 
-fn first(m: &BTreeMap<String, CellSum>) -> (f64, f64) {
-    m.values()
-        .next()
-        .map(|c| (c.value, c.variance))
-        .unwrap_or((0.0, 0.0))
+/// A single-measure base's estimate and variance in one cell, by its measure's name (the catalog
+/// refuses a ratio over a mean, the one kind with two measures).
+fn sole_measure(base: &Indicator, m: &BTreeMap<String, CellSum>) -> (f64, f64) {
+    let name = base
+        .query()
+        .and_then(|q| q.aggregate.measures().first())
+        .map_or(MeasureKind::Count.name(), |k| k.name());
+    get(m, name)
 }
 
 fn get(m: &BTreeMap<String, CellSum>, name: &str) -> (f64, f64) {
@@ -157,11 +161,18 @@ pub fn records(
             for (key, m) in &r.cells {
                 let (period, group) = split_key(indicator, &r.group_columns, key, quarter);
                 let interval = match &query.aggregate {
-                    Aggregate::Mean { .. } => {
-                        combine::ratio(get(m, "sum"), get(m, "count"), 1.0, &salt(&period, &group))
-                    }
-                    _ => {
-                        let (v, var) = first(m);
+                    Aggregate::Mean { .. } => combine::ratio(
+                        get(m, MeasureKind::Sum.name()),
+                        get(m, MeasureKind::Count.name()),
+                        1.0,
+                        &salt(&period, &group),
+                    ),
+                    // One measure: its estimate and variance.
+                    Aggregate::CountUnits { .. }
+                    | Aggregate::CountRows { .. }
+                    | Aggregate::Sum { .. }
+                    | Aggregate::Histogram { .. } => {
+                        let (v, var) = get(m, query.aggregate.measures()[0].name());
                         combine::normal_interval(v, var)
                     }
                 };
@@ -181,10 +192,11 @@ pub fn records(
             denominator,
             multiplier,
         }) => {
-            let (Some(n), Some(d), Some(num_ind)) = (
+            let (Some(n), Some(d), Some(num_ind), Some(den_ind)) = (
                 base.get(numerator),
                 base.get(denominator),
                 catalog.get(numerator),
+                catalog.get(denominator),
             ) else {
                 return out;
             };
@@ -205,8 +217,12 @@ pub fn records(
                     continue;
                 };
                 let (period, group) = split_key(num_ind, &n.group_columns, key, quarter);
-                let interval =
-                    combine::ratio(first(nm), first(dm), *multiplier, &salt(&period, &group));
+                let interval = combine::ratio(
+                    sole_measure(num_ind, nm),
+                    sole_measure(den_ind, dm),
+                    *multiplier,
+                    &salt(&period, &group),
+                );
                 out.push(record(
                     &indicator.id,
                     period,
@@ -232,7 +248,7 @@ pub fn records(
                 groups
                     .entry(key[..bin_pos].to_vec())
                     .or_default()
-                    .push(first(m));
+                    .push(sole_measure(hist_ind, m));
             }
             for (gkey, bins) in groups {
                 let (period, group) =
@@ -270,7 +286,13 @@ pub fn publish(catalog: &Catalog, r: &Record) -> Published {
     let rules = ind.map(|i| i.publish.clone());
     let countlike = ind
         .and_then(|i| i.query())
-        .is_some_and(|q| !matches!(q.aggregate, Aggregate::Mean { .. }));
+        .is_some_and(|q| match q.aggregate {
+            Aggregate::CountUnits { .. }
+            | Aggregate::CountRows { .. }
+            | Aggregate::Sum { .. }
+            | Aggregate::Histogram { .. } => true,
+            Aggregate::Mean { .. } => false,
+        });
     let (min, step) = match (&rules, countlike) {
         (Some(p), true) => (p.min_estimate, p.round_to.max(1) as f64),
         (Some(p), false) => (p.min_estimate, 0.1),

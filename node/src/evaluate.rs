@@ -14,7 +14,7 @@ use datafusion::logical_expr::when;
 use datafusion::prelude::{DataFrame, Expr, cast, ident, lit};
 use policies::catalog::domain_values;
 use policies::contract::{self, ContractError};
-use policies::indicator::Aggregate;
+use policies::indicator::{Aggregate, MeasureKind};
 use policies::{Period, Query};
 
 /// Per-row clamp applied to summed values before any per-unit total is formed, so that no sum of
@@ -94,10 +94,7 @@ pub async fn plan_cells(
         .iter()
         .map(|k| domain_values(&k.domain, period))
         .collect();
-    let edges = match &query.aggregate {
-        Aggregate::Histogram { edges, .. } => Some(edges.as_slice()),
-        _ => None,
-    };
+    let edges = query.aggregate.edges();
 
     // 1. Normalise names and types; every row gets its cell in the public key set, NULL when any
     //    part of its key lies outside the public domain.
@@ -212,14 +209,24 @@ pub async fn plan_cells(
     };
 
     // 5. Aggregate by cell.
-    let finals = match &query.aggregate {
-        Aggregate::Mean { .. } => vec![
-            sum(ident(CONTRIB)).alias("sum"),
-            count(lit(1i64)).alias("count"),
-        ],
-        Aggregate::Sum { .. } => vec![sum(ident(CONTRIB)).alias("sum")],
-        _ => vec![sum(ident(CONTRIB)).alias("count")],
+    // A mean's count is of units (one contribution each); every other count sums contributions.
+    let is_mean = match &query.aggregate {
+        Aggregate::Mean { .. } => true,
+        Aggregate::CountUnits { .. }
+        | Aggregate::CountRows { .. }
+        | Aggregate::Sum { .. }
+        | Aggregate::Histogram { .. } => false,
     };
+    let finals = query
+        .aggregate
+        .measures()
+        .iter()
+        .map(|m| match m {
+            MeasureKind::Sum => sum(ident(CONTRIB)).alias(m.name()),
+            MeasureKind::Count if is_mean => count(lit(1i64)).alias(m.name()),
+            MeasureKind::Count => sum(ident(CONTRIB)).alias(m.name()),
+        })
+        .collect();
     df.aggregate(vec![ident(CELL)], finals).map_err(engine)
 }
 
@@ -234,11 +241,12 @@ pub async fn cells(
     let batches = df.collect().await.map_err(engine)?;
     let (names, domains) = public_domains(query, period);
     let keys = cartesian(&domains);
-    let measure_names: Vec<&str> = match &query.aggregate {
-        Aggregate::Mean { .. } => vec!["sum", "count"],
-        Aggregate::Sum { .. } => vec!["sum"],
-        _ => vec!["count"],
-    };
+    let measure_names: Vec<&str> = query
+        .aggregate
+        .measures()
+        .iter()
+        .map(|m| m.name())
+        .collect();
     let mut values = vec![vec![0i64; keys.len()]; measure_names.len()];
     for b in &batches {
         let as_int64 = |name: &str| {

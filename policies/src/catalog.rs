@@ -3,7 +3,7 @@
 
 use crate::cdm;
 use crate::contract;
-use crate::indicator::{self, Aggregate, Body, Derived, Domain, Indicator};
+use crate::indicator::{self, Body, Derived, Domain, Indicator};
 use crate::period::Period;
 use crate::problem::{Problem, Problems};
 use std::collections::BTreeMap;
@@ -126,11 +126,20 @@ impl Catalog {
                         ("derived.numerator", numerator),
                         ("derived.denominator", denominator),
                     ] {
-                        if query_of(id).is_none() {
-                            p.push(
+                        match query_of(id) {
+                            None => p.push(
                                 field,
                                 format!("'{id}' is not a query indicator in this catalog"),
-                            );
+                            ),
+                            // A ratio divides one estimate by another: each base has one measure.
+                            Some(q) if q.aggregate.measures().len() != 1 => p.push(
+                                field,
+                                format!(
+                                    "'{id}' is a {} indicator; a ratio's bases have one measure each (count_units, count_rows, sum or histogram)",
+                                    q.aggregate.kind()
+                                ),
+                            ),
+                            Some(_) => {}
                         }
                     }
                     if let (Some(n), Some(d)) = (query_of(numerator), query_of(denominator)) {
@@ -148,7 +157,7 @@ impl Catalog {
                     }
                 }
                 Derived::Quantile { histogram, .. } => match query_of(histogram) {
-                    Some(q) if matches!(q.aggregate, Aggregate::Histogram { .. }) => {}
+                    Some(q) if q.aggregate.edges().is_some() => {}
                     _ => p.push(
                         "derived.histogram",
                         format!("'{histogram}' is not a histogram indicator in this catalog"),
@@ -279,6 +288,33 @@ pub fn public_keys(query: &crate::Query, period: &Period) -> (Vec<String>, Vec<V
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_ratio_over_a_mean_is_refused() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("catalog");
+        let mut sources: Vec<(std::path::PathBuf, String)> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .map(|p| (p.clone(), std::fs::read_to_string(&p).unwrap()))
+            .collect();
+        let ratio = std::fs::read_to_string(dir.join("seclusion.own_room_share.toml"))
+            .unwrap()
+            .replace("seclusion.own_room_share", "panel.score_ratio")
+            .replace("\"seclusion.count_own_room\"", "\"panel.mean_score\"");
+        sources.push((dir.join("panel.score_ratio.toml"), ratio));
+        let e = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime")
+            .block_on(super::Catalog::from_sources(&dir, &sources))
+            .expect_err("refused");
+        let text = e.to_string();
+        assert!(
+            text.contains(
+                "'panel.mean_score' is a mean indicator; a ratio's bases have one measure each"
+            ),
+            "{text}"
+        );
+    }
+
     #[test]
     fn an_indicators_rho_is_the_sum_over_its_bases() {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("catalog");

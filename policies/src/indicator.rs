@@ -78,14 +78,92 @@ pub enum Aggregate {
     },
 }
 
-impl Aggregate {
-    pub fn kind(&self) -> &'static str {
+/// The aggregate kinds, by name: what the catalog's `aggregate.kind` selects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AggregateKind {
+    CountUnits,
+    CountRows,
+    Sum,
+    Mean,
+    Histogram,
+}
+
+impl AggregateKind {
+    pub const ALL: [AggregateKind; 5] = [
+        AggregateKind::CountUnits,
+        AggregateKind::CountRows,
+        AggregateKind::Sum,
+        AggregateKind::Mean,
+        AggregateKind::Histogram,
+    ];
+
+    pub fn name(self) -> &'static str {
         match self {
-            Aggregate::CountUnits { .. } => "count_units",
-            Aggregate::CountRows { .. } => "count_rows",
-            Aggregate::Sum { .. } => "sum",
-            Aggregate::Mean { .. } => "mean",
-            Aggregate::Histogram { .. } => "histogram",
+            AggregateKind::CountUnits => "count_units",
+            AggregateKind::CountRows => "count_rows",
+            AggregateKind::Sum => "sum",
+            AggregateKind::Mean => "mean",
+            AggregateKind::Histogram => "histogram",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<AggregateKind> {
+        Self::ALL.into_iter().find(|k| k.name() == name)
+    }
+}
+
+/// The noisy integer columns a node releases: a count of units or rows per cell, or a sum of
+/// bounded values per cell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MeasureKind {
+    Count,
+    Sum,
+}
+
+impl MeasureKind {
+    /// The measure's column name in answers and cells.
+    pub fn name(self) -> &'static str {
+        match self {
+            MeasureKind::Count => "count",
+            MeasureKind::Sum => "sum",
+        }
+    }
+}
+
+impl Aggregate {
+    pub fn of_kind(&self) -> AggregateKind {
+        match self {
+            Aggregate::CountUnits { .. } => AggregateKind::CountUnits,
+            Aggregate::CountRows { .. } => AggregateKind::CountRows,
+            Aggregate::Sum { .. } => AggregateKind::Sum,
+            Aggregate::Mean { .. } => AggregateKind::Mean,
+            Aggregate::Histogram { .. } => AggregateKind::Histogram,
+        }
+    }
+
+    pub fn kind(&self) -> &'static str {
+        self.of_kind().name()
+    }
+
+    /// The measures a release of this kind carries, in their order in answers.
+    pub fn measures(&self) -> &'static [MeasureKind] {
+        match self {
+            Aggregate::CountUnits { .. }
+            | Aggregate::CountRows { .. }
+            | Aggregate::Histogram { .. } => &[MeasureKind::Count],
+            Aggregate::Sum { .. } => &[MeasureKind::Sum],
+            Aggregate::Mean { .. } => &[MeasureKind::Sum, MeasureKind::Count],
+        }
+    }
+
+    /// The histogram's bin edges; `None` for every other kind.
+    pub fn edges(&self) -> Option<&[i64]> {
+        match self {
+            Aggregate::Histogram { edges, .. } => Some(edges),
+            Aggregate::CountUnits { .. }
+            | Aggregate::CountRows { .. }
+            | Aggregate::Sum { .. }
+            | Aggregate::Mean { .. } => None,
         }
     }
 
@@ -94,7 +172,7 @@ impl Aggregate {
             Aggregate::Sum { value, .. }
             | Aggregate::Mean { value, .. }
             | Aggregate::Histogram { value, .. } => Some(value),
-            _ => None,
+            Aggregate::CountUnits { .. } | Aggregate::CountRows { .. } => None,
         }
     }
 
@@ -681,12 +759,23 @@ impl Reader<'_> {
     fn aggregate(&mut self, t: &Table) -> Option<Aggregate> {
         let inner = self.table(t, "aggregate")?;
         let mut r = self.nested("aggregate");
-        let kind = r.string(inner, "kind")?;
-        let known: &[&str] = match kind.as_str() {
-            "count_units" => &["kind", "max_groups_per_unit"],
-            "count_rows" => &["kind", "max_groups_per_unit", "max_rows_per_group"],
-            "sum" => &["kind", "value", "lower", "upper", "max_groups_per_unit"],
-            "mean" => &[
+        let name = r.string(inner, "kind")?;
+        let Some(kind) = AggregateKind::parse(&name) else {
+            let names: Vec<&str> = AggregateKind::ALL.iter().map(|k| k.name()).collect();
+            r.problem(
+                "kind",
+                format!(
+                    "unknown aggregate kind '{name}'; expected one of {}",
+                    names.join(", ")
+                ),
+            );
+            return None;
+        };
+        let known: &[&str] = match kind {
+            AggregateKind::CountUnits => &["kind", "max_groups_per_unit"],
+            AggregateKind::CountRows => &["kind", "max_groups_per_unit", "max_rows_per_group"],
+            AggregateKind::Sum => &["kind", "value", "lower", "upper", "max_groups_per_unit"],
+            AggregateKind::Mean => &[
                 "kind",
                 "value",
                 "lower",
@@ -694,38 +783,29 @@ impl Reader<'_> {
                 "max_groups_per_unit",
                 "sum_share",
             ],
-            "histogram" => &[
+            AggregateKind::Histogram => &[
                 "kind",
                 "value",
                 "edges",
                 "max_groups_per_unit",
                 "max_rows_per_group",
             ],
-            other => {
-                r.problem(
-                    "kind",
-                    format!(
-                        "unknown aggregate kind '{other}'; expected one of count_units, count_rows, sum, mean, histogram"
-                    ),
-                );
-                return None;
-            }
         };
         self.unknown_keys(inner, "aggregate", known);
         let mut r = self.nested("aggregate");
         let k = r.int(inner, "max_groups_per_unit", 1);
-        let agg = match kind.as_str() {
-            "count_units" => Aggregate::CountUnits {
+        let agg = match kind {
+            AggregateKind::CountUnits => Aggregate::CountUnits {
                 max_groups_per_unit: k?,
             },
-            "count_rows" => {
+            AggregateKind::CountRows => {
                 let m = r.int(inner, "max_rows_per_group", 1);
                 Aggregate::CountRows {
                     max_groups_per_unit: k?,
                     max_rows_per_group: m?,
                 }
             }
-            "sum" | "mean" => {
+            AggregateKind::Sum | AggregateKind::Mean => {
                 let value = r.string(inner, "value");
                 let lower = r.any_int(inner, "lower");
                 let upper = r.any_int(inner, "upper");
@@ -741,7 +821,7 @@ impl Reader<'_> {
                     r.problem("upper", "bounds beyond ±2^40 are not supported".into());
                     return None;
                 }
-                if kind == "sum" {
+                if kind == AggregateKind::Sum {
                     Aggregate::Sum {
                         value: value?,
                         lower: lower?,
@@ -771,7 +851,7 @@ impl Reader<'_> {
                     }
                 }
             }
-            _ => {
+            AggregateKind::Histogram => {
                 let value = r.string(inner, "value");
                 let m = r.int(inner, "max_rows_per_group", 1);
                 let edges = match inner.get("edges") {
@@ -849,10 +929,7 @@ impl Query {
     /// Histogram bin labels in order: `[a,b)` for each pair of edges and `[last,∞)`; values
     /// below the first edge fall in the first bin.
     pub fn bins(&self) -> Vec<String> {
-        match &self.aggregate {
-            Aggregate::Histogram { edges, .. } => bin_labels(edges),
-            _ => Vec::new(),
-        }
+        self.aggregate.edges().map(bin_labels).unwrap_or_default()
     }
 }
 

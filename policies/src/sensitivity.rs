@@ -1,7 +1,7 @@
 //! What one privacy unit can change in a released answer, and the noise that follows from it.
 //! Shared by the node (which adds the noise) and the coordinator (which needs the public scales).
 
-use crate::indicator::{Aggregate, Cost, Query};
+use crate::indicator::{Aggregate, Cost, MeasureKind, Query};
 
 /// One released column of noisy integers (`count` or `sum`) and its per-unit bound.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -100,14 +100,16 @@ impl Query {
             cost: split(1.0),
         };
         match &self.aggregate {
-            Aggregate::CountUnits { .. } => vec![one("count", 1)],
+            Aggregate::CountUnits { .. } => vec![one(MeasureKind::Count.name(), 1)],
             Aggregate::CountRows {
                 max_rows_per_group, ..
             }
             | Aggregate::Histogram {
                 max_rows_per_group, ..
-            } => vec![one("count", *max_rows_per_group)],
-            Aggregate::Sum { lower, upper, .. } => vec![one("sum", magnitude(*lower, *upper))],
+            } => vec![one(MeasureKind::Count.name(), *max_rows_per_group)],
+            Aggregate::Sum { lower, upper, .. } => {
+                vec![one(MeasureKind::Sum.name(), magnitude(*lower, *upper))]
+            }
             Aggregate::Mean {
                 lower,
                 upper,
@@ -115,13 +117,13 @@ impl Query {
                 ..
             } => vec![
                 Measure {
-                    name: "sum".into(),
+                    name: MeasureKind::Sum.name().into(),
                     per_cell: magnitude(*lower, *upper),
                     cells_per_unit: cells,
                     cost: split(*sum_share),
                 },
                 Measure {
-                    name: "count".into(),
+                    name: MeasureKind::Count.name().into(),
                     per_cell: 1,
                     cells_per_unit: cells,
                     cost: split(1.0 - sum_share),

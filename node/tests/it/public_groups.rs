@@ -141,3 +141,15 @@ async fn the_cells_a_unit_keeps_depend_only_on_its_own_rows() {
     expected[others_cell] += 30;
     assert_eq!(with_others.measure("count").unwrap(), expected.as_slice());
 }
+
+/// The per-kind tests iterate over `all_kinds()`: it must hold every aggregate kind there is, so a
+/// new kind cannot go untested.
+#[test]
+fn the_fixtures_cover_every_aggregate_kind() {
+    let fixtures: Vec<&str> = all_kinds().iter().map(|(k, _)| *k).collect();
+    let kinds: Vec<&str> = policies::indicator::AggregateKind::ALL
+        .iter()
+        .map(|k| k.name())
+        .collect();
+    assert_eq!(fixtures, kinds);
+}
