@@ -172,3 +172,63 @@ pub async fn fetch(cfg: &GovernanceConfig, ca: &Path) -> Result<CatalogVersion, 
         .await
         .map_err(|e| Refusal::Fetch(format!("{url}: not a catalog version: {e}")))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use policies::governance::{ReviewerSignature, SignedIndicator, SigningKey, TrustedKey};
+
+    /// A node enforces the stability check on what it receives, even when the indicator carries
+    /// every signature it requires: reviewers are a second line, not the only one.
+    #[tokio::test]
+    async fn a_signed_indicator_whose_rows_are_not_one_youths_is_refused_on_arrival() {
+        let (key, _) = SigningKey::generate().expect("key");
+        let cfg = GovernanceConfig {
+            reviewer_keys: vec![TrustedKey {
+                name: "ann".into(),
+                public_key: key.public_key_hex(),
+            }],
+            required_signatures: 1,
+            ..GovernanceConfig::default()
+        };
+        let signed = |id: &str, select: &str| {
+            let toml = format!(
+                "id = \"{id}\"\ntheme = \"zorg\"\ntitle = {{ nl = \"t\", en = \"t\" }}\n\
+                 definition = {{ nl = \"d\", en = \"d\" }}\nprivacy_unit = \"youth_pid\"\n\
+                 sql = \"{select} FROM restrictive_measure m JOIN quarters q ON CAST(m.start_ts AS DATE) BETWEEN q.first_day AND q.last_day\"\n\
+                 group_by = {{ quarter = \"period\" }}\n\
+                 aggregate = {{ kind = \"count_units\", max_groups_per_unit = 4 }}\ncost = {{ rho = 0.1 }}\n"
+            );
+            let hash = policies::indicator::content_hash(toml.as_bytes());
+            SignedIndicator {
+                id: id.into(),
+                signatures: vec![ReviewerSignature {
+                    reviewer: "ann".into(),
+                    public_key: key.public_key_hex(),
+                    signature: key.sign_approval(id, &hash),
+                    signed_at: String::new(),
+                }],
+                content_hash: hash,
+                toml,
+                proposal: "p".into(),
+            }
+        };
+        let ctx = policies::contract::planning_context().expect("context");
+        let stable = signed("research.ok", "SELECT m.youth_pid, q.quarter");
+        check_entry(&stable, &cfg, Some(&ctx))
+            .await
+            .expect("a stable, signed indicator is taken");
+        let unstable = signed(
+            "research.per_measure",
+            "SELECT CAST(m.measure_id AS VARCHAR) AS youth_pid, q.quarter",
+        );
+        let refusal = check_entry(&unstable, &cfg, Some(&ctx))
+            .await
+            .expect_err("refused");
+        assert!(
+            matches!(&refusal, Refusal::Invalid { id, message }
+                if id == "research.per_measure" && message.contains("is not the privacy unit carried unchanged")),
+            "{refusal}"
+        );
+    }
+}
