@@ -125,15 +125,15 @@ pub async fn create_proposal(
 ) -> Response {
     let caller = match authorize(&state, &headers, &[Role::Researcher]) {
         Ok(c) => c,
-        Err(r) => return r,
+        Err(e) => return e.into_response(),
     };
     let req: ProposeBody = match parse_body(&body, "{\"toml\": \"…\", \"purpose\": \"…\"}") {
         Ok(b) => b,
-        Err(r) => return r,
+        Err(e) => return e.into_response(),
     };
     let purpose = match clean_text("purpose", &req.purpose) {
         Ok(p) => p,
-        Err(r) => return r,
+        Err(e) => return e.into_response(),
     };
     let approved = match state.runner.store.latest_catalog() {
         Ok(c) => c,
@@ -231,12 +231,12 @@ fn load(state: &AppState, id: &str) -> Result<Proposal, Response> {
 }
 
 pub async fn list_proposals(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
-    if let Err(r) = authorize(
+    if let Err(e) = authorize(
         &state,
         &headers,
         &[Role::Researcher, Role::Reviewer, Role::Admin],
     ) {
-        return r;
+        return e.into_response();
     }
     match state.runner.store.proposals() {
         Ok(ps) => Json(serde_json::json!({
@@ -253,12 +253,12 @@ pub async fn get_proposal(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
-    if let Err(r) = authorize(
+    if let Err(e) = authorize(
         &state,
         &headers,
         &[Role::Researcher, Role::Reviewer, Role::Admin],
     ) {
-        return r;
+        return e.into_response();
     }
     match load(&state, &id) {
         Ok(p) => Json(serde_json::json!({
@@ -286,19 +286,19 @@ pub async fn dry_run(
 ) -> Response {
     let caller = match authorize(&state, &headers, &[Role::Researcher, Role::Reviewer]) {
         Ok(c) => c,
-        Err(r) => return r,
+        Err(e) => return e.into_response(),
     };
     let req: DryRunBody = if body.is_empty() {
         DryRunBody::default()
     } else {
         match parse_body(&body, "{\"period\": \"2024Q1[:2024Q4]\"} or empty") {
             Ok(b) => b,
-            Err(r) => return r,
+            Err(e) => return e.into_response(),
         }
     };
     let proposal = match load(&state, &id) {
         Ok(p) => p,
-        Err(r) => return r,
+        Err(e) => return e.into_response(),
     };
     let Some(sandbox) = state.runner.sandbox.clone() else {
         return error_response(
@@ -399,15 +399,15 @@ pub async fn approve(
 ) -> Response {
     let caller = match authorize(&state, &headers, &[Role::Reviewer]) {
         Ok(c) => c,
-        Err(r) => return r,
+        Err(e) => return e.into_response(),
     };
     let req: ApproveBody = match parse_body(&body, "{\"signature\": \"<hex ed25519>\"}") {
         Ok(b) => b,
-        Err(r) => return r,
+        Err(e) => return e.into_response(),
     };
     let proposal = match load(&state, &id) {
         Ok(p) => p,
-        Err(r) => return r,
+        Err(e) => return e.into_response(),
     };
     let public_key = match state.runner.store.reviewer_key(&caller.name) {
         Ok(Some(k)) => k,
@@ -520,19 +520,19 @@ pub async fn reject(
 ) -> Response {
     let caller = match authorize(&state, &headers, &[Role::Reviewer]) {
         Ok(c) => c,
-        Err(r) => return r,
+        Err(e) => return e.into_response(),
     };
     let req: RejectBody = match parse_body(&body, "{\"reason\": \"…\"}") {
         Ok(b) => b,
-        Err(r) => return r,
+        Err(e) => return e.into_response(),
     };
     let reason = match clean_text("reason", &req.reason) {
         Ok(r) => r,
-        Err(r) => return r,
+        Err(e) => return e.into_response(),
     };
     let proposal = match load(&state, &id) {
         Ok(p) => p,
-        Err(r) => return r,
+        Err(e) => return e.into_response(),
     };
     if let Err(e) = state.runner.store.reject(&id, &caller.name, &reason) {
         return governance_error(e);

@@ -4,6 +4,7 @@
 // A refusal is an HTTP response; boxing it buys nothing.
 #![allow(clippy::result_large_err)]
 
+pub mod api_error;
 pub mod combine;
 pub mod config;
 pub mod dashboard;

@@ -1,6 +1,7 @@
 //! The coordinator's HTTPS API (axum over rustls, TLS 1.3). Researchers start runs and read their
 //! results with a bearer token; the public reads published indicators without one.
 
+use crate::api_error::ApiError;
 use crate::config::{CoordinatorConfig, token_hash};
 use crate::publish::Published;
 use crate::runs::{RunError, Runner};
@@ -61,10 +62,6 @@ pub(crate) struct Caller {
     pub(crate) role: Role,
 }
 
-fn forbidden(message: String) -> Response {
-    error_response(StatusCode::FORBIDDEN, "forbidden", message)
-}
-
 /// The caller behind the request's bearer token when its role is one of `allowed`, or the
 /// refusal to send: 401 without a usable token, 403 for an unknown, revoked or expired token or
 /// the wrong role.
@@ -72,18 +69,16 @@ pub(crate) fn authorize(
     state: &AppState,
     headers: &HeaderMap,
     allowed: &[Role],
-) -> Result<Caller, Response> {
+) -> Result<Caller, ApiError> {
     let roles = allowed
         .iter()
         .map(Role::as_str)
         .collect::<Vec<_>>()
         .join(" or ");
     let Some(value) = headers.get(header::AUTHORIZATION) else {
-        return Err(error_response(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            format!("this endpoint needs a {roles} token: send 'Authorization: Bearer <token>'"),
-        ));
+        return Err(ApiError::Unauthorized(format!(
+            "this endpoint needs a {roles} token: send 'Authorization: Bearer <token>'"
+        )));
     };
     let token = value
         .to_str()
@@ -92,10 +87,8 @@ pub(crate) fn authorize(
         .map(str::trim)
         .filter(|t| !t.is_empty());
     let Some(token) = token else {
-        return Err(error_response(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "the Authorization header must read 'Bearer <token>'",
+        return Err(ApiError::Unauthorized(
+            "the Authorization header must read 'Bearer <token>'".into(),
         ));
     };
     let hash = token_hash(token);
@@ -105,20 +98,21 @@ pub(crate) fn authorize(
             role: Role::Researcher,
         }
     } else {
-        let check = state.runner.store.check_token(&hash).map_err(|e| {
-            error_response(StatusCode::INTERNAL_SERVER_ERROR, "store", e.to_string())
-        })?;
+        let check = state.runner.store.check_token(&hash)?;
         let info = match check {
             TokenCheck::Unknown => {
-                return Err(forbidden(
+                return Err(ApiError::Forbidden(
                     "the token is not a token of this coordinator".into(),
                 ));
             }
             TokenCheck::Revoked(info) => {
-                return Err(forbidden(format!("token {} was revoked", info.id)));
+                return Err(ApiError::Forbidden(format!(
+                    "token {} was revoked",
+                    info.id
+                )));
             }
             TokenCheck::Expired(info) => {
-                return Err(forbidden(format!(
+                return Err(ApiError::Forbidden(format!(
                     "token {} expired at {}",
                     info.id,
                     info.expires_at.unwrap_or_default()
@@ -132,7 +126,7 @@ pub(crate) fn authorize(
         }
     };
     if !allowed.contains(&caller.role) {
-        return Err(forbidden(format!(
+        return Err(ApiError::Forbidden(format!(
             "this endpoint needs a {roles} token; this token's role is {}",
             caller.role.as_str()
         )));
@@ -141,14 +135,15 @@ pub(crate) fn authorize(
 }
 
 /// Each node's own report of its privacy budget, asked concurrently.
-async fn node_budgets(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
-    if let Err(r) = authorize(
+async fn node_budgets(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    authorize(
         &state,
         &headers,
         &[Role::Researcher, Role::Reviewer, Role::Admin],
-    ) {
-        return r;
-    }
+    )?;
     let nodes: Vec<serde_json::Value> = state
         .runner
         .refresh_budgets()
@@ -159,7 +154,7 @@ async fn node_budgets(State(state): State<Arc<AppState>>, headers: HeaderMap) ->
             Err(e) => serde_json::json!({ "node": node, "error": e }),
         })
         .collect();
-    Json(serde_json::json!({ "nodes": nodes })).into_response()
+    Ok(Json(serde_json::json!({ "nodes": nodes })).into_response())
 }
 
 #[derive(Debug, Deserialize)]
@@ -178,57 +173,33 @@ async fn put_interpretation(
     headers: HeaderMap,
     Path((indicator, period)): Path<(String, String)>,
     body: axum::body::Bytes,
-) -> Response {
-    let caller = match authorize(&state, &headers, &[Role::Reviewer]) {
-        Ok(c) => c,
-        Err(r) => return r,
-    };
-    let text: InterpretationBody = match serde_json::from_slice(&body) {
-        Ok(t) => t,
-        Err(e) => {
-            return error_response(
-                StatusCode::BAD_REQUEST,
-                "bad_request",
-                format!("body must be {{\"nl\": \"…\", \"en\": \"…\"}} (at least one): {e}"),
-            );
-        }
-    };
+) -> Result<Response, ApiError> {
+    let caller = authorize(&state, &headers, &[Role::Reviewer])?;
+    let text: InterpretationBody = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::BadRequest(format!(
+            "body must be {{\"nl\": \"…\", \"en\": \"…\"}} (at least one): {e}"
+        ))
+    })?;
     let clean = |t: Option<String>| t.map(|s| s.trim().to_string()).filter(|s| !s.is_empty());
     let (nl, en) = (clean(text.nl), clean(text.en));
     if nl.is_none() && en.is_none() {
-        return error_response(
-            StatusCode::BAD_REQUEST,
-            "bad_request",
-            "give the interpretation in Dutch (nl), English (en) or both",
-        );
+        return Err(ApiError::BadRequest(
+            "give the interpretation in Dutch (nl), English (en) or both".into(),
+        ));
     }
     if [&nl, &en].iter().any(|t| {
         t.as_ref()
             .is_some_and(|s| s.chars().count() > MAX_INTERPRETATION_CHARS)
     }) {
-        return error_response(
-            StatusCode::BAD_REQUEST,
-            "bad_request",
-            format!("an interpretation may be at most {MAX_INTERPRETATION_CHARS} characters"),
-        );
+        return Err(ApiError::BadRequest(format!(
+            "an interpretation may be at most {MAX_INTERPRETATION_CHARS} characters"
+        )));
     }
     if state.runner.catalog().get(&indicator).is_none() {
-        return error_response(
-            StatusCode::NOT_FOUND,
-            "unknown_indicator",
-            format!("'{indicator}' is not in the approved catalog"),
-        );
+        return Err(ApiError::UnknownIndicator(indicator));
     }
-    match state.runner.store.is_published(&indicator, &period) {
-        Ok(true) => {}
-        Ok(false) => {
-            return error_response(
-                StatusCode::NOT_FOUND,
-                "not_published",
-                format!("{indicator} has no published figures for {period}"),
-            );
-        }
-        Err(e) => return error_response(StatusCode::INTERNAL_SERVER_ERROR, "store", e.to_string()),
+    if !state.runner.store.is_published(&indicator, &period)? {
+        return Err(ApiError::NotPublished { indicator, period });
     }
     let interpretation = crate::store::Interpretation {
         indicator,
@@ -238,50 +209,42 @@ async fn put_interpretation(
         reviewer: caller.name.clone(),
         updated_at: crate::store::now_rfc3339(),
     };
-    if let Err(e) = state.runner.audit.append(policies::audit::AuditEvent {
-        actor: caller.name,
-        action: "interpretation.set".into(),
-        indicator: Some(interpretation.indicator.clone()),
-        parameters: serde_json::json!({ "period": interpretation.period }),
-        answer_digest: Some(policies::audit::digest(
-            serde_json::to_string(&interpretation)
-                .unwrap_or_default()
-                .as_bytes(),
-        )),
-        outcome: "stored".into(),
-        ..Default::default()
-    }) {
-        return error_response(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "audit_failed",
-            e.to_string(),
-        );
-    }
-    match state.runner.store.set_interpretation(&interpretation) {
-        Ok(()) => Json(interpretation).into_response(),
-        Err(e) => error_response(StatusCode::INTERNAL_SERVER_ERROR, "store", e.to_string()),
-    }
+    state
+        .runner
+        .audit
+        .append(policies::audit::AuditEvent {
+            actor: caller.name,
+            action: "interpretation.set".into(),
+            indicator: Some(interpretation.indicator.clone()),
+            parameters: serde_json::json!({ "period": interpretation.period }),
+            answer_digest: Some(policies::audit::digest(
+                serde_json::to_string(&interpretation)
+                    .unwrap_or_default()
+                    .as_bytes(),
+            )),
+            outcome: "stored".into(),
+            ..Default::default()
+        })
+        .map_err(|e| ApiError::Audit(e.to_string()))?;
+    state.runner.store.set_interpretation(&interpretation)?;
+    Ok(Json(interpretation).into_response())
 }
 
-async fn list_tokens(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
-    if let Err(r) = authorize(&state, &headers, &[Role::Admin]) {
-        return r;
-    }
-    match state.runner.store.list_tokens() {
-        Ok(t) => Json(serde_json::json!({ "tokens": t })).into_response(),
-        Err(e) => error_response(StatusCode::INTERNAL_SERVER_ERROR, "store", e.to_string()),
-    }
+async fn list_tokens(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    authorize(&state, &headers, &[Role::Admin])?;
+    let tokens = state.runner.store.list_tokens()?;
+    Ok(Json(serde_json::json!({ "tokens": tokens })).into_response())
 }
 
 async fn revoke_token(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     Path(id): Path<String>,
-) -> Response {
-    let caller = match authorize(&state, &headers, &[Role::Admin]) {
-        Ok(c) => c,
-        Err(r) => return r,
-    };
+) -> Result<Response, ApiError> {
+    let caller = authorize(&state, &headers, &[Role::Admin])?;
     let revoked = state.runner.store.revoke_token(&id);
     let _ = state.runner.audit.append(policies::audit::AuditEvent {
         actor: caller.name,
@@ -294,14 +257,10 @@ async fn revoke_token(
         },
         ..Default::default()
     });
-    match revoked {
-        Ok(true) => Json(serde_json::json!({ "id": id, "revoked": true })).into_response(),
-        Ok(false) => error_response(
-            StatusCode::NOT_FOUND,
-            "unknown_token",
-            format!("no active token with id {id}"),
-        ),
-        Err(e) => error_response(StatusCode::INTERNAL_SERVER_ERROR, "store", e.to_string()),
+    if revoked? {
+        Ok(Json(serde_json::json!({ "id": id, "revoked": true })).into_response())
+    } else {
+        Err(ApiError::UnknownToken(id))
     }
 }
 
@@ -316,51 +275,45 @@ async fn create_run(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     body: axum::body::Bytes,
-) -> Response {
-    let who = match authorize(&state, &headers, &[Role::Researcher]) {
-        Ok(c) => c.name,
-        Err(r) => return r,
-    };
-    let request: RunRequest = match serde_json::from_slice(&body) {
-        Ok(r) => r,
-        Err(e) => {
-            return error_response(
-                StatusCode::BAD_REQUEST,
-                "bad_request",
-                format!(
-                    "body must be {{\"indicator\": \"…\", \"period\": \"2024Q1[:2024Q4]\"}}: {e}"
-                ),
-            );
-        }
-    };
+) -> Result<Response, ApiError> {
+    let who = authorize(&state, &headers, &[Role::Researcher])?.name;
+    let request: RunRequest = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::BadRequest(format!(
+            "body must be {{\"indicator\": \"…\", \"period\": \"2024Q1[:2024Q4]\"}}: {e}"
+        ))
+    })?;
     let runner = state.runner.clone();
     let submitted = {
         let r = runner.clone();
         tokio::task::spawn_blocking(move || r.submit(&request.indicator, &request.period, &who))
             .await
     };
-    match submitted {
-        Ok(Ok(id)) => {
-            let run_id = id.clone();
-            tokio::spawn(async move { runner.execute(&run_id).await });
-            (
-                StatusCode::ACCEPTED,
-                Json(serde_json::json!({
-                    "id": id,
-                    "status": RunStatus::Pending,
-                    "url": format!("/v1/runs/{id}"),
-                })),
-            )
-                .into_response()
+    let id = submitted.map_err(ApiError::join)?.map_err(run_error)?;
+    let run_id = id.clone();
+    tokio::spawn(async move { runner.execute(&run_id).await });
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(serde_json::json!({
+            "id": id,
+            "status": RunStatus::Pending,
+            "url": format!("/v1/runs/{id}"),
+        })),
+    )
+        .into_response())
+}
+
+/// A run that cannot be submitted, as the API reports it.
+fn run_error(e: RunError) -> ApiError {
+    match e {
+        RunError::UnknownIndicator(id) => ApiError::UnknownIndicator(id),
+        e @ (RunError::BadPeriod { .. } | RunError::NoNodes(_)) => {
+            ApiError::BadRequest(e.to_string())
         }
-        Ok(Err(e @ RunError::UnknownIndicator(_))) => {
-            error_response(StatusCode::NOT_FOUND, "unknown_indicator", e.to_string())
-        }
-        Ok(Err(e @ (RunError::BadPeriod { .. } | RunError::NoNodes(_)))) => {
-            error_response(StatusCode::BAD_REQUEST, "bad_request", e.to_string())
-        }
-        Ok(Err(e)) => error_response(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()),
-        Err(e) => error_response(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()),
+        RunError::Store(e) => ApiError::Store(e),
+        e @ (RunError::Node(_)
+        | RunError::Audit(_)
+        | RunError::Catalog(_)
+        | RunError::Secure(_)) => ApiError::Internal(e.to_string()),
     }
 }
 
@@ -368,27 +321,22 @@ async fn get_run(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     Path(id): Path<String>,
-) -> Response {
-    if let Err(r) = authorize(
+) -> Result<Response, ApiError> {
+    authorize(
         &state,
         &headers,
         &[Role::Researcher, Role::Reviewer, Role::Admin],
-    ) {
-        return r;
-    }
+    )?;
     let runner = state.runner.clone();
-    match tokio::task::spawn_blocking(move || runner.store.run(&id)).await {
-        Ok(Ok(Some((run, records)))) => {
-            let mut body = serde_json::to_value(&run).unwrap_or_default();
-            if run.status.is_finished() {
-                body["results"] = serde_json::to_value(&records).unwrap_or_default();
-            }
-            Json(body).into_response()
-        }
-        Ok(Ok(None)) => error_response(StatusCode::NOT_FOUND, "unknown_run", "no run with this id"),
-        Ok(Err(e)) => error_response(StatusCode::INTERNAL_SERVER_ERROR, "store", e.to_string()),
-        Err(e) => error_response(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()),
+    let (run, records) = tokio::task::spawn_blocking(move || runner.store.run(&id))
+        .await
+        .map_err(ApiError::join)??
+        .ok_or(ApiError::UnknownRun)?;
+    let mut body = serde_json::to_value(&run).unwrap_or_default();
+    if run.status.is_finished() {
+        body["results"] = serde_json::to_value(&records).unwrap_or_default();
     }
+    Ok(Json(body).into_response())
 }
 
 #[derive(Debug, Deserialize)]
@@ -431,17 +379,11 @@ async fn list_indicators(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     Query(q): Query<ListQuery>,
-) -> Response {
+) -> Result<Response, ApiError> {
     let runner = state.runner.clone();
-    let records = match tokio::task::spawn_blocking(move || runner.store.published()).await {
-        Ok(Ok(r)) => r,
-        Ok(Err(e)) => {
-            return error_response(StatusCode::INTERNAL_SERVER_ERROR, "store", e.to_string());
-        }
-        Err(e) => {
-            return error_response(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string());
-        }
-    };
+    let records = tokio::task::spawn_blocking(move || runner.store.published())
+        .await
+        .map_err(ApiError::join)??;
     let records: Vec<Published> = records
         .into_iter()
         .filter(|r| q.indicator.as_ref().is_none_or(|i| *i == r.indicator))
@@ -453,14 +395,12 @@ async fn list_indicators(
             .and_then(|v| v.to_str().ok())
             .is_some_and(|a| a.starts_with("text/csv")),
         Some(other) => {
-            return error_response(
-                StatusCode::BAD_REQUEST,
-                "bad_request",
-                format!("format must be json or csv, found '{other}'"),
-            );
+            return Err(ApiError::BadRequest(format!(
+                "format must be json or csv, found '{other}'"
+            )));
         }
     };
-    if wants_csv {
+    Ok(if wants_csv {
         (
             [(header::CONTENT_TYPE, "text/csv; charset=utf-8")],
             published_csv(&records),
@@ -490,7 +430,7 @@ async fn list_indicators(
             "indicators": indicators,
         }))
         .into_response()
-    }
+    })
 }
 
 #[derive(Debug, Deserialize)]
@@ -502,24 +442,16 @@ struct DashboardQuery {
 async fn dashboard(
     State(state): State<Arc<AppState>>,
     Query(q): Query<DashboardQuery>,
-) -> Response {
+) -> Result<Response, ApiError> {
     let runner = state.runner.clone();
-    let loaded = tokio::task::spawn_blocking(move || {
+    let (records, interpretations) = tokio::task::spawn_blocking(move || {
         Ok::<_, crate::store::StoreError>((
             runner.store.published()?,
             runner.store.interpretations()?,
         ))
     })
-    .await;
-    let (records, interpretations) = match loaded {
-        Ok(Ok(x)) => x,
-        Ok(Err(e)) => {
-            return error_response(StatusCode::INTERNAL_SERVER_ERROR, "store", e.to_string());
-        }
-        Err(e) => {
-            return error_response(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string());
-        }
-    };
+    .await
+    .map_err(ApiError::join)??;
     let lang = crate::dashboard::Lang::parse(q.lang.as_deref());
     // Budgets as nodes last reported them; after a run, asked again (briefly waited for).
     let budgets = state
@@ -533,7 +465,7 @@ async fn dashboard(
         &budgets,
         lang,
     );
-    (
+    Ok((
         [
             (header::CONTENT_TYPE, "text/html; charset=utf-8"),
             (
@@ -543,7 +475,7 @@ async fn dashboard(
         ],
         html,
     )
-        .into_response()
+        .into_response())
 }
 
 /// Browsers ask every site for /favicon.ico; "no content" answers without a console error.
@@ -624,8 +556,8 @@ async fn openapi() -> Response {
         .into_response()
 }
 
-async fn not_found() -> Response {
-    error_response(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+async fn not_found() -> ApiError {
+    ApiError::NoRoute
 }
 
 pub fn router(state: Arc<AppState>, body_limit: usize) -> Router {
