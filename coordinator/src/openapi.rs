@@ -188,7 +188,45 @@ pub const DOCUMENT: &str = r##"{
       }
     },
     "/openapi.json": { "get": { "summary": "This document", "responses": { "200": { "description": "OpenAPI 3.1" } } } },
+    "/": { "get": { "summary": "The public dashboard (HTML; Dutch, `?lang=en` for English): every published quarter with its interpretation, and the providers' budgets per data period",
+      "parameters": [ { "name": "lang", "in": "query", "required": false, "schema": { "type": "string", "enum": ["nl", "en"] } } ],
+      "responses": { "200": { "description": "text/html" }, "500": { "description": "The store could not be read" } } } },
+    "/favicon.ico": { "get": { "summary": "No icon (answers so browsers log no error)", "responses": { "204": { "description": "No content" } } } },
     "/healthz": { "get": { "summary": "Liveness", "responses": { "200": { "description": "ok" } } } },
     "/metrics": { "get": { "summary": "Prometheus metrics", "responses": { "200": { "description": "text/plain; version=0.0.4" } } } }
   }
 }"##;
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    /// The document describes exactly the routes the router serves: every (path, method) of the
+    /// router's table is documented, and every documented one is served; each documents its
+    /// responses.
+    #[test]
+    fn the_document_matches_the_router_route_for_route() {
+        let doc: serde_json::Value = serde_json::from_str(super::DOCUMENT).expect("valid JSON");
+        let mut documented = BTreeSet::new();
+        for (path, item) in doc["paths"].as_object().expect("paths") {
+            for (method, op) in item.as_object().expect("path item") {
+                let responses = op["responses"].as_object();
+                assert!(
+                    responses.is_some_and(|r| !r.is_empty()),
+                    "{method} {path} documents no responses"
+                );
+                documented.insert((path.clone(), method.to_uppercase()));
+            }
+        }
+        let served: BTreeSet<(String, String)> = crate::server::route_list()
+            .into_iter()
+            .map(|(p, m)| (p.to_string(), m.to_string()))
+            .collect();
+        let undocumented: Vec<_> = served.difference(&documented).collect();
+        let unserved: Vec<_> = documented.difference(&served).collect();
+        assert!(
+            undocumented.is_empty() && unserved.is_empty(),
+            "served but not documented: {undocumented:?}; documented but not served: {unserved:?}"
+        );
+    }
+}

@@ -9,9 +9,9 @@ use crate::store::TokenCheck;
 use crate::store::{Role, RunStatus};
 use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
-use axum::http::{HeaderMap, Request, StatusCode, header};
+use axum::http::{HeaderMap, Method, Request, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{MethodRouter, get, post};
 use axum::{Json, Router};
 use policies::wire::ErrorBody;
 use rustls::pki_types::pem::PemObject;
@@ -560,49 +560,70 @@ async fn not_found() -> ApiError {
     ApiError::NoRoute
 }
 
+/// Every route the coordinator serves: path, method, handler. The router is built from this
+/// table alone, and a test checks it against the OpenAPI document both ways.
+fn routes() -> Vec<(&'static str, Method, MethodRouter<Arc<AppState>>)> {
+    use crate::governance_api as gov;
+    vec![
+        ("/v1/runs", Method::POST, post(create_run)),
+        ("/v1/runs/{id}", Method::GET, get(get_run)),
+        ("/v1/indicators", Method::GET, get(list_indicators)),
+        ("/v1/budget", Method::GET, get(node_budgets)),
+        (
+            "/v1/indicators/{indicator}/{period}/interpretation",
+            Method::PUT,
+            axum::routing::put(put_interpretation),
+        ),
+        ("/v1/proposals", Method::POST, post(gov::create_proposal)),
+        ("/v1/proposals", Method::GET, get(gov::list_proposals)),
+        ("/v1/proposals/{id}", Method::GET, get(gov::get_proposal)),
+        (
+            "/v1/proposals/{id}/dry-run",
+            Method::POST,
+            post(gov::dry_run),
+        ),
+        (
+            "/v1/proposals/{id}/approve",
+            Method::POST,
+            post(gov::approve),
+        ),
+        ("/v1/proposals/{id}/reject", Method::POST, post(gov::reject)),
+        ("/v1/catalog", Method::GET, get(gov::latest_catalog)),
+        (
+            "/v1/catalog/{version}",
+            Method::GET,
+            get(gov::catalog_version),
+        ),
+        ("/v1/tokens", Method::GET, get(list_tokens)),
+        ("/v1/tokens/{id}/revoke", Method::POST, post(revoke_token)),
+        ("/", Method::GET, get(dashboard)),
+        ("/favicon.ico", Method::GET, get(no_icon)),
+        ("/openapi.json", Method::GET, get(openapi)),
+        ("/healthz", Method::GET, get(healthz)),
+        ("/metrics", Method::GET, get(metrics)),
+    ]
+}
+
+/// (path, method) of every route, as the router serves them.
+pub fn route_list() -> Vec<(&'static str, Method)> {
+    routes().into_iter().map(|(p, m, _)| (p, m)).collect()
+}
+
 pub fn router(state: Arc<AppState>, body_limit: usize) -> Router {
     let counted = state.clone();
-    let api = Router::new()
-        .route("/v1/runs", post(create_run))
-        .route("/v1/runs/{id}", get(get_run))
-        .route("/v1/indicators", get(list_indicators))
-        .route("/v1/budget", get(node_budgets))
-        .route(
-            "/v1/indicators/{indicator}/{period}/interpretation",
-            axum::routing::put(put_interpretation),
-        )
-        .route(
-            "/v1/proposals",
-            post(crate::governance_api::create_proposal).get(crate::governance_api::list_proposals),
-        )
-        .route(
-            "/v1/proposals/{id}",
-            get(crate::governance_api::get_proposal),
-        )
-        .route(
-            "/v1/proposals/{id}/dry-run",
-            post(crate::governance_api::dry_run),
-        )
-        .route(
-            "/v1/proposals/{id}/approve",
-            post(crate::governance_api::approve),
-        )
-        .route(
-            "/v1/proposals/{id}/reject",
-            post(crate::governance_api::reject),
-        )
-        .route("/v1/catalog", get(crate::governance_api::latest_catalog))
-        .route(
-            "/v1/catalog/{version}",
-            get(crate::governance_api::catalog_version),
-        )
-        .route("/v1/tokens", get(list_tokens))
-        .route("/v1/tokens/{id}/revoke", post(revoke_token))
-        .route("/", get(dashboard))
-        .route("/favicon.ico", get(no_icon))
-        .route("/openapi.json", get(openapi))
-        .route("/healthz", get(healthz))
-        .route("/metrics", get(metrics))
+    let mut by_path: Vec<(&'static str, MethodRouter<Arc<AppState>>)> = Vec::new();
+    for (path, _, handler) in routes() {
+        match by_path.iter_mut().find(|(p, _)| *p == path) {
+            Some((_, existing)) => {
+                let merged = std::mem::replace(existing, MethodRouter::new()).merge(handler);
+                *existing = merged;
+            }
+            None => by_path.push((path, handler)),
+        }
+    }
+    let api = by_path
+        .into_iter()
+        .fold(Router::new(), |r, (path, handler)| r.route(path, handler))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(state);
