@@ -2,7 +2,7 @@
 //! rejections, and the signed catalog versions nodes fetch.
 
 use crate::proposals::{GovernanceError, Proposal, ProposalStatus};
-use crate::server::{AppState, authorize, error_response};
+use crate::server::{ANY_ROLE, AppState, authorize, error_response};
 use crate::store::Role;
 use axum::Json;
 use axum::extract::{Path, State};
@@ -231,11 +231,7 @@ fn load(state: &AppState, id: &str) -> Result<Proposal, Response> {
 }
 
 pub async fn list_proposals(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
-    if let Err(e) = authorize(
-        &state,
-        &headers,
-        &[Role::Researcher, Role::Reviewer, Role::Admin],
-    ) {
+    if let Err(e) = authorize(&state, &headers, ANY_ROLE) {
         return e.into_response();
     }
     match state.runner.store.proposals() {
@@ -253,11 +249,7 @@ pub async fn get_proposal(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
-    if let Err(e) = authorize(
-        &state,
-        &headers,
-        &[Role::Researcher, Role::Reviewer, Role::Admin],
-    ) {
+    if let Err(e) = authorize(&state, &headers, ANY_ROLE) {
         return e.into_response();
     }
     match load(&state, &id) {

@@ -1,6 +1,13 @@
 //! The coordinator's HTTPS API (axum over rustls, TLS 1.3). Researchers start runs and read their
 //! results with a bearer token; the public reads published indicators without one.
 
+mod operations;
+mod publication;
+mod runs;
+mod tokens;
+
+pub use publication::{CSV_HEADER, published_csv};
+
 use crate::api_error::ApiError;
 use crate::config::{CoordinatorConfig, token_hash};
 use crate::publish::Published;
@@ -54,6 +61,9 @@ pub(crate) fn error_response(
     )
         .into_response()
 }
+
+/// Every role: endpoints any token holder may read.
+pub(crate) const ANY_ROLE: &[Role] = &[Role::Researcher, Role::Reviewer, Role::Admin];
 
 /// Who is calling, from the bearer token.
 #[derive(Debug, Clone)]
@@ -134,445 +144,23 @@ pub(crate) fn authorize(
     Ok(caller)
 }
 
-/// Each node's own report of its privacy budget, asked concurrently.
-async fn node_budgets(
-    State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
-    authorize(
-        &state,
-        &headers,
-        &[Role::Researcher, Role::Reviewer, Role::Admin],
-    )?;
-    let nodes: Vec<serde_json::Value> = state
-        .runner
-        .refresh_budgets()
-        .await
-        .into_iter()
-        .map(|(node, answer)| match answer {
-            Ok(b) => serde_json::json!({ "node": node, "budget": b }),
-            Err(e) => serde_json::json!({ "node": node, "error": e }),
-        })
-        .collect();
-    Ok(Json(serde_json::json!({ "nodes": nodes })).into_response())
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct InterpretationBody {
-    nl: Option<String>,
-    en: Option<String>,
-}
-
-/// Longest interpretation text accepted, per language.
-const MAX_INTERPRETATION_CHARS: usize = 4000;
-
-/// A reviewer attaches (or replaces) the interpretation of a published indicator and quarter.
-async fn put_interpretation(
-    State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
-    Path((indicator, period)): Path<(String, String)>,
-    body: axum::body::Bytes,
-) -> Result<Response, ApiError> {
-    let caller = authorize(&state, &headers, &[Role::Reviewer])?;
-    let text: InterpretationBody = serde_json::from_slice(&body).map_err(|e| {
-        ApiError::BadRequest(format!(
-            "body must be {{\"nl\": \"…\", \"en\": \"…\"}} (at least one): {e}"
-        ))
-    })?;
-    let clean = |t: Option<String>| t.map(|s| s.trim().to_string()).filter(|s| !s.is_empty());
-    let (nl, en) = (clean(text.nl), clean(text.en));
-    if nl.is_none() && en.is_none() {
-        return Err(ApiError::BadRequest(
-            "give the interpretation in Dutch (nl), English (en) or both".into(),
-        ));
-    }
-    if [&nl, &en].iter().any(|t| {
-        t.as_ref()
-            .is_some_and(|s| s.chars().count() > MAX_INTERPRETATION_CHARS)
-    }) {
-        return Err(ApiError::BadRequest(format!(
-            "an interpretation may be at most {MAX_INTERPRETATION_CHARS} characters"
-        )));
-    }
-    if state.runner.catalog().get(&indicator).is_none() {
-        return Err(ApiError::UnknownIndicator(indicator));
-    }
-    if !state.runner.store.is_published(&indicator, &period)? {
-        return Err(ApiError::NotPublished { indicator, period });
-    }
-    let interpretation = crate::store::Interpretation {
-        indicator,
-        period,
-        nl,
-        en,
-        reviewer: caller.name.clone(),
-        updated_at: crate::store::now_rfc3339(),
-    };
-    state
-        .runner
-        .audit
-        .append(policies::audit::AuditEvent {
-            actor: caller.name,
-            action: "interpretation.set".into(),
-            indicator: Some(interpretation.indicator.clone()),
-            parameters: serde_json::json!({ "period": interpretation.period }),
-            answer_digest: Some(policies::audit::digest(
-                serde_json::to_string(&interpretation)
-                    .unwrap_or_default()
-                    .as_bytes(),
-            )),
-            outcome: "stored".into(),
-            ..Default::default()
-        })
-        .map_err(|e| ApiError::Audit(e.to_string()))?;
-    state.runner.store.set_interpretation(&interpretation)?;
-    Ok(Json(interpretation).into_response())
-}
-
-async fn list_tokens(
-    State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
-    authorize(&state, &headers, &[Role::Admin])?;
-    let tokens = state.runner.store.list_tokens()?;
-    Ok(Json(serde_json::json!({ "tokens": tokens })).into_response())
-}
-
-async fn revoke_token(
-    State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-) -> Result<Response, ApiError> {
-    let caller = authorize(&state, &headers, &[Role::Admin])?;
-    let revoked = state.runner.store.revoke_token(&id);
-    let _ = state.runner.audit.append(policies::audit::AuditEvent {
-        actor: caller.name,
-        action: "token.revoke".into(),
-        parameters: serde_json::json!({ "token": id }),
-        outcome: match &revoked {
-            Ok(true) => "revoked".into(),
-            Ok(false) => "refused: no such active token".into(),
-            Err(e) => format!("failed: {e}"),
-        },
-        ..Default::default()
-    });
-    if revoked? {
-        Ok(Json(serde_json::json!({ "id": id, "revoked": true })).into_response())
-    } else {
-        Err(ApiError::UnknownToken(id))
-    }
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RunRequest {
-    indicator: String,
-    period: String,
-}
-
-async fn create_run(
-    State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
-    body: axum::body::Bytes,
-) -> Result<Response, ApiError> {
-    let who = authorize(&state, &headers, &[Role::Researcher])?.name;
-    let request: RunRequest = serde_json::from_slice(&body).map_err(|e| {
-        ApiError::BadRequest(format!(
-            "body must be {{\"indicator\": \"…\", \"period\": \"2024Q1[:2024Q4]\"}}: {e}"
-        ))
-    })?;
-    let runner = state.runner.clone();
-    let submitted = {
-        let r = runner.clone();
-        tokio::task::spawn_blocking(move || r.submit(&request.indicator, &request.period, &who))
-            .await
-    };
-    let id = submitted.map_err(ApiError::join)?.map_err(run_error)?;
-    let run_id = id.clone();
-    tokio::spawn(async move { runner.execute(&run_id).await });
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(serde_json::json!({
-            "id": id,
-            "status": RunStatus::Pending,
-            "url": format!("/v1/runs/{id}"),
-        })),
-    )
-        .into_response())
-}
-
-/// A run that cannot be submitted, as the API reports it.
-fn run_error(e: RunError) -> ApiError {
-    match e {
-        RunError::UnknownIndicator(id) => ApiError::UnknownIndicator(id),
-        e @ (RunError::BadPeriod { .. } | RunError::NoNodes(_)) => {
-            ApiError::BadRequest(e.to_string())
-        }
-        RunError::Store(e) => ApiError::Store(e),
-        e @ (RunError::Node(_)
-        | RunError::Audit(_)
-        | RunError::Catalog(_)
-        | RunError::Secure(_)) => ApiError::Internal(e.to_string()),
-    }
-}
-
-async fn get_run(
-    State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-) -> Result<Response, ApiError> {
-    authorize(
-        &state,
-        &headers,
-        &[Role::Researcher, Role::Reviewer, Role::Admin],
-    )?;
-    let runner = state.runner.clone();
-    let (run, records) = tokio::task::spawn_blocking(move || runner.store.run(&id))
-        .await
-        .map_err(ApiError::join)??
-        .ok_or(ApiError::UnknownRun)?;
-    let mut body = serde_json::to_value(&run).unwrap_or_default();
-    if run.status.is_finished() {
-        body["results"] = serde_json::to_value(&records).unwrap_or_default();
-    }
-    Ok(Json(body).into_response())
-}
-
-#[derive(Debug, Deserialize)]
-struct ListQuery {
-    format: Option<String>,
-    indicator: Option<String>,
-}
-
-pub const CSV_HEADER: &str = "indicator,period,group,estimate,ci_low,ci_high,suppressed,providers_reporting,providers_total,complete,rho\n";
-
-fn csv_field(x: Option<f64>) -> String {
-    x.map(|v| v.to_string()).unwrap_or_default()
-}
-
-pub fn published_csv(records: &[Published]) -> String {
-    let mut csv = String::from(CSV_HEADER);
-    for r in records {
-        let group = serde_json::to_string(&r.group)
-            .unwrap_or_default()
-            .replace('"', "\"\"");
-        csv.push_str(&format!(
-            "{},{},\"{}\",{},{},{},{},{},{},{},{}\n",
-            r.indicator,
-            r.period,
-            group,
-            csv_field(r.estimate),
-            csv_field(r.ci_low),
-            csv_field(r.ci_high),
-            r.suppressed,
-            r.providers_reporting,
-            r.providers_total,
-            r.complete,
-            r.rho
-        ));
-    }
-    csv
-}
-
-async fn list_indicators(
-    State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
-    Query(q): Query<ListQuery>,
-) -> Result<Response, ApiError> {
-    let runner = state.runner.clone();
-    let records = tokio::task::spawn_blocking(move || runner.store.published())
-        .await
-        .map_err(ApiError::join)??;
-    let records: Vec<Published> = records
-        .into_iter()
-        .filter(|r| q.indicator.as_ref().is_none_or(|i| *i == r.indicator))
-        .collect();
-    let wants_csv = match q.format.as_deref() {
-        Some("csv") => true,
-        Some("json") | None => headers
-            .get(header::ACCEPT)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|a| a.starts_with("text/csv")),
-        Some(other) => {
-            return Err(ApiError::BadRequest(format!(
-                "format must be json or csv, found '{other}'"
-            )));
-        }
-    };
-    Ok(if wants_csv {
-        (
-            [(header::CONTENT_TYPE, "text/csv; charset=utf-8")],
-            published_csv(&records),
-        )
-            .into_response()
-    } else {
-        let catalog = state.runner.catalog();
-        let interpretations = state.runner.store.interpretations().unwrap_or_default();
-        let indicators: Vec<serde_json::Value> = catalog
-            .indicators
-            .values()
-            .filter(|i| records.iter().any(|r| r.indicator == i.id))
-            .map(|i| {
-                serde_json::json!({
-                    "id": i.id,
-                    "theme": i.theme,
-                    "title": i.title,
-                    "definition": i.definition,
-                    "content_hash": i.content_hash,
-                    "records": records.iter().filter(|r| r.indicator == i.id).collect::<Vec<_>>(),
-                    "interpretations": interpretations.iter().filter(|x| x.indicator == i.id).collect::<Vec<_>>(),
-                })
-            })
-            .collect();
-        Json(serde_json::json!({
-            "note": "Intervals are 95% and cover the differential-privacy noise only.",
-            "indicators": indicators,
-        }))
-        .into_response()
-    })
-}
-
-#[derive(Debug, Deserialize)]
-struct DashboardQuery {
-    lang: Option<String>,
-}
-
-/// The public dashboard (HTML, Dutch by default, `?lang=en` for English).
-async fn dashboard(
-    State(state): State<Arc<AppState>>,
-    Query(q): Query<DashboardQuery>,
-) -> Result<Response, ApiError> {
-    let runner = state.runner.clone();
-    let (records, interpretations) = tokio::task::spawn_blocking(move || {
-        Ok::<_, crate::store::StoreError>((
-            runner.store.published()?,
-            runner.store.interpretations()?,
-        ))
-    })
-    .await
-    .map_err(ApiError::join)??;
-    let lang = crate::dashboard::Lang::parse(q.lang.as_deref());
-    // Budgets as nodes last reported them; after a run, asked again (briefly waited for).
-    let budgets = state
-        .runner
-        .known_budgets(std::time::Duration::from_secs(3))
-        .await;
-    let html = crate::dashboard::render(
-        &state.runner.catalog(),
-        &records,
-        &interpretations,
-        &budgets,
-        lang,
-    );
-    Ok((
-        [
-            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
-            (
-                header::CONTENT_SECURITY_POLICY,
-                "default-src 'none'; style-src 'unsafe-inline'; img-src 'self' data:",
-            ),
-        ],
-        html,
-    )
-        .into_response())
-}
-
-/// Browsers ask every site for /favicon.ico; "no content" answers without a console error.
-async fn no_icon() -> Response {
-    (
-        StatusCode::NO_CONTENT,
-        [(header::CACHE_CONTROL, "public, max-age=86400")],
-    )
-        .into_response()
-}
-
-async fn healthz() -> Response {
-    Json(serde_json::json!({ "status": "ok" })).into_response()
-}
-
-async fn metrics(State(state): State<Arc<AppState>>) -> Response {
-    let runner = state.runner.clone();
-    let by_status = tokio::task::spawn_blocking(move || runner.store.count_by_status())
-        .await
-        .ok()
-        .and_then(Result::ok)
-        .unwrap_or_default();
-    let c = &state.runner.counters;
-    let mut text = String::new();
-    let mut metric = |name: &str, kind: &str, help: &str, samples: Vec<(String, u64)>| {
-        text.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
-        for (labels, v) in samples {
-            text.push_str(&format!("{name}{labels} {v}\n"));
-        }
-    };
-    metric(
-        "stroom_coordinator_runs",
-        "gauge",
-        "Runs in the run store, by status.",
-        by_status
-            .into_iter()
-            .map(|(s, n)| (format!("{{status=\"{s}\"}}"), n))
-            .collect(),
-    );
-    metric(
-        "stroom_coordinator_node_requests_total",
-        "counter",
-        "Evaluate requests sent to nodes.",
-        vec![(String::new(), c.node_requests.load(Ordering::Relaxed))],
-    );
-    metric(
-        "stroom_coordinator_node_failures_total",
-        "counter",
-        "Node requests that failed after retries.",
-        vec![(String::new(), c.node_failures.load(Ordering::Relaxed))],
-    );
-    text.push_str(&state.http.render("stroom_coordinator", ""));
-    text.push_str(&state.runner.render_node_status());
-    let certs: Vec<(&str, Option<i64>)> = state
-        .certs
-        .iter()
-        .map(|(name, path)| (*name, pem_not_after(path)))
-        .collect();
-    text.push_str(&policies::ops::render_cert_expiry(
-        "stroom_coordinator",
-        "",
-        &certs,
-    ));
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
-}
-
-/// Expiry (Unix seconds) of the first certificate in a PEM file.
-fn pem_not_after(path: &std::path::Path) -> Option<i64> {
-    let first = CertificateDer::pem_file_iter(path).ok()?.next()?.ok()?;
-    policies::ops::certificate_not_after(first.as_ref())
-}
-
-async fn openapi() -> Response {
-    (
-        [(header::CONTENT_TYPE, "application/json")],
-        crate::openapi::DOCUMENT,
-    )
-        .into_response()
-}
-
-async fn not_found() -> ApiError {
-    ApiError::NoRoute
-}
-
 /// Every route the coordinator serves: path, method, handler. The router is built from this
 /// table alone, and a test checks it against the OpenAPI document both ways.
 fn routes() -> Vec<(&'static str, Method, MethodRouter<Arc<AppState>>)> {
     use crate::governance_api as gov;
     vec![
-        ("/v1/runs", Method::POST, post(create_run)),
-        ("/v1/runs/{id}", Method::GET, get(get_run)),
-        ("/v1/indicators", Method::GET, get(list_indicators)),
-        ("/v1/budget", Method::GET, get(node_budgets)),
+        ("/v1/runs", Method::POST, post(runs::create_run)),
+        ("/v1/runs/{id}", Method::GET, get(runs::get_run)),
+        (
+            "/v1/indicators",
+            Method::GET,
+            get(publication::list_indicators),
+        ),
+        ("/v1/budget", Method::GET, get(operations::node_budgets)),
         (
             "/v1/indicators/{indicator}/{period}/interpretation",
             Method::PUT,
-            axum::routing::put(put_interpretation),
+            axum::routing::put(publication::put_interpretation),
         ),
         ("/v1/proposals", Method::POST, post(gov::create_proposal)),
         ("/v1/proposals", Method::GET, get(gov::list_proposals)),
@@ -594,13 +182,17 @@ fn routes() -> Vec<(&'static str, Method, MethodRouter<Arc<AppState>>)> {
             Method::GET,
             get(gov::catalog_version),
         ),
-        ("/v1/tokens", Method::GET, get(list_tokens)),
-        ("/v1/tokens/{id}/revoke", Method::POST, post(revoke_token)),
-        ("/", Method::GET, get(dashboard)),
-        ("/favicon.ico", Method::GET, get(no_icon)),
-        ("/openapi.json", Method::GET, get(openapi)),
-        ("/healthz", Method::GET, get(healthz)),
-        ("/metrics", Method::GET, get(metrics)),
+        ("/v1/tokens", Method::GET, get(tokens::list_tokens)),
+        (
+            "/v1/tokens/{id}/revoke",
+            Method::POST,
+            post(tokens::revoke_token),
+        ),
+        ("/", Method::GET, get(publication::dashboard)),
+        ("/favicon.ico", Method::GET, get(operations::no_icon)),
+        ("/openapi.json", Method::GET, get(operations::openapi)),
+        ("/healthz", Method::GET, get(operations::healthz)),
+        ("/metrics", Method::GET, get(operations::metrics)),
     ]
 }
 
@@ -624,7 +216,7 @@ pub fn router(state: Arc<AppState>, body_limit: usize) -> Router {
     let api = by_path
         .into_iter()
         .fold(Router::new(), |r, (path, handler)| r.route(path, handler))
-        .fallback(not_found)
+        .fallback(operations::not_found)
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(state);
     service::http::with_http_metrics(api, counted)
