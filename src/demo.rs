@@ -367,7 +367,7 @@ pub async fn run(opts: DemoOptions) -> Result<()> {
         }
     );
     println!(
-        "\n{} national records for {} indicators × {} quarters in {:.1}s; {} run(s) incomplete.\nWrote {}, {} and {}.\nIntervals are 95% and cover the differential-privacy noise only.",
+        "\n{} national records for {} indicators × {} quarters in {:.1}s; {} run(s) incomplete.\nWrote {}, {} and {}; the servers' logs are in {}.\nIntervals are 95% and cover the differential-privacy noise only.",
         records.len(),
         catalog.indicators.len(),
         period.quarters().len(),
@@ -375,7 +375,8 @@ pub async fn run(opts: DemoOptions) -> Result<()> {
         failed.len(),
         out.join("national.json").display(),
         out.join("national.csv").display(),
-        out.join("truth.json").display()
+        out.join("truth.json").display(),
+        out.join("logs/stroom.log").display()
     );
     if opts.serve {
         println!(

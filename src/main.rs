@@ -319,15 +319,51 @@ fn default_catalog() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("policies/catalog")
 }
 
-/// Logs to stderr at `default` unless STROOM_LOG says otherwise.
-fn init_tracing(default: &str) {
+/// The log filter: STROOM_LOG, else RUST_LOG, else `default`.
+fn log_filter(default: &str) -> tracing_subscriber::EnvFilter {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("STROOM_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    EnvFilter::try_from_env("STROOM_LOG")
+        .or_else(|_| EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| EnvFilter::new(default))
+}
+
+/// Logs to stderr at `default` unless STROOM_LOG (or RUST_LOG) says otherwise.
+fn init_tracing(default: &str) {
     let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+        .with_env_filter(log_filter(default))
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
+}
+
+/// The demo's console shows its steps, the progress bar and the table; its servers' logs go to
+/// `file` instead (falling back to stderr when the file cannot be made).
+fn init_tracing_to_file(default: &str, file: &std::path::Path) {
+    let opened = file
+        .parent()
+        .map_or(Ok(()), std::fs::create_dir_all)
+        .and_then(|()| {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(file)
+        });
+    match opened {
+        Ok(f) => {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(log_filter(default))
+                .with_writer(std::sync::Mutex::new(f))
+                .with_ansi(false)
+                .try_init();
+        }
+        Err(e) => {
+            eprintln!(
+                "cannot write the log file {}: {e}; logging to stderr",
+                file.display()
+            );
+            init_tracing(default);
+        }
+    }
 }
 
 /// Commands that only read and print. For them a closed pipe (`stroom node check | head`) ends the
@@ -362,12 +398,13 @@ fn main() -> std::process::ExitCode {
             libc::signal(libc::SIGPIPE, libc::SIG_DFL);
         }
     }
-    // A benchmark's output is its table; a log line per run would bury it.
-    init_tracing(if matches!(cli.command, Command::Bench { .. }) {
-        "warn"
-    } else {
-        "info"
-    });
+    // A benchmark's output is its table; a log line per run would bury it. The demo's logs go to
+    // its folder, so the console shows progress.
+    match &cli.command {
+        Command::Bench { .. } => init_tracing("warn"),
+        Command::Demo { out, .. } => init_tracing_to_file("info", &out.join("logs/stroom.log")),
+        _ => init_tracing("info"),
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -19,10 +19,13 @@ fn demo_writes_national_records_with_intervals_and_truth() {
             "3",
             "--serve",
         ])
-        .env("STROOM_LOG", "warn")
+        .env_remove("STROOM_LOG")
         .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let console = std::thread::spawn(move || std::io::read_to_string(stderr).unwrap_or_default());
     let mut lines = std::io::BufRead::lines(std::io::BufReader::new(child.stdout.take().unwrap()));
     let mut stdout = String::new();
     let dashboard = loop {
@@ -56,6 +59,22 @@ fn demo_writes_national_records_with_intervals_and_truth() {
     assert!(interrupted.success());
     let status = child.wait().unwrap();
     assert!(status.success(), "demo after Ctrl-C: {status:?}\n{stdout}");
+    // The console shows the steps and progress; the servers' log lines go to DIR/logs/.
+    let console = console.join().unwrap();
+    assert!(
+        console.contains("1/5 ") && console.contains("5/5 "),
+        "{console}"
+    );
+    assert!(
+        !console.contains(" INFO ") && !console.contains(" WARN "),
+        "log lines on the console:\n{console}"
+    );
+    let log = std::fs::read_to_string(out.join("logs/stroom.log")).expect("demo log file");
+    assert!(
+        log.contains(" INFO ") && log.contains("spend recorded"),
+        "{log}"
+    );
+    assert!(stdout.contains("logs/stroom.log"), "{stdout}");
     assert!(
         stdout.contains("care.unique_youths") && stdout.contains("95% interval"),
         "{stdout}"
