@@ -140,10 +140,84 @@ fn rho_of(catalog: &Catalog, id: &str) -> f64 {
     catalog.get(id).map_or(0.0, |i| catalog.rho(i))
 }
 
+/// The values a quantity can take, from its public definition alone: counts and non-negative
+/// sums at least 0, a mean within its value bounds, a ratio of non-negative quantities at least
+/// 0 (and at most its `publish.upper_bound`, 100 for a share), a quantile within its histogram's
+/// edges.
+pub fn range(catalog: &Catalog, ind: &Indicator) -> (f64, f64) {
+    let (lo, hi) = match &ind.body {
+        policies::Body::Query(q) => match &q.aggregate {
+            Aggregate::CountUnits { .. }
+            | Aggregate::CountRows { .. }
+            | Aggregate::Histogram { .. } => (0.0, f64::INFINITY),
+            Aggregate::Sum { lower, .. } if *lower >= 0 => (0.0, f64::INFINITY),
+            Aggregate::Sum { .. } => (f64::NEG_INFINITY, f64::INFINITY),
+            Aggregate::Mean { lower, upper, .. } => (*lower as f64, *upper as f64),
+        },
+        policies::Body::Derived(Derived::Ratio {
+            numerator,
+            denominator,
+            ..
+        }) => {
+            let non_negative = |id: &str| {
+                catalog
+                    .get(id)
+                    .is_some_and(|b| b.query().is_some() && range(catalog, b).0 >= 0.0)
+            };
+            if non_negative(numerator) && non_negative(denominator) {
+                (0.0, f64::INFINITY)
+            } else {
+                (f64::NEG_INFINITY, f64::INFINITY)
+            }
+        }
+        policies::Body::Derived(Derived::Quantile { histogram, .. }) => {
+            match catalog
+                .get(histogram)
+                .and_then(|h| h.query())
+                .and_then(|q| q.aggregate.edges())
+            {
+                Some([first, .., last]) => (*first as f64, *last as f64),
+                Some(_) | None => (f64::NEG_INFINITY, f64::INFINITY),
+            }
+        }
+    };
+    (lo, ind.publish.upper_bound.map_or(hi, |u| hi.min(u)))
+}
+
+/// `x` within `[lo, hi]`; an undefined value stays undefined.
+fn clamp(x: f64, (lo, hi): (f64, f64)) -> f64 {
+    if x.is_nan() || lo > hi {
+        x
+    } else {
+        x.clamp(lo, hi)
+    }
+}
+
+/// National records of `indicator` for one quarter, with estimates and interval ends clamped to
+/// the quantity's [`range`] (free post-processing: a count is never published below 0, a share
+/// never above 100%). An estimate inside the range is never moved.
+pub fn records(
+    catalog: &Catalog,
+    indicator: &Indicator,
+    quarter: &str,
+    base: &BTreeMap<String, BaseResult>,
+) -> Vec<Record> {
+    let bounds = range(catalog, indicator);
+    unclamped_records(catalog, indicator, quarter, base)
+        .into_iter()
+        .map(|r| Record {
+            estimate: clamp(r.estimate, bounds),
+            ci_low: clamp(r.ci_low, bounds),
+            ci_high: clamp(r.ci_high, bounds),
+            ..r
+        })
+        .collect()
+}
+
 /// Records of `indicator` for one quarter, from its bases' national sums for that quarter
 /// (`base` maps a base indicator id to its result). With zero variances the estimates are the
 /// exact values, which is how the demo computes its truth with the very same arithmetic.
-pub fn records(
+fn unclamped_records(
     catalog: &Catalog,
     indicator: &Indicator,
     quarter: &str,
@@ -323,6 +397,41 @@ pub fn publish(catalog: &Catalog, r: &Record) -> Published {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn figures_are_clamped_to_the_quantitys_range_and_never_moved_inside_it() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies/catalog");
+        let catalog = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(Catalog::load(&dir))
+            .unwrap();
+        let range_of = |id: &str| range(&catalog, catalog.get(id).unwrap());
+        let inf = f64::INFINITY;
+        assert_eq!(range_of("care.unique_youths"), (0.0, inf));
+        assert_eq!(range_of("care.youth_days"), (0.0, inf));
+        assert_eq!(range_of("seclusion.own_room_share"), (0.0, 100.0));
+        assert_eq!(range_of("seclusion.rate_per_1000_days"), (0.0, inf));
+        assert_eq!(range_of("panel.mean_score"), (1.0, 5.0));
+        let (lo, hi) = range_of("seclusion.duration_median");
+        assert!(lo >= 0.0 && hi.is_finite() && lo < hi, "{lo} {hi}");
+        for bounds in [(0.0, inf), (0.0, 100.0), (1.0, 5.0)] {
+            // Inside: never moved, to the last bit.
+            for x in [
+                bounds.0,
+                0.5 * (bounds.0 + bounds.1.min(1e6)),
+                1.0 + bounds.0,
+                99.999,
+            ] {
+                if x >= bounds.0 && x <= bounds.1 {
+                    assert_eq!(clamp(x, bounds).to_bits(), x.to_bits());
+                }
+            }
+            assert_eq!(clamp(bounds.0 - 88.0, bounds), bounds.0);
+            assert!(clamp(f64::NAN, bounds).is_nan());
+        }
+        assert_eq!(clamp(177.0, (0.0, 100.0)), 100.0);
+    }
 
     #[test]
     fn undefined_numbers_survive_a_json_round_trip() {

@@ -224,6 +224,9 @@ impl Cost {
 pub struct Publish {
     pub min_estimate: f64,
     pub round_to: i64,
+    /// The largest value the quantity can take (100 for a share): published estimates and
+    /// interval ends above it are clamped to it, free post-processing.
+    pub upper_bound: Option<f64>,
 }
 
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -517,6 +520,7 @@ impl Reader<'_> {
             return Some(Publish {
                 min_estimate: 0.0,
                 round_to: 1,
+                upper_bound: None,
             });
         };
         let Value::Table(inner) = v else {
@@ -526,7 +530,11 @@ impl Reader<'_> {
             );
             return None;
         };
-        self.unknown_keys(inner, "publish", &["min_estimate", "round_to"]);
+        self.unknown_keys(
+            inner,
+            "publish",
+            &["min_estimate", "round_to", "upper_bound"],
+        );
         let mut r = self.nested("publish");
         let min_estimate = match inner.get("min_estimate") {
             None => Some(0.0),
@@ -544,9 +552,24 @@ impl Reader<'_> {
         } else {
             Some(1)
         };
+        let upper_bound = match inner.get("upper_bound") {
+            None => Some(None),
+            Some(v) => r.number(v, "upper_bound").and_then(|u| {
+                if u > 0.0 && u.is_finite() {
+                    Some(Some(u))
+                } else {
+                    r.problem(
+                        "upper_bound",
+                        format!("must be a positive number, found {u}"),
+                    );
+                    None
+                }
+            }),
+        };
         Some(Publish {
             min_estimate: min_estimate?,
             round_to: round_to?,
+            upper_bound: upper_bound?,
         })
     }
 

@@ -118,6 +118,14 @@ fn demo_writes_national_records_with_intervals_and_truth() {
         );
         if let (Some(lo), Some(est), Some(hi)) = (lo, est, hi) {
             assert!(lo <= hi, "{r}");
+            // Clamped to the quantity's range: no negative count, no share above 100%.
+            let id = r["indicator"].as_str().unwrap_or_default();
+            if id.ends_with("_share") {
+                assert!(0.0 <= lo && hi <= 100.0, "{r}");
+            }
+            if id.contains(".count") || id.starts_with("care.") {
+                assert!(lo >= 0.0 && est >= 0.0, "{r}");
+            }
             if r["indicator"]
                 .as_str()
                 .is_some_and(|i| i.starts_with("care."))
