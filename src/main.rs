@@ -675,7 +675,7 @@ fn token_command(action: TokenAction, config: &std::path::Path) -> Result<std::p
                 policies::governance::parse_public_key(k).context("--public-key")?;
             }
             let expires = expires
-                .map(|e| parse_expiry(&e, chrono::Utc::now()))
+                .map(|e| parse_expiry(&e, store.clock().now()))
                 .transpose()
                 .map_err(|e| anyhow::anyhow!("--expires {e}"))?;
             let (info, token) = store.create_token(&name, role, expires)?;

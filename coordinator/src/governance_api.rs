@@ -451,7 +451,7 @@ pub async fn approve(
         reviewer: caller.name.clone(),
         public_key,
         signature: req.signature.trim().to_ascii_lowercase(),
-        signed_at: crate::store::now_rfc3339(),
+        signed_at: state.runner.store.now(),
     };
     let outcome = match state
         .runner

@@ -129,10 +129,6 @@ pub struct Interpretation {
     pub updated_at: String,
 }
 
-pub fn now_rfc3339() -> String {
-    stamp(chrono::Utc::now())
-}
-
 /// What a token may do. See the authorization matrix in the README.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]

@@ -53,7 +53,7 @@ pub(super) async fn put_interpretation(
         nl,
         en,
         reviewer: caller.name.clone(),
-        updated_at: crate::store::now_rfc3339(),
+        updated_at: state.runner.store.now(),
     };
     state
         .runner
