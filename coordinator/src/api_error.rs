@@ -2,6 +2,7 @@
 //! rendered once as the JSON error body (`{"error": CODE, "message": TEXT}`). Handlers return
 //! `Result<_, ApiError>` and use `?`.
 
+use crate::proposals::GovernanceError;
 use crate::store::StoreError;
 use axum::Json;
 use axum::http::StatusCode;
@@ -30,6 +31,29 @@ pub enum ApiError {
     NoRoute,
     #[error("the audit log could not be written: {0}")]
     Audit(String),
+    /// A proposed indicator that fails the checks of `stroom policy check`; the problems go in
+    /// the body's `problems` list.
+    #[error("{} problem(s) in the proposed indicator", .0.len())]
+    InvalidIndicator(Vec<String>),
+    /// An indicator that was valid when proposed and no longer fits the approved catalog.
+    #[error("the proposal no longer fits the catalog: {0}")]
+    NoLongerFits(String),
+    #[error("proposal {proposal} for '{indicator}' is still pending; wait for its decision")]
+    AlreadyProposed { proposal: String, indicator: String },
+    #[error("dry runs are off on this coordinator (governance.dry_run_providers = 0)")]
+    DryRunUnavailable,
+    #[error("the dry run failed: {0}")]
+    DryRunFailed(String),
+    #[error(
+        "reviewer {0} has no registered public key: an admin registers it with `stroom token create --role reviewer --name {0} --public-key HEX`"
+    )]
+    NoSigningKey(String),
+    #[error("{0}")]
+    BadSignature(String),
+    #[error("no catalog version {0}")]
+    UnknownCatalogVersion(u64),
+    #[error("{0}")]
+    Governance(#[from] GovernanceError),
     #[error("{0}")]
     Store(#[from] StoreError),
     #[error("{0}")]
@@ -49,6 +73,21 @@ impl ApiError {
             ApiError::UnknownToken(_) => "unknown_token",
             ApiError::NoRoute => "not_found",
             ApiError::Audit(_) => "audit_failed",
+            ApiError::InvalidIndicator(_) | ApiError::NoLongerFits(_) => "invalid_indicator",
+            ApiError::AlreadyProposed { .. } => "already_proposed",
+            ApiError::DryRunUnavailable => "dry_run_unavailable",
+            ApiError::DryRunFailed(_) => "dry_run_failed",
+            ApiError::NoSigningKey(_) => "no_signing_key",
+            ApiError::BadSignature(_) => "bad_signature",
+            ApiError::UnknownCatalogVersion(_) => "unknown_catalog_version",
+            ApiError::Governance(e) => match e {
+                GovernanceError::UnknownProposal(_) => "unknown_proposal",
+                GovernanceError::NotPending { .. } => "not_pending",
+                GovernanceError::OwnProposal(_) => "own_proposal",
+                GovernanceError::AlreadyApproved { .. } => "already_approved",
+                GovernanceError::AlreadyInCatalog(_) => "already_in_catalog",
+                GovernanceError::Store(_) => "store",
+            },
             ApiError::Store(_) => "store",
             ApiError::Internal(_) => "internal",
         }
@@ -58,12 +97,27 @@ impl ApiError {
         match self {
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
-            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::BadRequest(_) | ApiError::BadSignature(_) => StatusCode::BAD_REQUEST,
+            ApiError::NoSigningKey(_) => StatusCode::FORBIDDEN,
             ApiError::UnknownIndicator(_)
             | ApiError::UnknownRun
             | ApiError::NotPublished { .. }
             | ApiError::UnknownToken(_)
+            | ApiError::UnknownCatalogVersion(_)
             | ApiError::NoRoute => StatusCode::NOT_FOUND,
+            ApiError::InvalidIndicator(_) | ApiError::DryRunFailed(_) => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
+            ApiError::NoLongerFits(_) | ApiError::AlreadyProposed { .. } => StatusCode::CONFLICT,
+            ApiError::DryRunUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Governance(e) => match e {
+                GovernanceError::UnknownProposal(_) => StatusCode::NOT_FOUND,
+                GovernanceError::NotPending { .. }
+                | GovernanceError::AlreadyApproved { .. }
+                | GovernanceError::AlreadyInCatalog(_) => StatusCode::CONFLICT,
+                GovernanceError::OwnProposal(_) => StatusCode::FORBIDDEN,
+                GovernanceError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            },
             ApiError::Audit(_) | ApiError::Store(_) | ApiError::Internal(_) => {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
@@ -82,14 +136,20 @@ impl IntoResponse for ApiError {
         if status.is_server_error() {
             tracing::error!(code = self.code(), error = %self, "request failed");
         }
-        (
-            status,
-            Json(ErrorBody {
-                error: self.code().to_string(),
-                message: self.to_string(),
-            }),
-        )
-            .into_response()
+        let body = ErrorBody {
+            error: self.code().to_string(),
+            message: self.to_string(),
+        };
+        // The one error with a list in its body: the problems a proposal must fix.
+        if let ApiError::InvalidIndicator(problems) = &self {
+            let body = serde_json::json!({
+                "error": body.error,
+                "message": body.message,
+                "problems": problems,
+            });
+            return (status, Json(body)).into_response();
+        }
+        (status, Json(body)).into_response()
     }
 }
 
@@ -121,6 +181,60 @@ mod tests {
             (ApiError::NoRoute, 404, "not_found"),
             (ApiError::Audit("disk".into()), 500, "audit_failed"),
             (ApiError::Store(StoreError::Poisoned), 500, "store"),
+            (
+                ApiError::InvalidIndicator(vec!["p".into()]),
+                422,
+                "invalid_indicator",
+            ),
+            (ApiError::NoLongerFits("x".into()), 409, "invalid_indicator"),
+            (
+                ApiError::AlreadyProposed {
+                    proposal: "p".into(),
+                    indicator: "a".into(),
+                },
+                409,
+                "already_proposed",
+            ),
+            (ApiError::DryRunUnavailable, 503, "dry_run_unavailable"),
+            (ApiError::DryRunFailed("x".into()), 422, "dry_run_failed"),
+            (ApiError::NoSigningKey("r".into()), 403, "no_signing_key"),
+            (ApiError::BadSignature("x".into()), 400, "bad_signature"),
+            (
+                ApiError::UnknownCatalogVersion(3),
+                404,
+                "unknown_catalog_version",
+            ),
+            (
+                ApiError::Governance(GovernanceError::UnknownProposal("p".into())),
+                404,
+                "unknown_proposal",
+            ),
+            (
+                ApiError::Governance(GovernanceError::NotPending {
+                    id: "p".into(),
+                    status: "approved",
+                }),
+                409,
+                "not_pending",
+            ),
+            (
+                ApiError::Governance(GovernanceError::OwnProposal("r".into())),
+                403,
+                "own_proposal",
+            ),
+            (
+                ApiError::Governance(GovernanceError::AlreadyApproved {
+                    id: "p".into(),
+                    reviewer: "r".into(),
+                }),
+                409,
+                "already_approved",
+            ),
+            (
+                ApiError::Governance(GovernanceError::AlreadyInCatalog("a".into())),
+                409,
+                "already_in_catalog",
+            ),
             (ApiError::Internal("x".into()), 500, "internal"),
         ];
         for (e, status, code) in cases {

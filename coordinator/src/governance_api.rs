@@ -1,8 +1,9 @@
 //! The governance endpoints: proposals, their estimate and dry run, reviewer approvals and
 //! rejections, and the signed catalog versions nodes fetch.
 
+use crate::api_error::ApiError;
 use crate::proposals::{GovernanceError, Proposal, ProposalStatus};
-use crate::server::{ANY_ROLE, AppState, authorize, error_response};
+use crate::server::{ANY_ROLE, AppState, authorize};
 use crate::store::Role;
 use axum::Json;
 use axum::extract::{Path, State};
@@ -18,47 +19,31 @@ const MAX_TEXT_CHARS: usize = 4000;
 /// Quarters one dry run may cover.
 const MAX_DRY_RUN_QUARTERS: usize = 4;
 
-fn bad_request(message: impl Into<String>) -> Response {
-    error_response(StatusCode::BAD_REQUEST, "bad_request", message)
+fn internal(e: impl std::fmt::Display) -> ApiError {
+    ApiError::Internal(e.to_string())
 }
 
-fn internal(e: impl std::fmt::Display) -> Response {
-    error_response(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+fn audit(state: &AppState, event: policies::audit::AuditEvent) -> Result<(), ApiError> {
+    state
+        .runner
+        .audit
+        .append(event)
+        .map(|_| ())
+        .map_err(|e| ApiError::Audit(e.to_string()))
 }
 
-fn governance_error(e: GovernanceError) -> Response {
-    let (status, code) = match &e {
-        GovernanceError::UnknownProposal(_) => (StatusCode::NOT_FOUND, "unknown_proposal"),
-        GovernanceError::NotPending { .. } => (StatusCode::CONFLICT, "not_pending"),
-        GovernanceError::OwnProposal(_) => (StatusCode::FORBIDDEN, "own_proposal"),
-        GovernanceError::AlreadyApproved { .. } => (StatusCode::CONFLICT, "already_approved"),
-        GovernanceError::AlreadyInCatalog(_) => (StatusCode::CONFLICT, "already_in_catalog"),
-        GovernanceError::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, "store"),
-    };
-    error_response(status, code, e.to_string())
+fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8], shape: &str) -> Result<T, ApiError> {
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::BadRequest(format!("body must be {shape}: {e}")))
 }
 
-fn audit(state: &AppState, event: policies::audit::AuditEvent) -> Result<(), Response> {
-    state.runner.audit.append(event).map(|_| ()).map_err(|e| {
-        error_response(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "audit_failed",
-            e.to_string(),
-        )
-    })
-}
-
-fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8], shape: &str) -> Result<T, Response> {
-    serde_json::from_slice(body).map_err(|e| bad_request(format!("body must be {shape}: {e}")))
-}
-
-fn clean_text(field: &str, text: &str) -> Result<String, Response> {
+fn clean_text(field: &str, text: &str) -> Result<String, ApiError> {
     let t = text.trim();
     if t.is_empty() {
-        return Err(bad_request(format!("'{field}' must not be empty")));
+        return Err(ApiError::BadRequest(format!("'{field}' must not be empty")));
     }
     if t.chars().count() > MAX_TEXT_CHARS {
-        return Err(bad_request(format!(
+        return Err(ApiError::BadRequest(format!(
             "'{field}' may be at most {MAX_TEXT_CHARS} characters"
         )));
     }
@@ -122,80 +107,48 @@ pub async fn create_proposal(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     body: axum::body::Bytes,
-) -> Response {
-    let caller = match authorize(&state, &headers, &[Role::Researcher]) {
-        Ok(c) => c,
-        Err(e) => return e.into_response(),
-    };
-    let req: ProposeBody = match parse_body(&body, "{\"toml\": \"…\", \"purpose\": \"…\"}") {
-        Ok(b) => b,
-        Err(e) => return e.into_response(),
-    };
-    let purpose = match clean_text("purpose", &req.purpose) {
-        Ok(p) => p,
-        Err(e) => return e.into_response(),
-    };
-    let approved = match state.runner.store.latest_catalog() {
-        Ok(c) => c,
-        Err(e) => return governance_error(e),
-    };
+) -> Result<Response, ApiError> {
+    let caller = authorize(&state, &headers, &[Role::Researcher])?;
+    let req: ProposeBody = parse_body(&body, "{\"toml\": \"…\", \"purpose\": \"…\"}")?;
+    let purpose = clean_text("purpose", &req.purpose)?;
+    let approved = state.runner.store.latest_catalog()?;
     let file = proposal_file(&req.toml);
-    let candidate = state
+    let catalog = match state
         .runner
         .catalog_with(&approved, &[(file.clone(), req.toml.clone())])
-        .await;
-    let catalog = match candidate {
+        .await
+    {
         Ok(c) => c,
         Err(policies::CatalogError::Invalid(problems)) => {
-            return (
-                StatusCode::UNPROCESSABLE_ENTITY,
-                Json(serde_json::json!({
-                    "error": "invalid_indicator",
-                    "message": format!("{} problem(s) in the proposed indicator", problems.len()),
-                    "problems": problems.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
-                })),
-            )
-                .into_response();
+            return Err(ApiError::InvalidIndicator(
+                problems.iter().map(|p| p.to_string()).collect(),
+            ));
         }
-        Err(e) => return internal(e),
+        Err(e) => return Err(internal(e)),
     };
-    let Some(ind) = catalog
+    let ind = catalog
         .files
         .iter()
         .find(|(_, f)| **f == file)
         .and_then(|(id, _)| catalog.get(id))
         .cloned()
-    else {
-        return internal("the proposal vanished from its own catalog");
-    };
-    match state.runner.store.proposals() {
-        Ok(ps) => {
-            if let Some(p) = ps
-                .iter()
-                .find(|p| p.indicator == ind.id && p.status == ProposalStatus::Pending)
-            {
-                return error_response(
-                    StatusCode::CONFLICT,
-                    "already_proposed",
-                    format!(
-                        "proposal {} for '{}' is still pending; wait for its decision",
-                        p.id, ind.id
-                    ),
-                );
-            }
-        }
-        Err(e) => return internal(e),
+        .ok_or_else(|| internal("the proposal vanished from its own catalog"))?;
+    let proposals = state.runner.store.proposals()?;
+    if let Some(p) = proposals
+        .iter()
+        .find(|p| p.indicator == ind.id && p.status == ProposalStatus::Pending)
+    {
+        return Err(ApiError::AlreadyProposed {
+            proposal: p.id.clone(),
+            indicator: ind.id.clone(),
+        });
     }
     let proposal =
-        match state
+        state
             .runner
             .store
-            .create_proposal(&ind.id, &req.toml, &purpose, &caller.name)
-        {
-            Ok(p) => p,
-            Err(e) => return internal(e),
-        };
-    if let Err(r) = audit(
+            .create_proposal(&ind.id, &req.toml, &purpose, &caller.name)?;
+    audit(
         &state,
         policies::audit::AuditEvent {
             actor: caller.name,
@@ -206,10 +159,8 @@ pub async fn create_proposal(
             outcome: "pending".into(),
             ..Default::default()
         },
-    ) {
-        return r;
-    }
-    (
+    )?;
+    Ok((
         StatusCode::CREATED,
         Json(serde_json::json!({
             "proposal": proposal,
@@ -217,49 +168,42 @@ pub async fn create_proposal(
             "estimate": estimate(&state, &catalog, &ind),
         })),
     )
-        .into_response()
+        .into_response())
 }
 
-fn load(state: &AppState, id: &str) -> Result<Proposal, Response> {
-    match state.runner.store.proposal(id) {
-        Ok(Some(p)) => Ok(p),
-        Ok(None) => Err(governance_error(GovernanceError::UnknownProposal(
-            id.to_string(),
-        ))),
-        Err(e) => Err(internal(e)),
-    }
+fn load(state: &AppState, id: &str) -> Result<Proposal, ApiError> {
+    state
+        .runner
+        .store
+        .proposal(id)?
+        .ok_or_else(|| GovernanceError::UnknownProposal(id.to_string()).into())
 }
 
-pub async fn list_proposals(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
-    if let Err(e) = authorize(&state, &headers, ANY_ROLE) {
-        return e.into_response();
-    }
-    match state.runner.store.proposals() {
-        Ok(ps) => Json(serde_json::json!({
-            "required_approvals": state.runner.required_approvals,
-            "proposals": ps,
-        }))
-        .into_response(),
-        Err(e) => internal(e),
-    }
+pub async fn list_proposals(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    authorize(&state, &headers, ANY_ROLE)?;
+    let proposals = state.runner.store.proposals()?;
+    Ok(Json(serde_json::json!({
+        "required_approvals": state.runner.required_approvals,
+        "proposals": proposals,
+    }))
+    .into_response())
 }
 
 pub async fn get_proposal(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     Path(id): Path<String>,
-) -> Response {
-    if let Err(e) = authorize(&state, &headers, ANY_ROLE) {
-        return e.into_response();
-    }
-    match load(&state, &id) {
-        Ok(p) => Json(serde_json::json!({
-            "proposal": p,
-            "required_approvals": state.runner.required_approvals,
-        }))
-        .into_response(),
-        Err(r) => r,
-    }
+) -> Result<Response, ApiError> {
+    authorize(&state, &headers, ANY_ROLE)?;
+    let proposal = load(&state, &id)?;
+    Ok(Json(serde_json::json!({
+        "proposal": proposal,
+        "required_approvals": state.runner.required_approvals,
+    }))
+    .into_response())
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -275,50 +219,38 @@ pub async fn dry_run(
     headers: HeaderMap,
     Path(id): Path<String>,
     body: axum::body::Bytes,
-) -> Response {
-    let caller = match authorize(&state, &headers, &[Role::Researcher, Role::Reviewer]) {
-        Ok(c) => c,
-        Err(e) => return e.into_response(),
-    };
+) -> Result<Response, ApiError> {
+    let caller = authorize(&state, &headers, &[Role::Researcher, Role::Reviewer])?;
     let req: DryRunBody = if body.is_empty() {
         DryRunBody::default()
     } else {
-        match parse_body(&body, "{\"period\": \"2024Q1[:2024Q4]\"} or empty") {
-            Ok(b) => b,
-            Err(e) => return e.into_response(),
-        }
+        parse_body(&body, "{\"period\": \"2024Q1[:2024Q4]\"} or empty")?
     };
-    let proposal = match load(&state, &id) {
-        Ok(p) => p,
-        Err(e) => return e.into_response(),
-    };
-    let Some(sandbox) = state.runner.sandbox.clone() else {
-        return error_response(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "dry_run_unavailable",
-            "dry runs are off on this coordinator (governance.dry_run_providers = 0)",
-        );
-    };
+    let proposal = load(&state, &id)?;
+    let sandbox = state
+        .runner
+        .sandbox
+        .clone()
+        .ok_or(ApiError::DryRunUnavailable)?;
     let coverage = sandbox.coverage();
     let period: Period = match &req.period {
-        Some(p) => match p.parse() {
-            Ok(p) => p,
-            Err(e) => return bad_request(format!("period '{p}': {e}")),
-        },
+        Some(p) => p
+            .parse()
+            .map_err(|e| ApiError::BadRequest(format!("period '{p}': {e}")))?,
         None => Period {
             first: coverage.last,
             last: coverage.last,
         },
     };
     if !coverage.contains(&period) {
-        return bad_request(format!(
+        return Err(ApiError::BadRequest(format!(
             "period {period} lies outside the synthetic data ({coverage})"
-        ));
+        )));
     }
     if period.quarters().len() > MAX_DRY_RUN_QUARTERS {
-        return bad_request(format!(
+        return Err(ApiError::BadRequest(format!(
             "a dry run covers at most {MAX_DRY_RUN_QUARTERS} quarters"
-        ));
+        )));
     }
     // The proposal's own text, checked again in today's catalog (an approved one is in it).
     let extra = if proposal.status == ProposalStatus::Approved {
@@ -326,34 +258,22 @@ pub async fn dry_run(
     } else {
         vec![(proposal_file(&proposal.toml), proposal.toml.clone())]
     };
-    let approved = match state.runner.store.latest_catalog() {
-        Ok(c) => c,
-        Err(e) => return governance_error(e),
-    };
-    let catalog = match state.runner.catalog_with(&approved, &extra).await {
-        Ok(c) => c,
-        Err(e) => {
-            return error_response(
-                StatusCode::CONFLICT,
-                "invalid_indicator",
-                format!("the proposal no longer fits the catalog: {e}"),
-            );
-        }
-    };
-    let Some(ind) = catalog.get(&proposal.indicator).cloned() else {
-        return internal("the proposal's indicator is missing from its catalog");
-    };
-    let records = match crate::sandbox::dry_run(sandbox.as_ref(), &catalog, &ind, &period).await {
-        Ok(r) => r,
-        Err(e) => {
-            return error_response(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "dry_run_failed",
-                format!("the dry run failed: {e}"),
-            );
-        }
-    };
-    let _ = audit(
+    let approved = state.runner.store.latest_catalog()?;
+    let catalog = state
+        .runner
+        .catalog_with(&approved, &extra)
+        .await
+        .map_err(|e| ApiError::NoLongerFits(e.to_string()))?;
+    let ind = catalog
+        .get(&proposal.indicator)
+        .cloned()
+        .ok_or_else(|| internal("the proposal's indicator is missing from its catalog"))?;
+    let records = crate::sandbox::dry_run(sandbox.as_ref(), &catalog, &ind, &period)
+        .await
+        .map_err(|e| ApiError::DryRunFailed(e.to_string()))?;
+    // A dry run reveals nothing about real records, so a failed audit line does not withhold it;
+    // it is logged.
+    if let Err(e) = audit(
         &state,
         policies::audit::AuditEvent {
             actor: caller.name,
@@ -364,8 +284,10 @@ pub async fn dry_run(
             outcome: "synthetic".into(),
             ..Default::default()
         },
-    );
-    Json(serde_json::json!({
+    ) {
+        tracing::warn!(error = %e, "dry run not audited");
+    }
+    Ok(Json(serde_json::json!({
         "proposal": proposal.id,
         "indicator": ind.id,
         "period": period.to_string(),
@@ -373,7 +295,7 @@ pub async fn dry_run(
         "note": "Synthetic providers only: no node was asked and no privacy budget was spent.",
         "records": records,
     }))
-    .into_response()
+    .into_response())
 }
 
 #[derive(Debug, Deserialize)]
@@ -388,34 +310,17 @@ pub async fn approve(
     headers: HeaderMap,
     Path(id): Path<String>,
     body: axum::body::Bytes,
-) -> Response {
-    let caller = match authorize(&state, &headers, &[Role::Reviewer]) {
-        Ok(c) => c,
-        Err(e) => return e.into_response(),
-    };
-    let req: ApproveBody = match parse_body(&body, "{\"signature\": \"<hex ed25519>\"}") {
-        Ok(b) => b,
-        Err(e) => return e.into_response(),
-    };
-    let proposal = match load(&state, &id) {
-        Ok(p) => p,
-        Err(e) => return e.into_response(),
-    };
-    let public_key = match state.runner.store.reviewer_key(&caller.name) {
-        Ok(Some(k)) => k,
-        Ok(None) => {
-            return error_response(
-                StatusCode::FORBIDDEN,
-                "no_signing_key",
-                format!(
-                    "reviewer {} has no registered public key: an admin registers it with `stroom token create --role reviewer --name {} --public-key HEX`",
-                    caller.name, caller.name
-                ),
-            );
-        }
-        Err(e) => return internal(e),
-    };
-    let refuse = |state: &AppState, r: Response, why: String| {
+) -> Result<Response, ApiError> {
+    let caller = authorize(&state, &headers, &[Role::Reviewer])?;
+    let req: ApproveBody = parse_body(&body, "{\"signature\": \"<hex ed25519>\"}")?;
+    let proposal = load(&state, &id)?;
+    let public_key = state
+        .runner
+        .store
+        .reviewer_key(&caller.name)?
+        .ok_or_else(|| ApiError::NoSigningKey(caller.name.clone()))?;
+    // A refused approval is audited with its reason before the refusal is sent.
+    let refuse = |state: &AppState, e: ApiError| {
         let _ = audit(
             state,
             policies::audit::AuditEvent {
@@ -425,11 +330,11 @@ pub async fn approve(
                 content_hash: Some(proposal.content_hash.clone()),
                 parameters: serde_json::json!({ "proposal": proposal.id }),
                 outcome: "refused".into(),
-                reason: Some(why),
+                reason: Some(e.to_string()),
                 ..Default::default()
             },
         );
-        r
+        e
     };
     if !verify_approval(
         &public_key,
@@ -437,15 +342,13 @@ pub async fn approve(
         &proposal.content_hash,
         &req.signature,
     ) {
-        let msg = format!(
-            "the signature does not verify with {}'s registered key over indicator '{}' with content sha256 {}",
-            caller.name, proposal.indicator, proposal.content_hash
-        );
-        return refuse(
+        return Err(refuse(
             &state,
-            error_response(StatusCode::BAD_REQUEST, "bad_signature", msg.clone()),
-            msg,
-        );
+            ApiError::BadSignature(format!(
+                "the signature does not verify with {}'s registered key over indicator '{}' with content sha256 {}",
+                caller.name, proposal.indicator, proposal.content_hash
+            )),
+        ));
     }
     let signature = ReviewerSignature {
         reviewer: caller.name.clone(),
@@ -453,24 +356,18 @@ pub async fn approve(
         signature: req.signature.trim().to_ascii_lowercase(),
         signed_at: state.runner.store.now(),
     };
-    let outcome = match state
+    let outcome = state
         .runner
         .store
         .approve(&id, &signature, state.runner.required_approvals)
-    {
-        Ok(o) => o,
-        Err(e) => {
-            let why = e.to_string();
-            return refuse(&state, governance_error(e), why);
-        }
-    };
+        .map_err(|e| refuse(&state, e.into()))?;
     if outcome.catalog_version.is_some()
         && let Err(e) = state.runner.reload_catalog().await
     {
         tracing::error!(error = %e, "approved, but the catalog did not reload");
-        return internal(e);
+        return Err(internal(e));
     }
-    if let Err(r) = audit(
+    audit(
         &state,
         policies::audit::AuditEvent {
             actor: caller.name,
@@ -489,13 +386,9 @@ pub async fn approve(
             },
             ..Default::default()
         },
-    ) {
-        return r;
-    }
-    match load(&state, &id) {
-        Ok(p) => Json(serde_json::json!({ "proposal": p, "outcome": outcome })).into_response(),
-        Err(r) => r,
-    }
+    )?;
+    let proposal = load(&state, &id)?;
+    Ok(Json(serde_json::json!({ "proposal": proposal, "outcome": outcome })).into_response())
 }
 
 #[derive(Debug, Deserialize)]
@@ -509,27 +402,13 @@ pub async fn reject(
     headers: HeaderMap,
     Path(id): Path<String>,
     body: axum::body::Bytes,
-) -> Response {
-    let caller = match authorize(&state, &headers, &[Role::Reviewer]) {
-        Ok(c) => c,
-        Err(e) => return e.into_response(),
-    };
-    let req: RejectBody = match parse_body(&body, "{\"reason\": \"…\"}") {
-        Ok(b) => b,
-        Err(e) => return e.into_response(),
-    };
-    let reason = match clean_text("reason", &req.reason) {
-        Ok(r) => r,
-        Err(e) => return e.into_response(),
-    };
-    let proposal = match load(&state, &id) {
-        Ok(p) => p,
-        Err(e) => return e.into_response(),
-    };
-    if let Err(e) = state.runner.store.reject(&id, &caller.name, &reason) {
-        return governance_error(e);
-    }
-    if let Err(r) = audit(
+) -> Result<Response, ApiError> {
+    let caller = authorize(&state, &headers, &[Role::Reviewer])?;
+    let req: RejectBody = parse_body(&body, "{\"reason\": \"…\"}")?;
+    let reason = clean_text("reason", &req.reason)?;
+    let proposal = load(&state, &id)?;
+    state.runner.store.reject(&id, &caller.name, &reason)?;
+    audit(
         &state,
         policies::audit::AuditEvent {
             actor: caller.name,
@@ -541,40 +420,30 @@ pub async fn reject(
             reason: Some(reason),
             ..Default::default()
         },
-    ) {
-        return r;
-    }
-    match load(&state, &id) {
-        Ok(p) => Json(serde_json::json!({ "proposal": p })).into_response(),
-        Err(r) => r,
-    }
+    )?;
+    let proposal = load(&state, &id)?;
+    Ok(Json(serde_json::json!({ "proposal": proposal })).into_response())
 }
 
 /// The newest signed catalog version (public: approved definitions are public, and their
 /// signatures, not the transport, are what a node trusts).
-pub async fn latest_catalog(State(state): State<Arc<AppState>>) -> Response {
-    match state.runner.store.latest_catalog() {
-        Ok(c) => Json(c).into_response(),
-        Err(e) => governance_error(e),
-    }
+pub async fn latest_catalog(State(state): State<Arc<AppState>>) -> Result<Response, ApiError> {
+    Ok(Json(state.runner.store.latest_catalog()?).into_response())
 }
 
 pub async fn catalog_version(
     State(state): State<Arc<AppState>>,
     Path(version): Path<String>,
-) -> Response {
-    let Ok(v) = version.parse::<u64>() else {
-        return bad_request(format!(
+) -> Result<Response, ApiError> {
+    let v = version.parse::<u64>().map_err(|_| {
+        ApiError::BadRequest(format!(
             "catalog version must be a number, found '{version}'"
-        ));
-    };
-    match state.runner.store.catalog_version(v) {
-        Ok(Some(c)) => Json(c).into_response(),
-        Ok(None) => error_response(
-            StatusCode::NOT_FOUND,
-            "unknown_catalog_version",
-            format!("no catalog version {v}"),
-        ),
-        Err(e) => internal(e),
-    }
+        ))
+    })?;
+    let catalog = state
+        .runner
+        .store
+        .catalog_version(v)?
+        .ok_or(ApiError::UnknownCatalogVersion(v))?;
+    Ok(Json(catalog).into_response())
 }

@@ -20,7 +20,6 @@ use axum::http::{HeaderMap, Method, Request, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, get, post};
 use axum::{Json, Router};
-use policies::wire::ErrorBody;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde::Deserialize;
@@ -45,21 +44,6 @@ pub struct AppState {
     http: policies::ops::HttpMetrics,
     /// The coordinator's own certificate and the federation CA, for expiry gauges.
     certs: Vec<(&'static str, std::path::PathBuf)>,
-}
-
-pub(crate) fn error_response(
-    status: StatusCode,
-    code: &str,
-    message: impl Into<String>,
-) -> Response {
-    (
-        status,
-        Json(ErrorBody {
-            error: code.to_string(),
-            message: message.into(),
-        }),
-    )
-        .into_response()
 }
 
 /// Every role: endpoints any token holder may read.
