@@ -8,7 +8,7 @@ use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use datafusion::arrow::array::{Int64Array, RecordBatch, StringArray};
 use node::evaluate::{Bounding, Cells};
 use node::tables::Tables;
-use policies::wire::{AnswerMeta, decode_answer, encode_answer};
+use policies::wire::{Answer, AnswerMeta};
 use std::hint::black_box;
 use std::sync::Arc;
 
@@ -162,7 +162,7 @@ fn noise(c: &mut Criterion) {
 }
 
 /// One node's answer for the panel's mean indicator: cells, noise and metadata.
-fn answer(node_id: &str, cells: &Cells, ind: &policies::Indicator) -> (RecordBatch, AnswerMeta) {
+fn answer(node_id: &str, cells: &Cells, ind: &policies::Indicator) -> Answer {
     let query = ind.query().expect("query");
     let measures = query.measures(4);
     let noisy = node::noise::noisy_measures(&measures, cells).expect("noise");
@@ -182,7 +182,7 @@ fn answer(node_id: &str, cells: &Cells, ind: &policies::Indicator) -> (RecordBat
         released_at: "2024-12-31T00:00:00Z".into(),
         secure: None,
     };
-    (batch, meta)
+    Answer { batch, meta }
 }
 
 /// The bounded cells of `ind` over `units` panel respondents.
@@ -204,14 +204,14 @@ fn arrow_ipc(c: &mut Criterion) {
     let rt = runtime();
     let (_, ind) = kinds().remove(4);
     let cells = bounded_cells(&rt, 2_000, &ind);
-    let (batch, meta) = answer("P01", &cells, &ind);
-    let bytes = encode_answer(&batch, &meta).expect("encode");
+    let answer = answer("P01", &cells, &ind);
+    let bytes = answer.encode().expect("encode");
     let mut group = c.benchmark_group("arrow_ipc_histogram_answer");
     group.bench_function("encode", |b| {
-        b.iter(|| encode_answer(black_box(&batch), &meta).expect("encode"))
+        b.iter(|| black_box(&answer).encode().expect("encode"))
     });
     group.bench_function("decode", |b| {
-        b.iter(|| decode_answer(black_box(&bytes)).expect("decode"))
+        b.iter(|| Answer::decode(black_box(&bytes)).expect("decode"))
     });
     group.finish();
 }
@@ -224,7 +224,7 @@ fn combination(c: &mut Criterion) {
     let mut group = c.benchmark_group("combine_mean_answers");
     group.sample_size(20);
     for n in [11usize, 100, 1_000] {
-        let answers: Vec<(RecordBatch, AnswerMeta)> = (0..n)
+        let answers: Vec<Answer> = (0..n)
             .map(|i| answer(&format!("P{:02}", i + 1), &cells, &ind))
             .collect();
         group.bench_with_input(BenchmarkId::from_parameter(n), &answers, |b, a| {

@@ -7,7 +7,7 @@ use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Field, Float64Type, Int64Type, Schema};
 use datafusion::functions_aggregate::expr_fn::{count, sum};
 use datafusion::prelude::{SessionContext, ident, lit};
-use policies::wire::AnswerMeta;
+use policies::wire::{Answer, AnswerMeta, Protection};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
@@ -19,6 +19,11 @@ pub enum CombineError {
     Mismatch(String),
     #[error("no answers to combine")]
     Empty,
+    /// A secret-shared answer carries no values to sum here; only the helper path combines it.
+    #[error(
+        "the answer from {0} is secret-shared: it is combined with the helper, never summed as node noise"
+    )]
+    SecretShared(String),
     #[error("combining in DataFusion: {0}")]
     Engine(String),
 }
@@ -56,11 +61,14 @@ fn variance_column(measure: &str) -> String {
 }
 
 /// One answer as uniform columns: keys as Utf8, measures as Int64, each measure's variance.
-fn normalise(
-    batch: &RecordBatch,
-    meta: &AnswerMeta,
-    reference: &AnswerMeta,
-) -> Result<RecordBatch, CombineError> {
+fn normalise(answer: &Answer, reference: &AnswerMeta) -> Result<RecordBatch, CombineError> {
+    let (batch, meta) = (&answer.batch, &answer.meta);
+    let measures = match answer.protection() {
+        Protection::NodeNoise(measures) => measures,
+        Protection::SecretShared(_) => {
+            return Err(CombineError::SecretShared(meta.node_id.clone()));
+        }
+    };
     let missing = |c: &str| CombineError::MissingColumn {
         node: meta.node_id.clone(),
         column: c.to_string(),
@@ -90,8 +98,7 @@ fn normalise(
         columns.push(cast(a, &DataType::Utf8).map_err(engine)?);
     }
     for m in &reference.measures {
-        let noise = meta
-            .measures
+        let noise = measures
             .iter()
             .find(|x| x.column == m.column)
             .ok_or_else(|| missing(&m.column))?;
@@ -115,12 +122,15 @@ fn normalise(
 
 /// Sum node answers cell by cell. `providers_total` is how many nodes were asked.
 pub async fn combine(
-    answers: &[(RecordBatch, AnswerMeta)],
+    answers: &[Answer],
     providers_total: usize,
 ) -> Result<BaseResult, CombineError> {
-    let (first, reference) = answers.first().ok_or(CombineError::Empty)?;
+    let Answer {
+        batch: first,
+        meta: reference,
+    } = answers.first().ok_or(CombineError::Empty)?;
     let mut seen = std::collections::BTreeSet::new();
-    for (_, meta) in answers {
+    for Answer { meta, .. } in answers {
         if !seen.insert(meta.node_id.clone()) {
             return Err(CombineError::Mismatch(format!(
                 "two answers from node {}",
@@ -130,7 +140,7 @@ pub async fn combine(
     }
     let batches = answers
         .iter()
-        .map(|(b, m)| normalise(b, m, reference))
+        .map(|a| normalise(a, reference))
         .collect::<Result<Vec<_>, _>>()?;
     let ctx = SessionContext::new();
     let groups: Vec<_> = reference.group_columns.iter().map(ident).collect();
@@ -231,4 +241,75 @@ pub async fn combine(
         providers_reporting: answers.len(),
         providers_total,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use policies::wire::testing::{noisy_answer, secret_shared};
+
+    #[tokio::test]
+    async fn node_noise_answers_sum_cell_by_cell_with_their_variances() {
+        let answers = [
+            noisy_answer("P01", &["a", "b"], &[3, -1], 4.0),
+            noisy_answer("P02", &["b", "a"], &[5, 7], 9.0),
+        ];
+        let r = combine(&answers, 3).await.expect("combined");
+        assert_eq!((r.providers_reporting, r.providers_total), (2, 3));
+        let cell = |k: &str| {
+            r.cells
+                .iter()
+                .find(|(key, _)| key == &vec![k.to_string()])
+                .map(|(_, m)| m["count"])
+                .expect("cell")
+        };
+        assert_eq!(
+            cell("a"),
+            CellSum {
+                value: 10.0,
+                variance: 13.0
+            }
+        );
+        assert_eq!(
+            cell("b"),
+            CellSum {
+                value: 4.0,
+                variance: 13.0
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn a_secret_shared_answer_is_never_summed_as_node_noise() {
+        let answers = [
+            noisy_answer("P01", &["a"], &[3], 4.0),
+            secret_shared(noisy_answer("P02", &["a"], &[0], 4.0)),
+        ];
+        let err = combine(&answers, 2).await.expect_err("refused");
+        assert!(
+            matches!(err, CombineError::SecretShared(ref n) if n == "P02"),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn two_answers_from_one_node_or_different_keys_are_refused() {
+        let twice = [
+            noisy_answer("P01", &["a"], &[3], 4.0),
+            noisy_answer("P01", &["a"], &[3], 4.0),
+        ];
+        assert!(matches!(
+            combine(&twice, 2).await,
+            Err(CombineError::Mismatch(_))
+        ));
+        let apart = [
+            noisy_answer("P01", &["a"], &[3], 4.0),
+            noisy_answer("P02", &["b"], &[3], 4.0),
+        ];
+        assert!(matches!(
+            combine(&apart, 2).await,
+            Err(CombineError::Mismatch(_))
+        ));
+        assert!(matches!(combine(&[], 2).await, Err(CombineError::Empty)));
+    }
 }

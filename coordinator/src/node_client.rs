@@ -4,7 +4,7 @@
 //! reached at. Requests time out and are retried with backoff; retries are safe because a node
 //! answers a repeated request with its stored release.
 
-use policies::wire::{AnswerMeta, BudgetStatus, ErrorBody, EvaluateRequest, decode_answer};
+use policies::wire::{Answer, BudgetStatus, ErrorBody, EvaluateRequest};
 use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::pem::PemObject;
@@ -13,8 +13,6 @@ use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
-
-use datafusion::arrow::array::RecordBatch;
 
 /// The DNS name a node's certificate must carry.
 pub fn node_dns_name(node_id: &str) -> String {
@@ -322,30 +320,27 @@ impl NodeClient {
         }
     }
 
-    pub async fn evaluate(
-        &self,
-        request: &EvaluateRequest,
-    ) -> Result<(RecordBatch, AnswerMeta), NodeError> {
-        self.evaluate_raw(request).await.map(|(_, b, m)| (b, m))
+    pub async fn evaluate(&self, request: &EvaluateRequest) -> Result<Answer, NodeError> {
+        self.evaluate_raw(request).await.map(|(_, answer)| answer)
     }
 
     /// The answer as the node sent it (Arrow IPC bytes, kept verbatim by the run store) and decoded.
     pub async fn evaluate_raw(
         &self,
         request: &EvaluateRequest,
-    ) -> Result<(Vec<u8>, RecordBatch, AnswerMeta), NodeError> {
+    ) -> Result<(Vec<u8>, Answer), NodeError> {
         let bytes = self.fetch_answer(request).await?;
-        let (batch, meta) = decode_answer(&bytes).map_err(|e| NodeError::BadAnswer {
+        let answer = Answer::decode(&bytes).map_err(|e| NodeError::BadAnswer {
             node: self.id.clone(),
             message: e.to_string(),
         })?;
-        if meta.node_id != self.id {
+        if answer.meta.node_id != self.id {
             return Err(NodeError::BadAnswer {
                 node: self.id.clone(),
-                message: format!("answer is labelled as node {}", meta.node_id),
+                message: format!("answer is labelled as node {}", answer.meta.node_id),
             });
         }
-        Ok((bytes.to_vec(), batch, meta))
+        Ok((bytes.to_vec(), answer))
     }
 
     /// The answer's bytes, unread: the transport alone (the federation benchmark's baseline).

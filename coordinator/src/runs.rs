@@ -12,11 +12,10 @@ use crate::national::{self, BaseResult};
 use crate::node_client::{NodeClient, NodeError, TlsMaterial};
 use crate::publish::{self, Record};
 use crate::store::{NewAnswer, RunStatus, RunStore, StoreError};
-use datafusion::arrow::array::RecordBatch;
 use futures::StreamExt;
 use policies::audit::{AuditEvent, AuditLog, digest};
 use policies::governance::CatalogVersion;
-use policies::wire::{AnswerMeta, EvaluateRequest, decode_answer};
+use policies::wire::{Answer, EvaluateRequest};
 use policies::{Catalog, Indicator, Period};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -26,7 +25,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 const ANSWER_BATCH: usize = 256;
 
 /// A run's node answers, decoded, or why the node failed; keyed by (base, quarter, node).
-type Collected = BTreeMap<(String, String, String), Result<(RecordBatch, AnswerMeta), String>>;
+type Collected = BTreeMap<(String, String, String), Result<Answer, String>>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -393,7 +392,7 @@ impl Runner {
         let mut collected = Collected::new();
         for a in self.store.answers(run_id)? {
             if let Some(bytes) = a.answer {
-                let decoded = decode_answer(&bytes).map_err(|e| {
+                let decoded = Answer::decode(&bytes).map_err(|e| {
                     RunError::Store(StoreError::Json(serde_json::Error::io(
                         std::io::Error::other(e.to_string()),
                     )))
@@ -440,8 +439,8 @@ impl Runner {
                 self.record_contact(&node, reachable);
                 let key = (request.indicator, request.period.to_string(), node);
                 match result {
-                    Ok((bytes, batch, meta)) => {
-                        rows.push((key, Ok(bytes), Ok((batch, meta))));
+                    Ok((bytes, answer)) => {
+                        rows.push((key, Ok(bytes), Ok(answer)));
                     }
                     Err(e) => {
                         self.counters.node_failures.fetch_add(1, Ordering::Relaxed);

@@ -8,7 +8,7 @@
 use crate::national;
 use crate::publish::{self, Record};
 use futures::future::BoxFuture;
-use policies::wire::decode_answer;
+use policies::wire::Answer;
 use policies::{Catalog, Indicator, Period};
 use std::collections::BTreeMap;
 
@@ -39,7 +39,7 @@ pub async fn dry_run(
         for base in &bases {
             let mut answers = Vec::new();
             for bytes in sandbox.answers(base, quarter).await? {
-                answers.push(decode_answer(&bytes).map_err(|e| e.to_string())?);
+                answers.push(Answer::decode(&bytes).map_err(|e| e.to_string())?);
             }
             if answers.is_empty() {
                 return Err(format!(

@@ -13,7 +13,7 @@ use datafusion::arrow::array::{AsArray, RecordBatch};
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::DataType;
 use policies::sensitivity::MeasureCost;
-use policies::wire::{AnswerMeta, SecureRequest, SecureShares};
+use policies::wire::{Answer, AnswerMeta, Protection, SecureRequest, SecureShares};
 use policies::{Indicator, Period};
 use secagg::accounting;
 use secagg::api::{AggregateRequest, CollectRequest, HelperReport, ReportOutcome};
@@ -107,6 +107,15 @@ fn keys_of(batch: &RecordBatch, columns: &[String]) -> Result<Vec<Vec<String>>, 
         .collect())
 }
 
+/// The shares of a secret-shared answer; a node-noise answer to a secure request is refused, so
+/// a secure run never quietly becomes a per-node-noise one.
+fn secret_shares(answer: &Answer) -> Result<&SecureShares, String> {
+    match answer.protection() {
+        Protection::SecretShared(shares) => Ok(shares),
+        Protection::NodeNoise(_) => Err("answered with per-node noise to a secure request".into()),
+    }
+}
+
 impl SecureAggregator {
     /// The batch a set of reports forms: the run's public parameters and each report's identity.
     /// The same reports make the same batch (a resumed or repeated run collects it again and gets
@@ -179,7 +188,7 @@ impl SecureAggregator {
         base: &Indicator,
         quarter: Period,
         request: SecureRequest,
-        answers: &[(RecordBatch, AnswerMeta)],
+        answers: &[Answer],
     ) -> Result<(BaseResult, Vec<Excluded>), SecureError> {
         let quarter_text = quarter.to_string();
         let (indicator, content_hash, quarter) = (
@@ -198,10 +207,10 @@ impl SecureAggregator {
         let mut excluded = Vec::new();
         let mut checked: Vec<Checked<'_>> = Vec::new();
         // The leader's share of verification is per report: spread over the cores.
-        let verdicts = secagg::parallel::map(answers, |(batch, meta)| {
-            self.check(&expected, batch, meta, &batch_shape)
+        let verdicts = secagg::parallel::map(answers, |answer| {
+            self.check(&expected, answer, &batch_shape)
         });
-        for ((_, meta), verdict) in answers.iter().zip(verdicts) {
+        for (Answer { meta, .. }, verdict) in answers.iter().zip(verdicts) {
             match verdict {
                 Ok(c) => checked.push(c),
                 Err(reason) => excluded.push(Excluded {
@@ -379,14 +388,11 @@ impl SecureAggregator {
     fn check<'a>(
         &self,
         expected: &Expected<'_>,
-        batch: &'a RecordBatch,
-        meta: &'a AnswerMeta,
+        answer: &'a Answer,
         shape: &BatchShape,
     ) -> Result<Checked<'a>, String> {
-        let shares = meta
-            .secure
-            .as_ref()
-            .ok_or("answered with per-node noise to a secure request")?;
+        let (batch, meta) = (&answer.batch, &answer.meta);
+        let shares = secret_shares(answer)?;
         let b = &shares.binding;
         if b.node_id != meta.node_id {
             return Err(format!("report is labelled as node {}", b.node_id));
@@ -455,7 +461,20 @@ impl SecureAggregator {
 
 #[cfg(test)]
 mod tests {
-    use super::SecureAggregator;
+    use super::{SecureAggregator, secret_shares};
+    use policies::wire::testing::{noisy_answer, secret_shared};
+
+    #[test]
+    fn a_node_noise_answer_to_a_secure_request_is_refused() {
+        let noisy = noisy_answer("P01", &["a"], &[3], 4.0);
+        let err = secret_shares(&noisy).expect_err("refused");
+        assert!(err.contains("per-node noise"), "{err}");
+        let shared = secret_shared(noisy);
+        assert_eq!(
+            secret_shares(&shared).expect("shares").binding.node_id,
+            "P01"
+        );
+    }
 
     #[test]
     fn a_batch_does_not_depend_on_the_order_its_reports_arrive_in() {

@@ -338,7 +338,9 @@ async fn noisy_answer(
         secure: None,
     };
     let batch = answer_batch(cells, measures, &noisy)?;
-    wire::encode_answer(&batch, &meta).map_err(|e| ReleaseError::Internal(e.to_string()))
+    wire::Answer { batch, meta }
+        .encode()
+        .map_err(|e| ReleaseError::Internal(e.to_string()))
 }
 
 /// The secure answer: the public keys, the noise shares' public facts and the signed report.
@@ -401,7 +403,9 @@ async fn secure_answer(
         secure: Some(answer.shares),
     };
     let batch = answer_batch(cells, &[], &[])?;
-    wire::encode_answer(&batch, &meta).map_err(|e| ReleaseError::Internal(e.to_string()))
+    wire::Answer { batch, meta }
+        .encode()
+        .map_err(|e| ReleaseError::Internal(e.to_string()))
 }
 
 /// A noisy answer drawn outside any ledger, for dry runs on synthetic records only: the same

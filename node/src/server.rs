@@ -13,7 +13,7 @@ use axum::http::{HeaderValue, Request, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use policies::audit::{AuditEvent, digest};
-use policies::wire::{ARROW_STREAM_MIME, ErrorBody, EvaluateRequest, decode_answer};
+use policies::wire::{ARROW_STREAM_MIME, Answer, ErrorBody, EvaluateRequest};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
@@ -117,7 +117,7 @@ async fn evaluate(
             None => serde_json::json!({ "period": req.period.to_string() }),
         },
         rho: match &result {
-            Ok(r) if !r.replayed => decode_answer(&r.bytes).ok().map(|(_, m)| m.rho),
+            Ok(r) if !r.replayed => Answer::decode(&r.bytes).ok().map(|a| a.meta.rho),
             _ => Some(0.0),
         },
         answer_digest: result.as_ref().ok().map(|r| digest(&r.bytes)),

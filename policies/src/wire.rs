@@ -193,30 +193,195 @@ pub struct ErrorBody {
     pub message: String,
 }
 
-pub fn encode_answer(batch: &RecordBatch, meta: &AnswerMeta) -> Result<Vec<u8>, ArrowError> {
-    let json = serde_json::to_string(meta).map_err(|e| ArrowError::ExternalError(Box::new(e)))?;
-    let mut md: HashMap<String, String> = batch.schema().metadata().clone();
-    md.insert(ANSWER_METADATA_KEY.to_string(), json);
-    let schema = Arc::new(batch.schema().as_ref().clone().with_metadata(md));
-    let batch = batch.clone().with_schema(schema.clone())?;
-    let mut out = Vec::new();
-    {
-        let mut w = StreamWriter::try_new(&mut out, &schema)?;
-        w.write(&batch)?;
-        w.finish()?;
-    }
-    Ok(out)
+/// What a node releases for one indicator and quarter, and what the coordinator combines: the
+/// cells' public keys (under node noise also their noisy integers) as Arrow columns, and the
+/// metadata that says what was charged and how the values are protected. One type for both kinds
+/// of answer, so combination picks its path from [`Answer::protection`] and everything after it
+/// (intervals, publication, the dashboard) never sees the difference.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Answer {
+    pub batch: RecordBatch,
+    pub meta: AnswerMeta,
 }
 
-pub fn decode_answer(bytes: &[u8]) -> Result<(RecordBatch, AnswerMeta), ArrowError> {
-    let reader = StreamReader::try_new(std::io::Cursor::new(bytes), None)?;
-    let schema = reader.schema();
-    let meta_json = schema.metadata().get(ANSWER_METADATA_KEY).ok_or_else(|| {
-        ArrowError::SchemaError(format!("answer lacks {ANSWER_METADATA_KEY} metadata"))
-    })?;
-    let meta: AnswerMeta =
-        serde_json::from_str(meta_json).map_err(|e| ArrowError::ExternalError(Box::new(e)))?;
-    let batches: Vec<RecordBatch> = reader.collect::<Result<_, _>>()?;
-    let batch = datafusion::arrow::compute::concat_batches(&schema, &batches)?;
-    Ok((batch, meta))
+/// How an answer's values are protected, which decides how it is combined.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Protection<'a> {
+    /// Each value carries the node's own full noise; the batch holds the noisy integers and the
+    /// coordinator sums them.
+    NodeNoise(&'a [MeasureNoise]),
+    /// The values are secret-shared between the coordinator and the helper, each node adding its
+    /// share of the national noise; the batch holds the public keys only.
+    SecretShared(&'a SecureShares),
+}
+
+impl Answer {
+    pub fn protection(&self) -> Protection<'_> {
+        match &self.meta.secure {
+            Some(shares) => Protection::SecretShared(shares),
+            None => Protection::NodeNoise(&self.meta.measures),
+        }
+    }
+
+    /// The answer as one Arrow IPC stream, its metadata in the schema.
+    pub fn encode(&self) -> Result<Vec<u8>, ArrowError> {
+        let json = serde_json::to_string(&self.meta)
+            .map_err(|e| ArrowError::ExternalError(Box::new(e)))?;
+        let mut md: HashMap<String, String> = self.batch.schema().metadata().clone();
+        md.insert(ANSWER_METADATA_KEY.to_string(), json);
+        let schema = Arc::new(self.batch.schema().as_ref().clone().with_metadata(md));
+        let batch = self.batch.clone().with_schema(schema.clone())?;
+        let mut out = Vec::new();
+        {
+            let mut w = StreamWriter::try_new(&mut out, &schema)?;
+            w.write(&batch)?;
+            w.finish()?;
+        }
+        Ok(out)
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Answer, ArrowError> {
+        let reader = StreamReader::try_new(std::io::Cursor::new(bytes), None)?;
+        let schema = reader.schema();
+        let meta_json = schema.metadata().get(ANSWER_METADATA_KEY).ok_or_else(|| {
+            ArrowError::SchemaError(format!("answer lacks {ANSWER_METADATA_KEY} metadata"))
+        })?;
+        let meta: AnswerMeta =
+            serde_json::from_str(meta_json).map_err(|e| ArrowError::ExternalError(Box::new(e)))?;
+        let batches: Vec<RecordBatch> = reader.collect::<Result<_, _>>()?;
+        let batch = datafusion::arrow::compute::concat_batches(&schema, &batches)?;
+        Ok(Answer { batch, meta })
+    }
+}
+
+/// Small answers for tests of what consumes them (combination, the run store): not for releases.
+#[doc(hidden)]
+pub mod testing {
+    use super::*;
+    use datafusion::arrow::array::{Int64Array, StringArray};
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+
+    /// A node-noise answer of `node` with one group column `g` and one measure `count`.
+    pub fn noisy_answer(node: &str, keys: &[&str], counts: &[i64], variance: f64) -> Answer {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("g", DataType::Utf8, false),
+            Field::new("count", DataType::Int64, false),
+        ]));
+        let batch = RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(StringArray::from(keys.to_vec())),
+                Arc::new(Int64Array::from(counts.to_vec())),
+            ],
+        )
+        .expect("batch");
+        let meta = AnswerMeta {
+            node_id: node.into(),
+            indicator: "care.test".into(),
+            content_hash: "c0ffee".into(),
+            period: "2024Q1".parse().expect("period"),
+            snapshot: "s".into(),
+            release_key: format!("k-{node}"),
+            aggregate: "count_distinct".into(),
+            group_columns: vec!["g".into()],
+            measures: vec![MeasureNoise {
+                column: "count".into(),
+                mechanism: "discrete_gaussian".into(),
+                scale: variance.sqrt(),
+                variance,
+                per_cell_bound: 1,
+                cells_per_unit: 1,
+                l1_bound: 1,
+                l2_bound: 1.0,
+            }],
+            rho: 0.1,
+            budget_period: "2024".into(),
+            released_at: "2024-04-01T00:00:00Z".into(),
+            secure: None,
+        };
+        Answer { batch, meta }
+    }
+
+    pub fn secret_shared(mut answer: Answer) -> Answer {
+        let meta = answer.meta.clone();
+        answer.meta.secure = Some(SecureShares {
+            binding: ReportBinding {
+                node_id: meta.node_id,
+                indicator: meta.indicator,
+                content_hash: meta.content_hash,
+                period: meta.period,
+                release_key: meta.release_key,
+                nodes: 2,
+                max_missing: 0,
+                bits: DEFAULT_BITS,
+                length: 1,
+                granularity: vec![1],
+                nonce: "00".repeat(16),
+            },
+            public_share: String::new(),
+            leader_share: String::new(),
+            helper_share: SealedShare {
+                encapsulated_key: String::new(),
+                ciphertext: String::new(),
+            },
+            signature: String::new(),
+            measures: Vec::new(),
+        });
+        answer
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::{noisy_answer, secret_shared};
+    use super::*;
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+
+    #[test]
+    fn an_answer_survives_arrow_ipc_with_its_metadata() {
+        for answer in [
+            noisy_answer("P01", &["a", "b"], &[3, -1], 4.0),
+            secret_shared(noisy_answer("P02", &["a"], &[0], 4.0)),
+        ] {
+            let bytes = answer.encode().expect("encode");
+            let back = Answer::decode(&bytes).expect("decode");
+            assert_eq!(back.meta, answer.meta);
+            assert_eq!(back.batch.columns(), answer.batch.columns());
+        }
+    }
+
+    #[test]
+    fn protection_follows_the_metadata() {
+        let noisy = noisy_answer("P01", &["a"], &[3], 4.0);
+        assert!(
+            matches!(noisy.protection(), Protection::NodeNoise(m) if m.len() == 1 && m[0].variance == 4.0)
+        );
+        let shared = secret_shared(noisy);
+        assert!(
+            matches!(shared.protection(), Protection::SecretShared(s) if s.binding.node_id == "P01")
+        );
+    }
+
+    #[test]
+    fn bytes_without_answer_metadata_are_refused() {
+        let mut answer = noisy_answer("P01", &["a"], &[3], 4.0);
+        let bytes = answer.encode().expect("encode");
+        assert!(Answer::decode(&bytes[..bytes.len() / 2]).is_err());
+        // A plain Arrow stream, no metadata.
+        answer.batch = answer
+            .batch
+            .with_schema(Arc::new(Schema::new(vec![
+                Field::new("g", DataType::Utf8, false),
+                Field::new("count", DataType::Int64, false),
+            ])))
+            .expect("schema");
+        let mut plain = Vec::new();
+        {
+            let mut w = StreamWriter::try_new(&mut plain, &answer.batch.schema()).expect("writer");
+            w.write(&answer.batch).expect("write");
+            w.finish().expect("finish");
+        }
+        let err = Answer::decode(&plain).expect_err("no metadata");
+        assert!(err.to_string().contains(ANSWER_METADATA_KEY), "{err}");
+    }
 }

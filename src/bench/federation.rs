@@ -417,7 +417,7 @@ async fn one(
         .answers(&warm.last_run)?
         .into_iter()
         .filter_map(|a| a.answer)
-        .map(|b| policies::wire::decode_answer(&b))
+        .map(|b| policies::wire::Answer::decode(&b))
         .collect::<Result<_, _>>()?;
     let t = Instant::now();
     let combined = match runner.secure_request_for(ind).zip(runner.secure.as_ref()) {
@@ -568,10 +568,7 @@ async fn fresh_secure_combinations(
     opts: &FederationBenchOptions,
     ind: &policies::Indicator,
     request: policies::wire::SecureRequest,
-    answers: &[(
-        datafusion::arrow::array::RecordBatch,
-        policies::wire::AnswerMeta,
-    )],
+    answers: &[policies::wire::Answer],
     stored: Vec<coordinator::store::StoredAnswer>,
 ) -> Result<SecureFigures> {
     let bytes: Vec<usize> = stored

@@ -3,7 +3,7 @@
 //! statements, quorum, publication and the public endpoints.
 
 use crate::support::*;
-use policies::wire::decode_answer;
+use policies::wire::Answer;
 
 const MTLS: &str = "client_ca = \"certs/ca.crt\"";
 
@@ -103,7 +103,7 @@ async fn researcher_api_authenticates_runs_combine_exactly_and_publish() {
         for node in [&p1.url, &p2.url] {
             let r = evaluate(&as_coordinator, node, "care.unique_youths", quarter).await;
             assert_eq!(r.status(), 200);
-            let (batch, _) = decode_answer(&r.bytes().await.unwrap()).unwrap();
+            let batch = Answer::decode(&r.bytes().await.unwrap()).unwrap().batch;
             let counts = batch
                 .column_by_name("count")
                 .unwrap()

@@ -64,7 +64,8 @@ async fn coordinator_accepts_only_the_provider_it_expects() {
         serde_json::json!({ "indicator": "care.unique_youths", "period": "2024Q1" }),
     )
     .unwrap();
-    let (batch, meta) = client.evaluate(&request).await.expect("an answer");
+    let policies::wire::Answer { batch, meta } =
+        client.evaluate(&request).await.expect("an answer");
     assert_eq!(meta.node_id, "P02");
     assert!(batch.num_rows() > 0);
 

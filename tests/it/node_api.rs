@@ -1,7 +1,7 @@
 //! The node's HTTPS API, against a real `stroom node` process on loopback.
 
 use crate::support::*;
-use policies::wire::decode_answer;
+use policies::wire::Answer;
 
 #[tokio::test]
 async fn evaluate_answers_arrow_with_scales_and_spend_and_repeats_are_idempotent() {
@@ -19,7 +19,7 @@ async fn evaluate_answers_arrow_with_scales_and_spend_and_repeats_are_idempotent
     assert_eq!(first.headers()["x-stroom-replayed"], "false");
     assert!(first.headers().contains_key("x-request-id"));
     let bytes = first.bytes().await.unwrap();
-    let (batch, meta) = decode_answer(&bytes).expect("arrow answer");
+    let Answer { batch, meta } = Answer::decode(&bytes).expect("arrow answer");
     assert_eq!(meta.node_id, "P01");
     assert_eq!(meta.rho, 0.1);
     assert_eq!(meta.group_columns, ["quarter", "measure_type"]);
@@ -211,7 +211,7 @@ async fn no_row_leaves_the_node() {
         let r = evaluate(&c, &node.url, &ind.id, "2024Q1:2024Q4").await;
         assert_eq!(r.status(), 200, "{}", ind.id);
         let bytes = r.bytes().await.unwrap();
-        let (batch, meta) = decode_answer(&bytes).unwrap();
+        let Answer { batch, meta } = Answer::decode(&bytes).unwrap();
         let q = ind.query().unwrap();
         // Only public keys and noisy aggregates: exactly one row per public key.
         assert_eq!(batch.num_rows() as i64, q.cell_count(4), "{}", ind.id);

@@ -2,7 +2,7 @@
 //! HTTPS servers on 127.0.0.1 with mutual TLS, certificates and keys from `stroom certs --helper`.
 
 use crate::support::*;
-use policies::wire::{AnswerMeta, decode_answer};
+use policies::wire::{Answer, AnswerMeta};
 use secagg::seal::HelperPrivateKey;
 use secagg::vdaf::{Shape, parse_nonce, parse_verify_key};
 use std::path::{Path, PathBuf};
@@ -124,7 +124,7 @@ async fn replayed(dir: &Path, url: &str, indicator: &str, quarter: &str, n: u32)
         "the run's release is replayed, not drawn anew"
     );
     let bytes = r.bytes().await.expect("body");
-    let (batch, meta) = decode_answer(&bytes).expect("answer");
+    let Answer { batch, meta } = Answer::decode(&bytes).expect("answer");
     assert_eq!(batch.num_columns(), meta.group_columns.len(), "keys only");
     meta
 }
@@ -226,7 +226,7 @@ async fn a_secure_run_sums_the_nodes_noisy_vectors_and_no_party_sees_them() {
             .bytes()
             .await
             .expect("body");
-        let (batch, _) = decode_answer(&answer).expect("answer");
+        let batch = Answer::decode(&answer).expect("answer").batch;
         let keys: Vec<Vec<String>> = (0..batch.num_rows())
             .map(|row| {
                 reference
@@ -333,7 +333,7 @@ async fn a_secure_run_sums_the_nodes_noisy_vectors_and_no_party_sees_them() {
         .bytes()
         .await
         .expect("bytes");
-    let (batch, meta) = decode_answer(&r).expect("answer");
+    let Answer { batch, meta } = Answer::decode(&r).expect("answer");
     let values = batch
         .column_by_name(&meta.measures[0].column)
         .expect("values");
