@@ -249,6 +249,7 @@ async fn researcher_api_authenticates_runs_combine_exactly_and_publish() {
         "{summary:?}"
     );
     assert!(entries.iter().any(|e| e["actor"] == "tester"));
+    assert_answered_statuses_documented(&c, url).await;
 }
 
 #[tokio::test]

@@ -275,4 +275,5 @@ async fn authorization_matrix_cell_by_cell_and_token_lifecycle() {
     policies::audit::verify_file(&log).expect("one intact chain");
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(text.contains("token.create") && text.contains("token.revoke"));
+    assert_answered_statuses_documented(&c, url).await;
 }

@@ -687,5 +687,6 @@ async fn propose_dry_run_approve_verify_run_publish_and_every_refusal() {
             "coordinator audit lacks {action}"
         );
     }
+    assert_answered_statuses_documented(&c, &url).await;
     drop(coordinator);
 }

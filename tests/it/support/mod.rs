@@ -327,3 +327,44 @@ pub async fn get_text(c: &reqwest::Client, url: String) -> String {
         .await
         .expect("text body")
 }
+
+/// Every (route, method, status) the coordinator has answered so far, from its request metrics, is
+/// documented in its OpenAPI document: the document is checked against what the router really did.
+pub async fn assert_answered_statuses_documented(c: &reqwest::Client, url: &str) {
+    let doc = get_json(c, format!("{url}/openapi.json")).await;
+    let metrics = get_text(c, format!("{url}/metrics")).await;
+    let label = |line: &str, name: &str| {
+        let start = line.find(&format!("{name}=\""))? + name.len() + 2;
+        let len = line[start..].find('"')?;
+        Some(line[start..start + len].to_string())
+    };
+    let mut seen = 0;
+    let mut undocumented = Vec::new();
+    for line in metrics
+        .lines()
+        .filter(|l| l.contains("_http_requests_total{"))
+    {
+        let (Some(method), Some(route), Some(status)) = (
+            label(line, "method"),
+            label(line, "route"),
+            label(line, "status"),
+        ) else {
+            panic!("unreadable metrics line {line}");
+        };
+        if route == "unmatched" {
+            continue;
+        }
+        seen += 1;
+        let documented = doc["paths"][&route][method.to_lowercase()]["responses"]
+            .get(&status)
+            .is_some();
+        if !documented {
+            undocumented.push(format!("{method} {route} -> {status}"));
+        }
+    }
+    assert!(seen > 0, "no requests counted:\n{metrics}");
+    assert!(
+        undocumented.is_empty(),
+        "answered but not documented in /openapi.json: {undocumented:?}"
+    );
+}
