@@ -463,9 +463,9 @@ async fn truth(
                 let Some((n, _)) = nodes.get(id) else {
                     continue;
                 };
-                let ec = node::evaluate::cells(&n.tables, query, &quarter, Bounding::Exact).await?;
-                let bc =
-                    node::evaluate::cells(&n.tables, query, &quarter, Bounding::Bounded).await?;
+                let tables = n.tables().await?;
+                let ec = node::evaluate::cells(&tables, query, &quarter, Bounding::Exact).await?;
+                let bc = node::evaluate::cells(&tables, query, &quarter, Bounding::Bounded).await?;
                 add_cells(&mut e, &ec, &ind.id, &quarter.to_string());
                 add_cells(&mut b, &bc, &ind.id, &quarter.to_string());
             }

@@ -68,6 +68,13 @@ enum Command {
         /// Multiply volumes (e.g. 1000 for benchmarks).
         #[arg(long, default_value_t = 1.0)]
         scale: f64,
+        /// Also write one provider's records into this PostgreSQL (a `postgres://` URL or
+        /// `key=value` pairs), in a schema named after the provider (`p01`), with COPY.
+        #[arg(long, value_name = "URL")]
+        postgres: Option<String>,
+        /// The provider written into PostgreSQL.
+        #[arg(long, default_value = "P01", requires = "postgres")]
+        postgres_provider: String,
     },
     /// Make a federation CA and certificates for the coordinator and each node. Never replaces
     /// certificates or keys already in the folder; keys are readable by their owner only.
@@ -236,6 +243,10 @@ enum BenchAction {
         repetitions: usize,
         #[arg(long, default_value = "bench-node.json")]
         out: PathBuf,
+        /// Also evaluate over PostgreSQL: the provider's records are written into this database
+        /// (schema `p01`, replaced) and each kind is timed reading them from there.
+        #[arg(long, value_name = "URL")]
+        postgres: Option<String>,
     },
     /// Run latency, coordinator CPU and memory for one run against N nodes on loopback (real
     /// HTTPS with mutual TLS; the nodes share a child process).
@@ -453,6 +464,8 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode> {
             providers,
             seed,
             scale,
+            postgres,
+            postgres_provider,
         } => {
             let opts = synth::SynthOptions {
                 out: out.clone(),
@@ -474,6 +487,24 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode> {
                 manifest.seed,
                 manifest.scale
             );
+            if let Some(url) = postgres {
+                anyhow::ensure!(
+                    manifest.providers.contains(&postgres_provider),
+                    "--postgres-provider {postgres_provider}: no such provider (have {})",
+                    manifest.providers.join(", ")
+                );
+                let schema = postgres_provider.to_lowercase();
+                let rows =
+                    synth::postgres::load(&url, &out.join(&postgres_provider), &schema, |line| {
+                        eprintln!("  {line}")
+                    })
+                    .await?;
+                println!(
+                    "wrote {postgres_provider} into PostgreSQL schema {schema}: {} tables, {} rows",
+                    rows.len(),
+                    rows.values().sum::<u64>()
+                );
+            }
             Ok(std::process::ExitCode::SUCCESS)
         }
         Command::Bench { action } => {
@@ -483,12 +514,14 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode> {
                     data,
                     repetitions,
                     out,
+                    postgres,
                 } => {
                     bench::node::run(bench::node::NodeBenchOptions {
                         scale,
                         data,
                         repetitions,
                         out,
+                        postgres,
                     })
                     .await?;
                 }
@@ -817,9 +850,10 @@ async fn node_check(cfg: node::config::NodeConfig) -> Result<std::process::ExitC
         "node {}: configuration, catalog and data are valid",
         node.config.node_id
     );
-    println!("  data snapshot {}", node.tables.snapshot);
+    let tables = node.tables().await?;
+    println!("  data snapshot {}", tables.snapshot);
     println!("  coverage {}", node.config.data.coverage);
-    for t in &node.tables.report {
+    for t in &tables.report {
         match &t.source {
             Some(src) => println!("  {:<22} {:>12} rows  {}", t.table, t.rows, src.display()),
             None => println!("  {:<22} {:>12}       (not served)", t.table, "-"),

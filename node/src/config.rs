@@ -150,6 +150,58 @@ pub struct DataConfig {
     pub coverage: Period,
     /// Tables this node must serve; the others are registered empty.
     pub tables: Vec<String>,
+    /// Where the records are: files in `dir` (the default) or the provider's PostgreSQL.
+    #[serde(default)]
+    pub source: SourceKind,
+    /// The database, when `source = "postgres"`.
+    #[serde(default)]
+    pub postgres: Option<PostgresConfig>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SourceKind {
+    #[default]
+    Files,
+    Postgres,
+}
+
+/// The provider's PostgreSQL, read-only. The connection (with its password) is read from a file
+/// or an environment variable and never written to logs, the audit log or errors.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresConfig {
+    /// File holding the connection: libpq `key=value` pairs or a `postgres://` URL.
+    #[serde(default)]
+    pub connection_file: Option<PathBuf>,
+    /// Or the environment variable holding it.
+    #[serde(default)]
+    pub connection_env: Option<String>,
+    /// `verify-full` (the default: the server's certificate must chain to `sslrootcert` and name
+    /// the host), `verify-ca`, `require`, or `disable` (a local socket or test cluster only).
+    #[serde(default = "verify_full")]
+    pub sslmode: String,
+    /// CA certificate (PEM) the database server's certificate must chain to.
+    #[serde(default)]
+    pub sslrootcert: Option<PathBuf>,
+    /// Per data-model table: the provider's table or view and its column names, where they differ.
+    #[serde(default)]
+    pub tables: std::collections::BTreeMap<String, TableMapping>,
+}
+
+fn verify_full() -> String {
+    "verify-full".into()
+}
+
+/// Where one data-model table lives in the provider's database.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TableMapping {
+    /// The provider's table or view (`schema.name` or `name`); a query is given as a view.
+    pub from: String,
+    /// Data-model column → the provider's column, for the ones named differently.
+    #[serde(default)]
+    pub columns: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -308,6 +360,14 @@ impl NodeConfig {
         };
         fix(&mut self.catalog_dir);
         fix(&mut self.data.dir);
+        if let Some(pg) = &mut self.data.postgres {
+            for p in [&mut pg.connection_file, &mut pg.sslrootcert]
+                .into_iter()
+                .flatten()
+            {
+                fix(p);
+            }
+        }
         fix(&mut self.ledger.path);
         fix(&mut self.audit.path);
         fix(&mut self.tls.cert);
@@ -321,6 +381,67 @@ impl NodeConfig {
         {
             fix(p);
         }
+    }
+
+    fn validate_postgres(
+        &self,
+        invalid: &dyn Fn(&'static str, String) -> ConfigError,
+    ) -> Result<(), ConfigError> {
+        let pg = match (self.data.source, &self.data.postgres) {
+            (SourceKind::Files, None) => return Ok(()),
+            (SourceKind::Files, Some(_)) => {
+                return Err(invalid(
+                    "data.postgres",
+                    "is set but data.source is \"files\"; set data.source = \"postgres\" to use it"
+                        .into(),
+                ));
+            }
+            (SourceKind::Postgres, None) => {
+                return Err(invalid(
+                    "data.postgres",
+                    "data.source = \"postgres\" needs a [data.postgres] section with connection_file or connection_env".into(),
+                ));
+            }
+            (SourceKind::Postgres, Some(pg)) => pg,
+        };
+        if pg.connection_file.is_some() == pg.connection_env.is_some() {
+            return Err(invalid(
+                "data.postgres",
+                "set exactly one of connection_file and connection_env".into(),
+            ));
+        }
+        if !["disable", "require", "verify-ca", "verify-full"].contains(&pg.sslmode.as_str()) {
+            return Err(invalid(
+                "data.postgres.sslmode",
+                format!(
+                    "must be verify-full, verify-ca, require or disable, found '{}'",
+                    pg.sslmode
+                ),
+            ));
+        }
+        for (table, mapping) in &pg.tables {
+            let Some(def) = policies::cdm::table(table) else {
+                return Err(invalid(
+                    "data.postgres.tables",
+                    format!("'{table}' is not a table of the data model"),
+                ));
+            };
+            if mapping.from.trim().is_empty() {
+                return Err(invalid(
+                    "data.postgres.tables",
+                    format!("'{table}': 'from' must name a table or view"),
+                ));
+            }
+            for column in mapping.columns.keys() {
+                if !def.columns.iter().any(|c| c.name == column) {
+                    return Err(invalid(
+                        "data.postgres.tables",
+                        format!("'{table}' has no column '{column}' in the data model"),
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 
     fn validate(&self, file: &Path) -> Result<(), ConfigError> {
@@ -383,6 +504,7 @@ impl NodeConfig {
                 ));
             }
         }
+        self.validate_postgres(&invalid)?;
         let g = &self.governance;
         if g.required_signatures == 0 {
             return Err(invalid(

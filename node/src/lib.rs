@@ -13,6 +13,7 @@ pub mod governance;
 pub mod ledger;
 pub mod metrics;
 pub mod noise;
+pub mod postgres;
 pub mod rank;
 pub mod release;
 pub mod secure;
@@ -61,7 +62,7 @@ pub enum NodeError {
 pub struct Node {
     pub config: NodeConfig,
     pub catalog: Catalog,
-    pub tables: Tables,
+    pub data: DataSource,
     pub ledger: Mutex<Ledger>,
     pub audit: policies::audit::AuditLog,
     pub metrics: Metrics,
@@ -74,7 +75,45 @@ pub struct Node {
     key_locks: tokio::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
+/// Where a node's records come from.
+pub enum DataSource {
+    /// Parquet or CSV files, read and digested once at start.
+    Files(Arc<Tables>),
+    /// The provider's PostgreSQL, read for each release in one read-only transaction.
+    Postgres(postgres::PostgresSource),
+}
+
+impl DataSource {
+    pub async fn open(cfg: &config::DataConfig) -> Result<DataSource, tables::DataError> {
+        match (cfg.source, &cfg.postgres) {
+            (config::SourceKind::Postgres, Some(pg)) => Ok(DataSource::Postgres(
+                postgres::PostgresSource::connect(pg, &cfg.tables).await?,
+            )),
+            (config::SourceKind::Postgres, None) => Err(tables::DataError::Secret {
+                from: "[data.postgres]".into(),
+                message: "is missing: data.source = \"postgres\" needs it".into(),
+            }),
+            (config::SourceKind::Files, _) => Ok(DataSource::Files(Arc::new(
+                Tables::open(&cfg.dir, &cfg.tables).await?,
+            ))),
+        }
+    }
+
+    /// The tables one release reads, with the snapshot identity of exactly their rows.
+    pub async fn tables(&self) -> Result<Arc<Tables>, tables::DataError> {
+        match self {
+            DataSource::Files(t) => Ok(t.clone()),
+            DataSource::Postgres(pg) => Ok(Arc::new(pg.read().await?)),
+        }
+    }
+}
+
 impl Node {
+    /// The tables one release reads (see [`DataSource::tables`]).
+    pub async fn tables(&self) -> Result<Arc<Tables>, tables::DataError> {
+        self.data.tables().await
+    }
+
     /// Load catalog and data, validate both, open the ledger. Serves nothing yet.
     pub async fn open(config: NodeConfig) -> Result<Node, NodeError> {
         Self::open_with_clock(config, Arc::new(SystemClock)).await
@@ -91,8 +130,9 @@ impl Node {
                     dir: config.catalog_dir.clone(),
                     source,
                 })?;
-        let tables = Tables::open(&config.data.dir, &config.data.tables).await?;
+        let data = DataSource::open(&config.data).await?;
         // Every approved query must also plan against this node's actual tables.
+        let tables = data.tables().await?;
         let ctx = tables.session(&config.data.coverage)?;
         for ind in catalog.indicators.values() {
             if let Some(q) = ind.query() {
@@ -111,7 +151,7 @@ impl Node {
         Ok(Node {
             config,
             catalog,
-            tables,
+            data,
             ledger: Mutex::new(ledger),
             audit,
             metrics: Metrics::default(),

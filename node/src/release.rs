@@ -43,6 +43,10 @@ pub enum ReleaseError {
     Refused(#[from] crate::governance::Refusal),
     #[error("secure aggregation: {0}")]
     Secure(#[from] crate::secure::SecureError),
+    /// The records could not be read (the database went away, or its data no longer matches
+    /// the data model): nothing was spent.
+    #[error("the records cannot be read: {0}")]
+    Data(#[from] crate::tables::DataError),
     #[error("internal: {0}")]
     Internal(String),
 }
@@ -61,6 +65,7 @@ impl ReleaseError {
             ReleaseError::Noise(_) => "noise_failed",
             ReleaseError::Refused(r) => r.code(),
             ReleaseError::Secure(e) => e.code(),
+            ReleaseError::Data(_) => "data_unavailable",
             ReleaseError::Internal(_) => "internal",
         }
     }
@@ -159,7 +164,7 @@ pub async fn resolve(node: &Arc<Node>, req: &EvaluateRequest) -> Result<Indicato
                 *state = crate::governance::verify_catalog(
                     &version,
                     gov,
-                    &node.tables,
+                    &*node.tables().await?,
                     &node.config.data.coverage,
                 )
                 .await;
@@ -213,7 +218,9 @@ async fn evaluate_inner(node: &Arc<Node>, req: &EvaluateRequest) -> Result<Relea
             coverage: coverage.to_string(),
         });
     }
-    let snapshot = node.tables.snapshot.clone();
+    // The rows this release reads, and their identity: a changed row is another release.
+    let tables = node.tables().await?;
+    let snapshot = tables.snapshot.clone();
     let key = release_key(&ind, &req.period, &snapshot, req.secure.as_ref());
 
     // One computation per release key at a time: two concurrent identical requests must not draw
@@ -229,7 +236,7 @@ async fn evaluate_inner(node: &Arc<Node>, req: &EvaluateRequest) -> Result<Relea
         });
     }
 
-    let cells = evaluate::cells(&node.tables, &query, &req.period, Bounding::Bounded).await?;
+    let cells = evaluate::cells(&tables, &query, &req.period, Bounding::Bounded).await?;
     let measures = query.measures(req.period.quarters().len());
     // A secure request is checked and its noise shares planned before anything is spent.
     let secure = match &req.secure {

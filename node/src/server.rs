@@ -43,7 +43,12 @@ fn release_error(e: &ReleaseError) -> Response {
         }
         ReleaseError::Refused(_) => StatusCode::FORBIDDEN,
         ReleaseError::Secure(s) if s.is_refusal() => StatusCode::UNPROCESSABLE_ENTITY,
-        _ => StatusCode::INTERNAL_SERVER_ERROR,
+        ReleaseError::Data(_) => StatusCode::SERVICE_UNAVAILABLE,
+        ReleaseError::Secure(_)
+        | ReleaseError::Ledger(_)
+        | ReleaseError::Eval(_)
+        | ReleaseError::Noise(_)
+        | ReleaseError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
     };
     error_response(status, e.code(), e.to_string())
 }

@@ -64,6 +64,26 @@ pub enum DataError {
     },
     #[error("query engine: {0}")]
     Engine(String),
+    #[error(
+        "table '{table}': the database has no table or view '{relation}' (data.postgres.tables.{table}.from)"
+    )]
+    MissingSourceTable { table: String, relation: String },
+    #[error("the database connection from {from} {message}")]
+    Secret { from: String, message: String },
+    #[error(
+        "database {database}: cannot reach {host}:{port} (is the server running, and may this node connect to it?)"
+    )]
+    Unreachable {
+        database: String,
+        host: String,
+        port: u16,
+    },
+    #[error(
+        "database {database}: authentication failed; check the user and password in the connection secret"
+    )]
+    Authentication { database: String },
+    #[error("database {database}: {message}")]
+    Database { database: String, message: String },
 }
 
 fn engine(e: datafusion::error::DataFusionError) -> DataError {
@@ -190,6 +210,13 @@ impl Tables {
     pub async fn in_memory(
         batches: Vec<(&str, datafusion::arrow::array::RecordBatch)>,
     ) -> Result<Tables, DataError> {
+        Self::memory(batches, &[]).await
+    }
+
+    async fn memory(
+        batches: Vec<(&str, datafusion::arrow::array::RecordBatch)>,
+        sources: &[(&str, PathBuf)],
+    ) -> Result<Tables, DataError> {
         let ctx = SessionContext::new();
         let mut providers = Vec::new();
         let mut report = Vec::new();
@@ -203,7 +230,10 @@ impl Tables {
                 .first()
                 .map(|b| b.schema())
                 .unwrap_or_else(|| def.schema());
-            let file = PathBuf::from(format!("<memory:{}>", def.name));
+            let source = sources.iter().find(|(t, _)| *t == def.name).map(|(_, s)| s);
+            let file = source
+                .cloned()
+                .unwrap_or_else(|| PathBuf::from(format!("<memory:{}>", def.name)));
             check_schema(&def, &file, &schema)?;
             let rows = mine.iter().map(|b| b.num_rows() as u64).sum();
             let table = MemTable::try_new(schema, vec![mine]).map_err(engine)?;
@@ -214,7 +244,7 @@ impl Tables {
             providers.push((def.name.to_string(), provider));
             report.push(TableReport {
                 table: def.name.to_string(),
-                source: None,
+                source: source.cloned(),
                 rows,
             });
         }
@@ -223,6 +253,18 @@ impl Tables {
             report,
             snapshot: "memory".to_string(),
         })
+    }
+
+    /// Tables read from a database into memory, checked against the data model like files are,
+    /// under the snapshot identity of exactly these rows. `sources` names where each came from.
+    pub async fn from_batches(
+        batches: Vec<(&str, datafusion::arrow::array::RecordBatch)>,
+        snapshot: String,
+        sources: &[(&str, PathBuf)],
+    ) -> Result<Tables, DataError> {
+        let mut tables = Self::memory(batches, sources).await?;
+        tables.snapshot = snapshot;
+        Ok(tables)
     }
 
     /// A fresh session over these tables plus the public `quarters` table of `period`.

@@ -156,9 +156,9 @@ pub async fn run(opts: AccuracyBenchOptions) -> Result<AccuracyReport> {
             let k = (ind.id.clone(), quarter.to_string());
             for id in answering {
                 let n = &nodes[id];
-                let b =
-                    node::evaluate::cells(&n.tables, query, &quarter, Bounding::Bounded).await?;
-                let e = node::evaluate::cells(&n.tables, query, &quarter, Bounding::Exact).await?;
+                let tables = n.tables().await?;
+                let b = node::evaluate::cells(&tables, query, &quarter, Bounding::Bounded).await?;
+                let e = node::evaluate::cells(&tables, query, &quarter, Bounding::Exact).await?;
                 ev.bounded.entry(k.clone()).or_default().push(b);
                 ev.exact.entry(k.clone()).or_default().push(e);
             }

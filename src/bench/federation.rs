@@ -807,9 +807,13 @@ pub async fn serve_nodes(opts: ServeNodesOptions) -> Result<()> {
     // Each node's own evaluation, serially (no HTTP): cells plus noise.
     for (n, _) in &nodes {
         let t = Instant::now();
-        let cells =
-            node::evaluate::cells(&n.tables, query, &period, node::evaluate::Bounding::Bounded)
-                .await?;
+        let cells = node::evaluate::cells(
+            &*n.tables().await?,
+            query,
+            &period,
+            node::evaluate::Bounding::Bounded,
+        )
+        .await?;
         node::noise::noisy_measures(&query.measures(period.quarters().len()), &cells)?;
         served.evaluation_s.push(t.elapsed().as_secs_f64());
         served.cells_per_answer = cells.keys.len();

@@ -18,6 +18,8 @@ pub struct NodeBenchOptions {
     pub data: Option<PathBuf>,
     pub repetitions: usize,
     pub out: PathBuf,
+    /// Also time each kind over this PostgreSQL (the records written into schema `p01`).
+    pub postgres: Option<String>,
 }
 
 pub const KINDS: [&str; 6] = [
@@ -102,6 +104,20 @@ pub struct KindFigures {
     /// Peak resident memory of the process while this kind ran (tables registered).
     pub peak_rss_mib: f64,
     pub cells: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub postgres: Option<PostgresFigures>,
+}
+
+/// The same DP evaluation as a node over PostgreSQL runs it: read the tables in one read-only
+/// transaction (with the snapshot digest), then bound, aggregate and noise in DataFusion.
+#[derive(Debug, Serialize)]
+pub struct PostgresFigures {
+    pub dp_median_s: f64,
+    /// Of that, reading (and digesting) the records from the database.
+    pub read_median_s: f64,
+    pub read_share: f64,
+    /// DP over PostgreSQL against DP over Parquet.
+    pub vs_parquet: f64,
 }
 
 #[derive(Debug, Serialize)]
@@ -167,6 +183,10 @@ pub async fn run(opts: NodeBenchOptions) -> Result<NodeReport> {
         dir.display(),
         t.elapsed().as_secs_f64()
     );
+    let pg = match &opts.postgres {
+        Some(url) => Some(postgres_source(url, &dir, workdir.path(), &served).await?),
+        None => None,
+    };
     let period: Period = PERIOD.parse()?;
     let mut kinds = Vec::new();
     for kind in KINDS {
@@ -189,6 +209,25 @@ pub async fn run(opts: NodeBenchOptions) -> Result<NodeReport> {
             anyhow::ensure!(!batches.is_empty(), "the plain query returned nothing");
         }
         eprintln!();
+        let mut over_pg = None;
+        if let Some(pg) = &pg {
+            let (mut total, mut read) = (Vec::new(), Vec::new());
+            for rep in 0..opts.repetitions {
+                eprint!(
+                    "\r{kind} over PostgreSQL: repetition {}/{}   ",
+                    rep + 1,
+                    opts.repetitions
+                );
+                let t = Instant::now();
+                let tables = pg.read().await?;
+                read.push(t.elapsed().as_secs_f64());
+                let c = cells(&tables, &query, &period, Bounding::Bounded).await?;
+                node::noise::noisy_measures(&query.measures(period.quarters().len()), &c)?;
+                total.push(t.elapsed().as_secs_f64());
+            }
+            eprintln!();
+            over_pg = Some((median(total), median(read)));
+        }
         let (d, p) = (median(dp), median(base));
         kinds.push(KindFigures {
             kind: kind.to_string(),
@@ -197,6 +236,12 @@ pub async fn run(opts: NodeBenchOptions) -> Result<NodeReport> {
             ratio: d / p,
             peak_rss_mib: peak_rss_mib(),
             cells: cell_count,
+            postgres: over_pg.map(|(total, read)| PostgresFigures {
+                dp_median_s: total,
+                read_median_s: read,
+                read_share: read / total,
+                vs_parquet: total / d,
+            }),
         });
     }
     let report = NodeReport {
@@ -219,6 +264,14 @@ pub async fn run(opts: NodeBenchOptions) -> Result<NodeReport> {
                 format!("{:.4}", k.plain_median_s),
                 format!("{:.2}×", k.ratio),
                 format!("{:.0}", k.peak_rss_mib),
+                k.postgres.as_ref().map_or("-".into(), |p| {
+                    format!(
+                        "{:.4} ({:.0}% reading, {:.2}× Parquet)",
+                        p.dp_median_s,
+                        100.0 * p.read_share,
+                        p.vs_parquet
+                    )
+                }),
             ]
         })
         .collect();
@@ -233,10 +286,49 @@ pub async fn run(opts: NodeBenchOptions) -> Result<NodeReport> {
             "plain query (s)",
             "ratio",
             "peak RSS (MiB)",
+            "DP over PostgreSQL (s)",
         ],
         &rows,
         &opts.out,
         &report,
     )?;
     Ok(report)
+}
+
+/// The provider's records written into `url` (schema `p01`) and a node's PostgreSQL source over
+/// them, the way `[data] source = "postgres"` opens it.
+async fn postgres_source(
+    url: &str,
+    dir: &std::path::Path,
+    work: &std::path::Path,
+    served: &[String],
+) -> Result<node::postgres::PostgresSource> {
+    let t = Instant::now();
+    let rows = crate::synth::postgres::load(url, dir, "p01", |_| {}).await?;
+    eprintln!(
+        "wrote {} rows into PostgreSQL in {:.1}s",
+        rows.values().sum::<u64>(),
+        t.elapsed().as_secs_f64()
+    );
+    let secret = work.join("pg.conn");
+    std::fs::write(&secret, url)?;
+    let cfg = node::config::PostgresConfig {
+        connection_file: Some(secret),
+        connection_env: None,
+        sslmode: "disable".into(),
+        sslrootcert: None,
+        tables: node::config::DEFAULT_TABLES
+            .iter()
+            .map(|t| {
+                (
+                    t.to_string(),
+                    node::config::TableMapping {
+                        from: format!("p01.{t}"),
+                        columns: Default::default(),
+                    },
+                )
+            })
+            .collect(),
+    };
+    Ok(node::postgres::PostgresSource::connect(&cfg, served).await?)
 }

@@ -6,6 +6,7 @@
 //! whatever the number of threads. Rows stream to Parquet in bounded batches; `--scale` multiplies
 //! volumes for benchmarks without holding a table in memory.
 
+pub mod postgres;
 mod writer;
 
 use anyhow::{Context, Result};

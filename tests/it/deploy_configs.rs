@@ -7,6 +7,13 @@ use std::path::Path;
 fn shipped_configs_load_and_agree() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy");
     node::config::NodeConfig::load(&root.join("node.example.toml")).expect("node example");
+    let pg = node::config::NodeConfig::load(&root.join("node.postgres.example.toml"))
+        .expect("node over PostgreSQL example");
+    assert_eq!(pg.data.source, node::config::SourceKind::Postgres);
+    assert_eq!(
+        pg.data.postgres.as_ref().map(|p| p.sslmode.as_str()),
+        Some("verify-full")
+    );
     coordinator::config::CoordinatorConfig::load(&root.join("coordinator.example.toml"))
         .expect("coordinator example");
     for helper in ["helper.example.toml", "local/helper.toml"] {

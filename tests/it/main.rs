@@ -19,5 +19,6 @@ mod node_crash;
 mod node_startup;
 mod node_tls;
 mod policy_check;
+mod postgres;
 mod researcher_cli;
 mod secure_aggregation;

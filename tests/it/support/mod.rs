@@ -2,6 +2,7 @@
 //! End-to-end helpers: run the real `stroom` binary, start real node processes over HTTPS on
 //! 127.0.0.1 (port 0), talk to them with a real TLS client.
 
+pub mod postgres;
 pub mod webdriver;
 
 use std::io::{BufRead, BufReader};
