@@ -30,6 +30,9 @@ pub struct DemoOptions {
     pub serve: bool,
     /// Per-node noise instead of secure aggregation with the helper (the explicit fallback).
     pub per_node: bool,
+    /// Run the first provider over this PostgreSQL (its records written there, schema `p01`);
+    /// the others read Parquet.
+    pub postgres: Option<String>,
 }
 
 /// t of the demo's secure runs: one of the providers may drop out or cheat (none with two
@@ -57,6 +60,19 @@ pub(crate) fn node_config(
     budget: f64,
     extra: &str,
 ) -> Result<PathBuf> {
+    node_config_over(dir, id, catalog, tables, budget, "", extra)
+}
+
+/// [`node_config`] with more keys in its `[data]` section (`source = "postgres"`).
+fn node_config_over(
+    dir: &Path,
+    id: &str,
+    catalog: &Path,
+    tables: &[&str],
+    budget: f64,
+    data_keys: &str,
+    extra: &str,
+) -> Result<PathBuf> {
     let path = dir.join("nodes").join(format!("{id}.toml"));
     std::fs::create_dir_all(path.parent().unwrap_or(dir))?;
     let tables = tables
@@ -65,12 +81,41 @@ pub(crate) fn node_config(
         .collect::<Vec<_>>()
         .join(", ");
     let text = format!(
-        "node_id = \"{id}\"\nlisten = \"127.0.0.1:0\"\ncatalog_dir = \"{}\"\n\n[data]\ndir = \"../data/{id}\"\ncoverage = \"{}\"\ntables = [{tables}]\n\n[ledger]\npath = \"../ledgers/{id}.sqlite\"\n\n[audit]\npath = \"../audit/{id}.jsonl\"\n\n[budget]\nrho_per_period = {budget}\nperiod = \"year\"\ndelta = 1e-6\n\n[tls]\ncert = \"../certs/{id}.crt\"\nkey = \"../certs/{id}.key\"\nclient_ca = \"../certs/ca.crt\"\n{extra}",
+        "node_id = \"{id}\"\nlisten = \"127.0.0.1:0\"\ncatalog_dir = \"{}\"\n\n[data]\ndir = \"../data/{id}\"\ncoverage = \"{}\"\ntables = [{tables}]\n{data_keys}\n[ledger]\npath = \"../ledgers/{id}.sqlite\"\n\n[audit]\npath = \"../audit/{id}.jsonl\"\n\n[budget]\nrho_per_period = {budget}\nperiod = \"year\"\ndelta = 1e-6\n\n[tls]\ncert = \"../certs/{id}.crt\"\nkey = \"../certs/{id}.key\"\nclient_ca = \"../certs/ca.crt\"\n{extra}",
         catalog.display(),
         crate::synth::COVERAGE
     );
     std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
     Ok(path)
+}
+
+/// The `[data]` keys of a node over PostgreSQL: every data-model table from `schema`. The demo's
+/// database is on loopback without TLS; a provider's is reached with `verify-full`.
+fn postgres_data_keys(secret: &Path, schema: &str) -> String {
+    let mut keys = format!(
+        "source = \"postgres\"\n[data.postgres]\nconnection_file = \"{}\"\nsslmode = \"disable\"\n",
+        secret.display()
+    );
+    for t in node::config::DEFAULT_TABLES {
+        keys.push_str(&format!(
+            "[data.postgres.tables.{t}]\nfrom = \"{schema}.{t}\"\n"
+        ));
+    }
+    keys
+}
+
+/// The connection secret, readable by its owner only.
+fn write_secret(path: &Path, text: &str) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    std::io::Write::write_all(&mut f, text.as_bytes())?;
+    Ok(())
 }
 
 /// Write a node's configuration under `dir/nodes/` (see `node_config`) and open the node.
@@ -82,8 +127,11 @@ pub(crate) async fn open_node(
     budget: f64,
     extra: &str,
 ) -> Result<Arc<node::Node>> {
-    let cfg_path = node_config(dir, id, catalog, tables, budget, extra)?;
-    let cfg = node::config::NodeConfig::load(&cfg_path)?;
+    open_config(&node_config(dir, id, catalog, tables, budget, extra)?, id).await
+}
+
+async fn open_config(cfg_path: &Path, id: &str) -> Result<Arc<node::Node>> {
+    let cfg = node::config::NodeConfig::load(cfg_path)?;
     let n = node::Node::open(cfg)
         .await
         .with_context(|| format!("node {id}"))?;
@@ -199,6 +247,29 @@ pub async fn run(opts: DemoOptions) -> Result<()> {
     };
     let manifest =
         tokio::task::spawn_blocking(move || crate::synth::generate(&synth, |_| {})).await??;
+    let over_postgres = match &opts.postgres {
+        Some(url) => {
+            let id = manifest
+                .providers
+                .first()
+                .context("no provider to run over PostgreSQL")?
+                .clone();
+            let schema = id.to_lowercase();
+            let rows =
+                crate::synth::postgres::load(url, &out.join("data").join(&id), &schema, |_| {})
+                    .await
+                    .context("writing the first provider's records into PostgreSQL")?;
+            eprintln!(
+                "    {id} reads PostgreSQL (schema {schema}, {} rows); the others read Parquet",
+                rows.values().sum::<u64>()
+            );
+            let secret = out.join("nodes").join(format!("{id}.pgconn"));
+            std::fs::create_dir_all(out.join("nodes"))?;
+            write_secret(&secret, url)?;
+            Some((id, postgres_data_keys(&secret, &schema)))
+        }
+        None => None,
+    };
 
     eprintln!("2/5 federation CA and certificates");
     let mut ids = manifest.providers.clone();
@@ -243,7 +314,14 @@ pub async fn run(opts: DemoOptions) -> Result<()> {
         } else {
             String::new()
         };
-        let n = open_node(out, id, &catalog_dir, &tables, budget, &extra).await?;
+        let n = match &over_postgres {
+            Some((pg_id, data_keys)) if pg_id == id => {
+                let cfg =
+                    node_config_over(out, id, &catalog_dir, &tables, budget, data_keys, &extra)?;
+                open_config(&cfg, id).await?
+            }
+            Some(_) | None => open_node(out, id, &catalog_dir, &tables, budget, &extra).await?,
+        };
         let running = node::server::start(n.clone()).await?;
         entries.push((id.clone(), format!("https://{}", running.addr), unit));
         nodes.insert(id.clone(), (n, running));

@@ -45,6 +45,10 @@ enum Command {
         /// with the helper.
         #[arg(long)]
         per_node: bool,
+        /// Run the first provider over this PostgreSQL (a `postgres://` URL; its records are
+        /// written into schema `p01`), the others over Parquet.
+        #[arg(long, value_name = "URL")]
+        postgres: Option<String>,
     },
     /// Measure the node's DP evaluation, the federation's fan-out and the estimates' accuracy;
     /// each prints a table and writes JSON (figures in BENCHMARKS.md). Use a release build.
@@ -444,6 +448,7 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode> {
             catalog,
             serve,
             per_node,
+            postgres,
         } => {
             demo::run(demo::DemoOptions {
                 out,
@@ -452,6 +457,7 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode> {
                 catalog: catalog.unwrap_or_else(default_catalog),
                 serve,
                 per_node,
+                postgres,
             })
             .await?;
             Ok(std::process::ExitCode::SUCCESS)

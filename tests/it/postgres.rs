@@ -363,3 +363,54 @@ async fn each_way_the_database_can_be_wrong_has_its_own_error() {
         .expect("unit");
     assert!(units.rows > 0);
 }
+
+/// `stroom demo --postgres URL` runs its first provider over the database and the others over
+/// Parquet; its exact national values (truth.json) equal those of the same demo over Parquet only,
+/// and `stroom node check` validates the PostgreSQL node's configuration as a real process.
+#[test]
+fn the_demo_runs_a_provider_over_postgres_with_the_same_truth() {
+    let pg = PgCluster::start();
+    let work = tempfile::tempdir().expect("tempdir");
+    let (over_pg, over_files) = (work.path().join("pg"), work.path().join("files"));
+    let demo = |out: &Path, extra: &[&str]| {
+        let mut args = vec!["demo", "--out", out.to_str().unwrap(), "--providers", "3"];
+        args.extend_from_slice(extra);
+        let o = run(&args);
+        assert!(o.status.success(), "demo {extra:?}: {}", text(&o));
+        o
+    };
+    let url = pg.superuser_url();
+    let o = demo(&over_pg, &["--postgres", &url]);
+    assert!(text(&o).contains("P01 reads PostgreSQL"), "{}", text(&o));
+    demo(&over_files, &[]);
+    let truth = |d: &Path| std::fs::read(d.join("truth.json")).expect("truth.json");
+    assert_eq!(truth(&over_pg), truth(&over_files), "truth.json differs");
+    let config = over_pg.join("nodes/P01.toml");
+    assert!(
+        std::fs::read_to_string(&config)
+            .unwrap()
+            .contains("source = \"postgres\"")
+    );
+    // The secret is the owner's only, and appears in no log.
+    let secret = over_pg.join("nodes/P01.pgconn");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&secret).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let log = std::fs::read_to_string(over_pg.join("logs/stroom.log")).unwrap_or_default();
+    assert!(!log.contains(crate::support::postgres::SUPERUSER_PASSWORD));
+
+    let check = run(&["node", "check", "--config", config.to_str().unwrap()]);
+    assert!(check.status.success(), "{}", text(&check));
+    assert!(
+        text(&check).contains("data snapshot postgres:"),
+        "{}",
+        text(&check)
+    );
+    assert!(
+        text(&check).contains("postgres:p01.restrictive_measure"),
+        "{}",
+        text(&check)
+    );
+}
