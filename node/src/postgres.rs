@@ -226,14 +226,25 @@ impl PostgresSource {
     }
 }
 
-/// The first line of an error: the crate's messages add advice on further lines.
-fn first_line(e: &dyn std::fmt::Display) -> String {
-    let text = e.to_string();
-    text.lines()
-        .filter(|l| !l.trim().is_empty())
-        .take(2)
-        .collect::<Vec<_>>()
-        .join(": ")
+/// An error and its causes on one line (the crate's messages add advice on further lines, and
+/// the cause that matters, such as a certificate that does not verify, is often a source).
+fn first_line(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut next = Some(e);
+    while let Some(err) = next {
+        let text = err.to_string();
+        let line = text
+            .lines()
+            .map(str::trim)
+            .find(|l| !l.is_empty() && *l != "PostgreSQL connection failed.")
+            .unwrap_or_default()
+            .to_string();
+        if !line.is_empty() && !parts.iter().any(|p| p.contains(&line)) {
+            parts.push(line);
+        }
+        next = err.source();
+    }
+    parts.join(": ")
 }
 
 async fn map_table(

@@ -414,3 +414,70 @@ fn the_demo_runs_a_provider_over_postgres_with_the_same_truth() {
         text(&check)
     );
 }
+
+/// TLS to the database: with `sslmode = "verify-full"` the server's certificate must chain to
+/// `sslrootcert` and name the host; a certificate from another CA is refused.
+#[tokio::test]
+async fn the_database_is_reached_over_verified_tls() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let certs = |name: &str| {
+        let dir = work.path().join(name);
+        let o = run(&["certs", "--out", dir.to_str().unwrap(), "--nodes", "db"]);
+        assert!(o.status.success(), "certs: {}", text(&o));
+        dir
+    };
+    // `stroom certs` leaves name localhost and 127.0.0.1: good enough for a database server.
+    let (ours, theirs) = (certs("ours"), certs("theirs"));
+    let pg = PgCluster::start_with_tls(&ours.join("db.crt"), &ours.join("db.key"));
+    pg.execute(&format!(
+        "CREATE ROLE stroom_reader LOGIN PASSWORD '{READER_PASSWORD}';
+         CREATE SCHEMA p01;
+         GRANT USAGE ON SCHEMA p01 TO stroom_reader;"
+    ))
+    .await;
+    let out = run(&[
+        "synth",
+        "--out",
+        work.path().join("records").to_str().unwrap(),
+        "--providers",
+        "1",
+        "--postgres",
+        &pg.superuser_url(),
+    ]);
+    assert!(out.status.success(), "synth: {}", text(&out));
+    pg.execute("GRANT SELECT ON ALL TABLES IN SCHEMA p01 TO stroom_reader;")
+        .await;
+
+    let verified = |name: &str, ca: &Path| {
+        let cfg = postgres_config(work.path(), name, &reader_secret(&pg, READER_PASSWORD), "");
+        let text = std::fs::read_to_string(&cfg).unwrap().replace(
+            "sslmode = \"disable\"",
+            &format!(
+                "sslmode = \"verify-full\"\nsslrootcert = \"{}\"",
+                ca.display()
+            ),
+        );
+        std::fs::write(&cfg, text).unwrap();
+        cfg
+    };
+    let node = open(&verified("tls-good", &ours.join("ca.crt")))
+        .await
+        .expect("a node over verified TLS");
+    let tables = node.tables().await.expect("read over TLS");
+    assert!(
+        tables
+            .report
+            .iter()
+            .any(|r| r.table == "stay" && r.rows > 0)
+    );
+
+    let err = open(&verified("tls-bad", &theirs.join("ca.crt")))
+        .await
+        .err()
+        .expect("another CA is refused");
+    assert!(
+        matches!(err, node::NodeError::Data(DataError::Database { .. })),
+        "{err}"
+    );
+    assert!(err.to_string().contains("certificate"), "{err}");
+}

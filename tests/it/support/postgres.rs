@@ -49,10 +49,32 @@ impl PgCluster {
     }
 
     pub fn start() -> PgCluster {
+        Self::start_with(None)
+    }
+
+    /// A cluster that also accepts TLS with this certificate and key (PEM).
+    pub fn start_with_tls(cert: &Path, key: &Path) -> PgCluster {
+        Self::start_with(Some((cert, key)))
+    }
+
+    fn start_with(tls: Option<(&Path, &Path)>) -> PgCluster {
         let bin = bin_dir();
         let dir = tempfile::tempdir().expect("tempdir");
         let data = dir.path().join("data");
         std::fs::create_dir(&data).expect("data dir");
+        let mut ssl = String::new();
+        if let Some((cert, key)) = tls {
+            let (c, k) = (dir.path().join("server.crt"), dir.path().join("server.key"));
+            std::fs::copy(cert, &c).expect("server certificate");
+            std::fs::copy(key, &k).expect("server key");
+            // The server refuses a key others can read.
+            std::fs::set_permissions(&k, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+            ssl = format!(
+                " -c ssl=on -c ssl_cert_file={} -c ssl_key_file={}",
+                c.display(),
+                k.display()
+            );
+        }
         let pwfile = dir.path().join("pw");
         std::fs::write(&pwfile, SUPERUSER_PASSWORD).expect("pwfile");
         if running_as_root() {
@@ -80,7 +102,7 @@ impl PgCluster {
             String::from_utf8_lossy(&out.stderr)
         );
         let options = format!(
-            "-c listen_addresses=127.0.0.1 -p {port} -k {} -c fsync=off",
+            "-c listen_addresses=127.0.0.1 -p {port} -k {} -c fsync=off{ssl}",
             cluster.dir.path().display()
         );
         let out = cluster
