@@ -8,7 +8,6 @@ pub mod api_error;
 pub mod combine;
 pub mod config;
 pub mod dashboard;
-pub mod governance_api;
 pub mod helper_client;
 pub mod national;
 pub mod node_client;

@@ -1,6 +1,7 @@
 //! The coordinator's HTTPS API (axum over rustls, TLS 1.3). Researchers start runs and read their
 //! results with a bearer token; the public reads published indicators without one.
 
+mod governance;
 mod operations;
 mod publication;
 mod runs;
@@ -131,7 +132,7 @@ pub(crate) fn authorize(
 /// Every route the coordinator serves: path, method, handler. The router is built from this
 /// table alone, and a test checks it against the OpenAPI document both ways.
 fn routes() -> Vec<(&'static str, Method, MethodRouter<Arc<AppState>>)> {
-    use crate::governance_api as gov;
+    use governance as gov;
     vec![
         ("/v1/runs", Method::POST, post(runs::create_run)),
         ("/v1/runs/{id}", Method::GET, get(runs::get_run)),

@@ -1,9 +1,9 @@
 //! The governance endpoints: proposals, their estimate and dry run, reviewer approvals and
 //! rejections, and the signed catalog versions nodes fetch.
 
+use super::{ANY_ROLE, AppState, authorize};
 use crate::api_error::ApiError;
 use crate::proposals::{GovernanceError, Proposal, ProposalStatus};
-use crate::server::{ANY_ROLE, AppState, authorize};
 use crate::store::Role;
 use axum::Json;
 use axum::extract::{Path, State};
