@@ -112,6 +112,11 @@ impl Client {
         self.send(self.http.get(format!("{}/v1/budget", self.base)))
             .await
     }
+
+    pub async fn budget_plan(&self) -> Result<serde_json::Value> {
+        self.send(self.http.get(format!("{}/v1/budget/plan", self.base)))
+            .await
+    }
 }
 
 fn finished(status: &str) -> bool {
@@ -267,6 +272,81 @@ pub async fn budget(c: &Connection) -> Result<std::process::ExitCode> {
     Ok(if unreachable == 0 {
         std::process::ExitCode::SUCCESS
     } else {
+        std::process::ExitCode::FAILURE
+    })
+}
+
+/// `stroom budget --plan`: per node, a year of rounds against its budget, then what each base
+/// indicator costs (once per group of nodes with the same lines). Fails when a plan does not fit.
+pub async fn budget_plan(c: &Connection) -> Result<std::process::ExitCode> {
+    let body = Client::new(c)?.budget_plan().await?;
+    let rounds = body["rounds_per_year"].as_u64().unwrap_or(4);
+    println!(
+        "Budget plan: {rounds} quarterly rounds and the annual figures of one data year, over the approved catalog"
+    );
+    println!(
+        "{:<8} {:<10} {:>10} {:>10} {:>10}  fits",
+        "node", "period", "ρ budget", "ρ planned", "ρ left"
+    );
+    let empty = Vec::new();
+    let nodes = body["nodes"].as_array().unwrap_or(&empty);
+    let (mut over, mut unknown) = (0, 0);
+    let f = |v: &serde_json::Value| v.as_f64().map_or("?".to_string(), |x| format!("{x:.4}"));
+    for n in nodes {
+        let fits = match n["fits"].as_bool() {
+            Some(true) => "yes",
+            Some(false) => {
+                over += 1;
+                "NO"
+            }
+            None => {
+                unknown += 1;
+                "unknown (node not reachable)"
+            }
+        };
+        println!(
+            "{:<8} {:<10} {:>10} {:>10} {:>10}  {fits}",
+            n["node"].as_str().unwrap_or(""),
+            n["granularity"].as_str().unwrap_or("?"),
+            f(&n["rho_budget"]),
+            f(&n["rho_planned"]),
+            f(&n["rho_headroom"]),
+        );
+    }
+    let mut groups: Vec<(Vec<String>, &serde_json::Value)> = Vec::new();
+    for n in nodes {
+        let name = n["node"].as_str().unwrap_or("").to_string();
+        match groups.iter_mut().find(|(_, l)| **l == n["lines"]) {
+            Some((names, _)) => names.push(name),
+            None => groups.push((vec![name], &n["lines"])),
+        }
+    }
+    for (names, lines) in groups {
+        println!("\nCost per base indicator for {}:", names.join(", "));
+        println!(
+            "{:<44} {:<8} {:>10} {:>9} {:>10}",
+            "indicator", "grain", "ρ/release", "releases", "ρ/period"
+        );
+        for l in lines.as_array().unwrap_or(&empty) {
+            println!(
+                "{:<44} {:<8} {:>10} {:>9} {:>10}",
+                l["indicator"].as_str().unwrap_or(""),
+                l["grain"].as_str().unwrap_or(""),
+                f(&l["rho_per_release"]),
+                l["releases_per_period"],
+                f(&l["rho_per_period"]),
+            );
+        }
+    }
+    if unknown > 0 {
+        eprintln!("{unknown} node(s) did not report a budget; their plan is unchecked");
+    }
+    Ok(if over == 0 && unknown == 0 {
+        std::process::ExitCode::SUCCESS
+    } else {
+        if over > 0 {
+            eprintln!("the plan exceeds the budget of {over} node(s)");
+        }
         std::process::ExitCode::FAILURE
     })
 }

@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 use coordinator::national::{BaseResult, CellSum};
 use coordinator::publish::{self, Record};
 use node::evaluate::{Bounding, Cells};
-use policies::{Catalog, Period};
+use policies::{Catalog, Period, TimeGrain};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -525,12 +525,19 @@ async fn truth(
         |i: &str, p: &str, g: &BTreeMap<String, String>| (i.to_string(), p.to_string(), g.clone());
     let mut exact_by_key = BTreeMap::new();
     let mut bounded_by_key = BTreeMap::new();
-    for q in period.quarters() {
-        let quarter = Period { first: q, last: q };
+    // Each release period as the coordinator asks it: quarters, and whole years for annual figures.
+    let grains = [TimeGrain::Quarter, TimeGrain::Year];
+    for (grain, quarter) in grains
+        .iter()
+        .flat_map(|g| g.release_periods(period).into_iter().map(move |p| (*g, p)))
+    {
         let mut exact: BTreeMap<String, BaseResult> = BTreeMap::new();
         let mut bounded: BTreeMap<String, BaseResult> = BTreeMap::new();
         for ind in catalog.indicators.values() {
             let Some(query) = ind.query() else { continue };
+            if query.time_grain() != grain {
+                continue;
+            }
             let ids: Vec<&String> = if query.privacy_unit == PANEL_UNIT {
                 vec![&manifest.panel_node]
             } else {
@@ -553,6 +560,9 @@ async fn truth(
             }
         }
         for ind in catalog.indicators.values() {
+            if catalog.time_grain(ind) != grain {
+                continue;
+            }
             for r in publish::records(catalog, ind, &quarter.to_string(), &exact) {
                 exact_by_key.insert(key(&r.indicator, &r.period, &r.group), r.estimate);
             }
@@ -622,8 +632,10 @@ fn print_table(records: &[Record], truths: &[Truth]) {
         .map(|r| r.period.clone())
         .max()
         .unwrap_or_default();
+    // Annual figures (suicides) carry the year as their period.
+    let year = last.get(..4).unwrap_or_default().to_string();
     println!(
-        "\nNational indicators for {last} (estimate, 95% interval for the noise, exact value, bias of the bounds)"
+        "\nNational indicators for {last}, annual ones for {year} (estimate, 95% interval for the noise, exact value, bias of the bounds)"
     );
     println!(
         "{:<34} {:<28} {:>10} {:>23} {:>10} {:>9}",
@@ -638,7 +650,7 @@ fn print_table(records: &[Record], truths: &[Truth]) {
                 covered += 1;
             }
         }
-        if r.period != last || r.group.contains_key("bin") {
+        if (r.period != last && r.period != year) || r.group.contains_key("bin") {
             continue;
         }
         let group = r.group.values().cloned().collect::<Vec<_>>().join("/");

@@ -128,6 +128,10 @@ enum Command {
     },
     /// Each node's privacy budget, as the nodes report it through the coordinator.
     Budget {
+        /// Print the budget plan instead: what a year of rounds over the approved catalog costs
+        /// each node against its budget.
+        #[arg(long)]
+        plan: bool,
         #[command(flatten)]
         connection: client::Connection,
     },
@@ -622,7 +626,14 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode> {
             format,
             connection,
         } => client::results(&connection, &run, &format).await,
-        Command::Budget { connection } => client::budget(&connection).await,
+        Command::Budget {
+            plan: false,
+            connection,
+        } => client::budget(&connection).await,
+        Command::Budget {
+            plan: true,
+            connection,
+        } => client::budget_plan(&connection).await,
         Command::Propose {
             file,
             purpose,

@@ -40,6 +40,9 @@ pub enum ApiError {
     NoLongerFits(String),
     #[error("proposal {proposal} for '{indicator}' is still pending; wait for its decision")]
     AlreadyProposed { proposal: String, indicator: String },
+    /// Approving would make a year of publication rounds cost more than some node's budget.
+    #[error("approving it would exceed the budget plan: {0}; nothing was approved")]
+    OverBudgetPlan(String),
     #[error("dry runs are off on this coordinator (governance.dry_run_providers = 0)")]
     DryRunUnavailable,
     #[error("the dry run failed: {0}")]
@@ -75,6 +78,7 @@ impl ApiError {
             ApiError::Audit(_) => "audit_failed",
             ApiError::InvalidIndicator(_) | ApiError::NoLongerFits(_) => "invalid_indicator",
             ApiError::AlreadyProposed { .. } => "already_proposed",
+            ApiError::OverBudgetPlan(_) => "over_budget_plan",
             ApiError::DryRunUnavailable => "dry_run_unavailable",
             ApiError::DryRunFailed(_) => "dry_run_failed",
             ApiError::NoSigningKey(_) => "no_signing_key",
@@ -108,7 +112,9 @@ impl ApiError {
             ApiError::InvalidIndicator(_) | ApiError::DryRunFailed(_) => {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
-            ApiError::NoLongerFits(_) | ApiError::AlreadyProposed { .. } => StatusCode::CONFLICT,
+            ApiError::NoLongerFits(_)
+            | ApiError::AlreadyProposed { .. }
+            | ApiError::OverBudgetPlan(_) => StatusCode::CONFLICT,
             ApiError::DryRunUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Governance(e) => match e {
                 GovernanceError::UnknownProposal(_) => StatusCode::NOT_FOUND,
@@ -194,6 +200,11 @@ mod tests {
                 },
                 409,
                 "already_proposed",
+            ),
+            (
+                ApiError::OverBudgetPlan("P01".into()),
+                409,
+                "over_budget_plan",
             ),
             (ApiError::DryRunUnavailable, 503, "dry_run_unavailable"),
             (ApiError::DryRunFailed("x".into()), 422, "dry_run_failed"),

@@ -46,11 +46,7 @@ pub const THEMES: &[(&str, &str, &str)] = &[
         "Vrijheidsbeperking",
         "Freedom-restricting measures",
     ),
-    (
-        "zorg",
-        "Zorg en individueel maatwerk",
-        "Care and individual tailoring",
-    ),
+    ("zorg", "Zorg", "Care"),
     ("maatwerk", "Individueel maatwerk", "Individual tailoring"),
     (
         "matching_plaatsing",

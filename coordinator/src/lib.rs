@@ -5,6 +5,7 @@
 #![allow(clippy::result_large_err)]
 
 pub mod api_error;
+pub mod budget_plan;
 pub mod combine;
 pub mod config;
 pub mod dashboard;

@@ -97,6 +97,13 @@ pub const DOCUMENT: &str = r##"{
         "responses": { "200": { "description": "One entry per node: its budget, or why it could not be asked" }, "401": { "description": "No bearer token" }, "403": { "description": "Token refused" } }
       }
     },
+    "/v1/budget/plan": {
+      "get": {
+        "summary": "The budget plan: per node, what a year of publication rounds over the approved catalog charges to one budget period of its data (four quarterly rounds plus the annual figures), against the budget the node reports, with the cost of each base indicator",
+        "security": [{ "researcher": [] }, { "reviewer": [] }, { "admin": [] }],
+        "responses": { "200": { "description": "rounds_per_year and one plan per node: rho_budget (null when the node has not reported), rho_planned, rho_headroom, fits, lines" }, "401": { "description": "No bearer token" }, "403": { "description": "Token refused" } }
+      }
+    },
     "/v1/tokens": {
       "get": {
         "summary": "List tokens: id, name, role, creation, expiry, revocation (never a token)",
@@ -157,10 +164,10 @@ pub const DOCUMENT: &str = r##"{
         "parameters": [{ "name": "id", "in": "path", "required": true, "schema": { "type": "string" } }],
         "requestBody": { "required": true, "content": { "application/json": { "schema": { "type": "object", "required": ["signature"], "additionalProperties": false,
           "properties": { "signature": { "type": "string", "description": "hex" } } } } } },
-        "responses": { "200": { "description": "Approval recorded; `outcome.catalog_version` is set when it completed the proposal" },
+        "responses": { "200": { "description": "Approval recorded; `outcome.catalog_version` is set when it completed the proposal; `budget_plan_unchecked` names nodes whose budget was not known, so the plan could not be checked against it" },
           "400": { "description": "Bad body or a signature that does not verify with the reviewer's registered key" },
           "401": { "description": "No bearer token" }, "403": { "description": "Not a reviewer, no registered key, or the proposer's own proposal" },
-          "404": { "description": "No such proposal" }, "409": { "description": "Already approved by this reviewer, or not pending" } }
+          "404": { "description": "No such proposal" }, "409": { "description": "Already approved by this reviewer, not pending, no longer fitting the catalog, or `over_budget_plan`: with the indicator, a year of rounds would cost some node more than its budget (the figures are in the message)" } }
       }
     },
     "/v1/proposals/{id}/reject": {

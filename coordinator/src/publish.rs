@@ -6,14 +6,14 @@
 use crate::combine::{self, Interval};
 use crate::national::{BaseResult, CellSum};
 use policies::indicator::MeasureKind;
-use policies::{Aggregate, Catalog, Derived, Domain, Indicator};
+use policies::{Aggregate, Catalog, Derived, Indicator};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Record {
     pub indicator: String,
-    /// The quarter the number describes, e.g. `2024Q1`.
+    /// The quarter or year the number describes, e.g. `2024Q1` or `2024` (annual figures).
     pub period: String,
     /// The other breakdowns, key → value; `{}` when none.
     pub group: BTreeMap<String, String>,
@@ -70,11 +70,7 @@ pub fn bases<'a>(catalog: &'a Catalog, indicator: &'a Indicator) -> Vec<&'a Indi
 }
 
 fn period_column(ind: &Indicator) -> Option<String> {
-    ind.query()?
-        .group_by
-        .iter()
-        .find(|g| g.domain == Domain::Period)
-        .map(|g| g.column.clone())
+    ind.query()?.time_column().map(str::to_string)
 }
 
 /// The record's period (from the quarter column when there is one) and its other group values.

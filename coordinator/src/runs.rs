@@ -331,6 +331,15 @@ impl Runner {
                 message: format!("covers {quarters} quarters; at most {MAX_QUARTERS} per run"),
             });
         }
+        if catalog.time_grain(ind).release_periods(&parsed).is_empty() {
+            return Err(RunError::BadPeriod {
+                period: period.to_string(),
+                message: format!(
+                    "{indicator} is published per calendar year only; the period must cover at least one whole year, e.g. {}Q1:{}Q4",
+                    parsed.last.year, parsed.last.year
+                ),
+            });
+        }
         for base in publish::bases(&catalog, ind) {
             if self.targets_for(base).is_empty() {
                 let unit = base
@@ -380,11 +389,8 @@ impl Runner {
             message: format!("{e}"),
         })?;
         self.store.set_status(run_id, RunStatus::Running, None)?;
-        let quarters: Vec<Period> = period
-            .quarters()
-            .into_iter()
-            .map(|q| Period { first: q, last: q })
-            .collect();
+        // One release per quarter, or per whole year for annual figures.
+        let quarters: Vec<Period> = catalog.time_grain(ind).release_periods(&period);
         let bases = publish::bases(&catalog, ind);
         let catalog_version = Some(self.catalog_version()).filter(|v| *v > 0);
 

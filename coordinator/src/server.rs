@@ -142,6 +142,7 @@ fn routes() -> Vec<(&'static str, Method, MethodRouter<Arc<AppState>>)> {
             get(publication::list_indicators),
         ),
         ("/v1/budget", Method::GET, get(operations::node_budgets)),
+        ("/v1/budget/plan", Method::GET, get(operations::budget_plan)),
         (
             "/v1/indicators/{indicator}/{period}/interpretation",
             Method::PUT,

@@ -31,6 +31,10 @@ pub enum ReleaseError {
     },
     #[error("period {period} lies outside the data this node holds ({coverage})")]
     PeriodOutsideData { period: String, coverage: String },
+    #[error(
+        "indicator '{id}' is published per calendar year only; period {period} is not a run of whole years (YYYYQ1:YYYYQ4)"
+    )]
+    AnnualOnly { id: String, period: String },
     #[error(transparent)]
     Budget(LedgerError),
     #[error(transparent)]
@@ -59,6 +63,7 @@ impl ReleaseError {
             ReleaseError::Derived(_) => "derived_indicator",
             ReleaseError::HashMismatch { .. } => "content_hash_mismatch",
             ReleaseError::PeriodOutsideData { .. } => "period_outside_data",
+            ReleaseError::AnnualOnly { .. } => "annual_only",
             ReleaseError::Budget(_) => "budget_exhausted",
             ReleaseError::Ledger(_) => "ledger_error",
             ReleaseError::Eval(_) => "evaluation_failed",
@@ -135,6 +140,7 @@ pub async fn evaluate(node: &Arc<Node>, req: &EvaluateRequest) -> Result<Release
             | ReleaseError::Derived(_)
             | ReleaseError::HashMismatch { .. }
             | ReleaseError::PeriodOutsideData { .. }
+            | ReleaseError::AnnualOnly { .. }
             | ReleaseError::Refused(_),
         ) => Metrics::inc(&m.rejected),
         Err(ReleaseError::Secure(e)) if e.is_refusal() => Metrics::inc(&m.rejected),
@@ -209,6 +215,14 @@ async fn evaluate_inner(node: &Arc<Node>, req: &EvaluateRequest) -> Result<Relea
             id: ind.id.clone(),
             expected: expected.clone(),
             found: ind.content_hash.clone(),
+        });
+    }
+    if query.time_grain() == policies::TimeGrain::Year
+        && !(req.period.first.q == 1 && req.period.last.q == 4)
+    {
+        return Err(ReleaseError::AnnualOnly {
+            id: ind.id.clone(),
+            period: req.period.to_string(),
         });
     }
     let coverage = node.config.data.coverage;

@@ -33,9 +33,9 @@ pub fn error_response(status: StatusCode, code: &str, message: impl Into<String>
 fn release_error(e: &ReleaseError) -> Response {
     let status = match e {
         ReleaseError::UnknownIndicator(_) => StatusCode::NOT_FOUND,
-        ReleaseError::Derived(_) | ReleaseError::PeriodOutsideData { .. } => {
-            StatusCode::UNPROCESSABLE_ENTITY
-        }
+        ReleaseError::Derived(_)
+        | ReleaseError::PeriodOutsideData { .. }
+        | ReleaseError::AnnualOnly { .. } => StatusCode::UNPROCESSABLE_ENTITY,
         ReleaseError::HashMismatch { .. } => StatusCode::CONFLICT,
         ReleaseError::Budget(_) => StatusCode::FORBIDDEN,
         ReleaseError::Refused(crate::governance::Refusal::Fetch(_)) => {

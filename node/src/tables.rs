@@ -267,16 +267,14 @@ impl Tables {
         Ok(tables)
     }
 
-    /// A fresh session over these tables plus the public `quarters` table of `period`.
+    /// A fresh session over these tables plus the public `quarters` and `years` tables of `period`.
     pub fn session(&self, period: &Period) -> Result<SessionContext, DataError> {
         let ctx = SessionContext::new();
         for (name, p) in &self.providers {
             ctx.register_table(name.as_str(), p.clone())
                 .map_err(engine)?;
         }
-        let quarters = contract::quarters_table(Some(period)).map_err(engine)?;
-        ctx.register_table(contract::QUARTERS_TABLE, Arc::new(quarters))
-            .map_err(engine)?;
+        contract::register_period_tables(&ctx, Some(period)).map_err(engine)?;
         Ok(ctx)
     }
 }

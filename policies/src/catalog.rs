@@ -4,7 +4,7 @@
 use crate::cdm;
 use crate::contract;
 use crate::indicator::{self, Body, Derived, Domain, Indicator};
-use crate::period::Period;
+use crate::period::{Period, TimeGrain};
 use crate::problem::{Problem, Problems};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -164,9 +164,38 @@ impl Catalog {
                     ),
                 },
             }
+            let grains: std::collections::BTreeSet<&str> = self
+                .bases(ind)
+                .iter()
+                .filter_map(|b| b.query())
+                .map(|q| grain_name(q.time_grain()))
+                .collect();
+            if grains.len() > 1 {
+                p.push(
+                    "derived",
+                    "its bases are cut in time differently (per quarter and per year); a derived figure combines bases of one time grain".into(),
+                );
+            }
+            if ind.theme == ANNUAL_ONLY_THEME && grains.contains(grain_name(TimeGrain::Quarter)) {
+                p.push(
+                    "derived",
+                    format!("theme '{ANNUAL_ONLY_THEME}' is published annually only; its bases must group by a \"years\" key"),
+                );
+            }
             out.extend(p.items);
         }
         out
+    }
+
+    /// How finely `indicator`'s figures are cut in time: that of its bases (one grain, checked
+    /// when the catalog loads).
+    pub fn time_grain(&self, indicator: &Indicator) -> TimeGrain {
+        self.bases(indicator)
+            .iter()
+            .filter_map(|b| b.query())
+            .map(|q| q.time_grain())
+            .next()
+            .unwrap_or(TimeGrain::Quarter)
     }
 
     async fn check_sql(&self) -> Vec<Problem> {
@@ -227,10 +256,24 @@ impl Catalog {
     }
 }
 
-/// Number of values in a public domain for a run of `quarters` quarters.
+/// Theme whose figures are shown per year only: suicides and attempts are too rare, and too
+/// identifying, per quarter.
+pub const ANNUAL_ONLY_THEME: &str = "suicide";
+
+fn grain_name(g: TimeGrain) -> &'static str {
+    match g {
+        TimeGrain::Quarter => "quarter",
+        TimeGrain::Year => "year",
+    }
+}
+
+/// Number of values in a public domain for a run of `quarters` quarters. For whole years it is
+/// an upper bound (a period of n quarters covers at most ⌊n/4⌋ whole years), never below one, so
+/// a sensitivity computed from it is never too small.
 pub fn domain_len(domain: &Domain, quarters: usize) -> usize {
     match domain {
         Domain::Period => quarters,
+        Domain::Years => (quarters / 4).max(1),
         Domain::Codes { reference } => cdm::codes(reference).map(|c| c.len()).unwrap_or(0),
         Domain::Values { values } => values.len(),
     }
@@ -240,6 +283,7 @@ pub fn domain_len(domain: &Domain, quarters: usize) -> usize {
 pub fn domain_values(domain: &Domain, period: &Period) -> Vec<String> {
     match domain {
         Domain::Period => period.quarters().iter().map(|q| q.to_string()).collect(),
+        Domain::Years => period.whole_years().iter().map(|y| y.to_string()).collect(),
         Domain::Codes { reference } => cdm::codes(reference)
             .map(|c| c.iter().map(|s| s.to_string()).collect())
             .unwrap_or_default(),
@@ -290,22 +334,14 @@ pub fn public_keys(query: &crate::Query, period: &Period) -> (Vec<String>, Vec<V
 mod tests {
     #[test]
     fn a_ratio_over_a_mean_is_refused() {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("catalog");
-        let mut sources: Vec<(std::path::PathBuf, String)> = std::fs::read_dir(&dir)
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .map(|p| (p.clone(), std::fs::read_to_string(&p).unwrap()))
-            .collect();
-        let ratio = std::fs::read_to_string(dir.join("seclusion.own_room_share.toml"))
-            .unwrap()
-            .replace("seclusion.own_room_share", "panel.score_ratio")
-            .replace("\"seclusion.count_own_room\"", "\"panel.mean_score\"");
-        sources.push((dir.join("panel.score_ratio.toml"), ratio));
-        let e = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .expect("runtime")
-            .block_on(super::Catalog::from_sources(&dir, &sources))
-            .expect_err("refused");
+        let e = load_with(|dir, sources| {
+            let ratio = std::fs::read_to_string(dir.join("seclusion.own_room_share.toml"))
+                .unwrap()
+                .replace("seclusion.own_room_share", "panel.score_ratio")
+                .replace("\"seclusion.count_own_room\"", "\"panel.mean_score\"");
+            sources.push((dir.join("panel.score_ratio.toml"), ratio));
+        })
+        .expect_err("refused");
         let text = e.to_string();
         assert!(
             text.contains(
@@ -313,6 +349,90 @@ mod tests {
             ),
             "{text}"
         );
+    }
+
+    fn load_with(
+        edit: impl Fn(&std::path::Path, &mut Vec<(std::path::PathBuf, String)>),
+    ) -> Result<super::Catalog, super::CatalogError> {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("catalog");
+        let mut sources: Vec<(std::path::PathBuf, String)> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .map(|p| (p.clone(), std::fs::read_to_string(&p).unwrap()))
+            .collect();
+        edit(&dir, &mut sources);
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime")
+            .block_on(super::Catalog::from_sources(&dir, &sources))
+    }
+
+    fn replace(sources: &mut [(std::path::PathBuf, String)], file: &str, from: &str, to: &str) {
+        let (_, text) = sources
+            .iter_mut()
+            .find(|(p, _)| p.ends_with(file))
+            .expect(file);
+        assert!(text.contains(from), "{file} holds {from}");
+        *text = text.replace(from, to);
+    }
+
+    #[test]
+    fn suicide_figures_per_quarter_are_refused() {
+        let e = load_with(|_, s| {
+            replace(
+                s,
+                "suicide.suicides.toml",
+                "JOIN years y ON CAST(i.incident_ts AS DATE) BETWEEN y.first_day AND y.last_day",
+                "JOIN quarters y ON CAST(i.incident_ts AS DATE) BETWEEN y.first_day AND y.last_day",
+            );
+            replace(s, "suicide.suicides.toml", "y.year", "y.quarter AS year");
+            replace(
+                s,
+                "suicide.suicides.toml",
+                "{ year = \"years\" }",
+                "{ year = \"period\" }",
+            );
+        })
+        .expect_err("refused");
+        let text = e.to_string();
+        assert!(
+            text.contains("suicide.suicides.toml")
+                && text.contains("theme 'suicide' is published annually only"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_ratio_over_bases_of_different_time_grains_is_refused() {
+        let e = load_with(|dir, s| {
+            let ratio = std::fs::read_to_string(dir.join("seclusion.own_room_share.toml"))
+                .unwrap()
+                .replace("seclusion.own_room_share", "seclusion.attempt_ratio")
+                .replace(
+                    "\"seclusion.count_own_room\"",
+                    "\"suicide.youths_with_attempt\"",
+                );
+            s.push((dir.join("seclusion.attempt_ratio.toml"), ratio));
+        })
+        .expect_err("refused");
+        assert!(
+            e.to_string()
+                .contains("its bases are cut in time differently"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn the_shipped_catalog_cuts_suicide_figures_per_year() {
+        let catalog = load_with(|_, _| {}).expect("catalog");
+        for (id, ind) in &catalog.indicators {
+            let grain = catalog.time_grain(ind);
+            assert_eq!(
+                grain == crate::TimeGrain::Year,
+                ind.theme == super::ANNUAL_ONLY_THEME,
+                "{id}"
+            );
+        }
     }
 
     #[test]

@@ -18,6 +18,10 @@ use std::sync::Arc;
 
 /// Name of the public table holding the quarters of the run's period.
 pub const QUARTERS_TABLE: &str = "quarters";
+/// Name of the public table holding the calendar years the run's period covers completely.
+pub const YEARS_TABLE: &str = "years";
+/// The public tables every indicator may join: they hold nothing but the run's period.
+pub const PUBLIC_TABLES: [&str; 2] = [QUARTERS_TABLE, YEARS_TABLE];
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum ContractError {
@@ -158,39 +162,77 @@ pub async fn plan(ctx: &SessionContext, query: &Query) -> Result<DataFrame, Cont
     Ok(df)
 }
 
-pub fn quarters_schema() -> Arc<Schema> {
-    Arc::new(Schema::new(vec![
-        Field::new("quarter", DataType::Utf8, false),
+/// A public period table: one row per span (its label, first and last day, length in days).
+fn period_table(
+    label: &str,
+    spans: &[(String, chrono::NaiveDate, chrono::NaiveDate)],
+) -> Result<MemTable, datafusion::error::DataFusionError> {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new(label, DataType::Utf8, false),
         Field::new("first_day", DataType::Date32, false),
         Field::new("last_day", DataType::Date32, false),
         Field::new("days", DataType::Int64, false),
-    ]))
+    ]));
+    let epoch = chrono::NaiveDate::from_ymd_opt(1970, 1, 1).unwrap_or_default();
+    let day = |d: &chrono::NaiveDate| (*d - epoch).num_days() as i32;
+    let batch = RecordBatch::try_new(
+        schema.clone(),
+        vec![
+            Arc::new(StringArray::from_iter_values(spans.iter().map(|s| &s.0))),
+            Arc::new(Date32Array::from_iter_values(
+                spans.iter().map(|s| day(&s.1)),
+            )),
+            Arc::new(Date32Array::from_iter_values(
+                spans.iter().map(|s| day(&s.2)),
+            )),
+            Arc::new(Int64Array::from_iter_values(
+                spans.iter().map(|s| (s.2 - s.1).num_days() + 1),
+            )),
+        ],
+    )?;
+    MemTable::try_new(schema, vec![vec![batch]])
 }
 
 /// The public `quarters` table for a run: one row per quarter of the period.
 pub fn quarters_table(
     period: Option<&Period>,
 ) -> Result<MemTable, datafusion::error::DataFusionError> {
-    let schema = quarters_schema();
-    let qs = period.map(|p| p.quarters()).unwrap_or_default();
-    let epoch = chrono::NaiveDate::from_ymd_opt(1970, 1, 1).unwrap_or_default();
-    let day = |d: chrono::NaiveDate| (d - epoch).num_days() as i32;
-    let batch = RecordBatch::try_new(
-        schema.clone(),
-        vec![
-            Arc::new(StringArray::from_iter_values(
-                qs.iter().map(|q| q.to_string()),
-            )),
-            Arc::new(Date32Array::from_iter_values(
-                qs.iter().map(|q| day(q.first_day())),
-            )),
-            Arc::new(Date32Array::from_iter_values(
-                qs.iter().map(|q| day(q.last_day())),
-            )),
-            Arc::new(Int64Array::from_iter_values(qs.iter().map(|q| q.days()))),
-        ],
-    )?;
-    MemTable::try_new(schema, vec![vec![batch]])
+    let spans: Vec<_> = period
+        .map(|p| p.quarters())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|q| (q.to_string(), q.first_day(), q.last_day()))
+        .collect();
+    period_table("quarter", &spans)
+}
+
+/// The public `years` table for a run: one row per calendar year the period covers completely.
+pub fn years_table(
+    period: Option<&Period>,
+) -> Result<MemTable, datafusion::error::DataFusionError> {
+    let spans: Vec<_> = period
+        .map(|p| crate::TimeGrain::Year.release_periods(p))
+        .unwrap_or_default()
+        .into_iter()
+        .map(|y| {
+            (
+                y.first.year.to_string(),
+                y.first.first_day(),
+                y.last.last_day(),
+            )
+        })
+        .collect();
+    period_table("year", &spans)
+}
+
+/// Registers the run's public period tables (`quarters`, `years`) in `ctx`.
+pub fn register_period_tables(
+    ctx: &SessionContext,
+    period: Option<&Period>,
+) -> Result<(), datafusion::error::DataFusionError> {
+    ctx.register_table(QUARTERS_TABLE, Arc::new(quarters_table(period)?))?;
+    ctx.register_table(YEARS_TABLE, Arc::new(years_table(period)?))?;
+    Ok(())
 }
 
 /// A context with every data-model table registered empty: enough to plan and type-check SQL.
@@ -200,13 +242,42 @@ pub fn planning_context() -> Result<SessionContext, datafusion::error::DataFusio
         let schema = t.schema();
         ctx.register_table(t.name, Arc::new(MemTable::try_new(schema, vec![vec![]])?))?;
     }
-    ctx.register_table(QUARTERS_TABLE, Arc::new(quarters_table(None)?))?;
+    register_period_tables(&ctx, None)?;
     Ok(ctx)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn the_years_table_holds_the_whole_years_of_the_period() {
+        let ctx = SessionContext::new();
+        let period: Period = "2023Q2:2025Q4".parse().unwrap();
+        register_period_tables(&ctx, Some(&period)).unwrap();
+        let batches = ctx
+            .sql("SELECT year, CAST(first_day AS VARCHAR) AS f, CAST(last_day AS VARCHAR) AS l, days FROM years ORDER BY year")
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
+        let text = datafusion::arrow::util::pretty::pretty_format_batches(&batches)
+            .unwrap()
+            .to_string();
+        assert!(
+            text.contains("| 2024 | 2024-01-01 | 2024-12-31 | 366  |"),
+            "{text}"
+        );
+        assert!(
+            text.contains("| 2025 | 2025-01-01 | 2025-12-31 | 365  |"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("2023"),
+            "2023 is not covered completely: {text}"
+        );
+    }
 
     #[test]
     fn only_single_queries_pass_the_shape_check() {

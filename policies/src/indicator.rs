@@ -34,6 +34,9 @@ pub struct Text {
 pub enum Domain {
     /// The quarters of the run's period, as `YYYYQn`.
     Period,
+    /// The calendar years the run's period covers completely, as `YYYY`: for figures published
+    /// annually only.
+    Years,
     /// A code list of the data model, `table.column`.
     Codes { reference: String },
     /// An explicit public list.
@@ -271,6 +274,25 @@ pub struct Indicator {
     pub content_hash: String,
 }
 
+impl Query {
+    /// The time grain of this query's releases: annual when it groups by whole years.
+    pub fn time_grain(&self) -> crate::TimeGrain {
+        if self.group_by.iter().any(|g| g.domain == Domain::Years) {
+            crate::TimeGrain::Year
+        } else {
+            crate::TimeGrain::Quarter
+        }
+    }
+
+    /// The group column that holds the time (a quarter or a year), if any.
+    pub fn time_column(&self) -> Option<&str> {
+        self.group_by
+            .iter()
+            .find(|g| matches!(g.domain, Domain::Period | Domain::Years))
+            .map(|g| g.column.as_str())
+    }
+}
+
 impl Indicator {
     pub fn query(&self) -> Option<&Query> {
         match &self.body {
@@ -337,6 +359,17 @@ pub fn parse(file: &Path, text: &str) -> Result<Indicator, Problems> {
     } else {
         r.query(&table).map(Body::Query)
     };
+    if let (Some(t), Some(Body::Query(q))) = (&theme, &body)
+        && t == crate::catalog::ANNUAL_ONLY_THEME
+        && q.time_grain() == crate::TimeGrain::Quarter
+    {
+        r.problem(
+            "group_by",
+            format!(
+                "theme '{t}' is published annually only: group by a \"years\" key, never by quarter"
+            ),
+        );
+    }
     let known = [
         "id",
         "title",
@@ -708,6 +741,10 @@ impl Reader<'_> {
                     periods += 1;
                     Some(Domain::Period)
                 }
+                Value::String(s) if s == "years" => {
+                    periods += 1;
+                    Some(Domain::Years)
+                }
                 Value::String(s) => match s.strip_prefix("codes:") {
                     Some(reference) if cdm::codes(reference).is_some() => Some(Domain::Codes {
                         reference: reference.to_string(),
@@ -723,7 +760,7 @@ impl Reader<'_> {
                         self.problem(
                             &field,
                             format!(
-                                "unknown domain '{s}'; expected \"period\", \"codes:TABLE.COLUMN\" or a list of values"
+                                "unknown domain '{s}'; expected \"period\", \"years\", \"codes:TABLE.COLUMN\" or a list of values"
                             ),
                         );
                         None
@@ -772,7 +809,7 @@ impl Reader<'_> {
         if periods > 1 {
             self.problem(
                 "group_by",
-                "at most one key may use the \"period\" domain".into(),
+                "at most one key may use a time domain (\"period\" or \"years\")".into(),
             );
             ok = false;
         }

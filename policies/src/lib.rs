@@ -16,5 +16,5 @@ pub mod wire;
 
 pub use catalog::{Catalog, CatalogError};
 pub use indicator::{Aggregate, Body, Cost, Derived, Domain, GroupKey, Indicator, Query};
-pub use period::{Period, Quarter};
+pub use period::{Period, Quarter, TimeGrain};
 pub use problem::{Problem, Problems};

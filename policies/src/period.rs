@@ -111,6 +111,57 @@ impl Period {
     pub fn contains(&self, other: &Period) -> bool {
         self.first <= other.first && other.last <= self.last
     }
+
+    /// The calendar years this period covers completely, first to last.
+    pub fn whole_years(&self) -> Vec<i32> {
+        let first = if self.first.q == 1 {
+            self.first.year
+        } else {
+            self.first.year + 1
+        };
+        let last = if self.last.q == 4 {
+            self.last.year
+        } else {
+            self.last.year - 1
+        };
+        (first..=last).collect()
+    }
+
+    /// The whole calendar year `year` as a period, `YYYYQ1:YYYYQ4`.
+    pub fn year(year: i32) -> Option<Period> {
+        Some(Period {
+            first: Quarter::new(year, 1)?,
+            last: Quarter::new(year, 4)?,
+        })
+    }
+}
+
+/// How finely an indicator's figures are cut in time: each release covers one quarter, or one
+/// whole calendar year (figures too rare or too sensitive to show per quarter).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TimeGrain {
+    Quarter,
+    Year,
+}
+
+impl TimeGrain {
+    /// The periods one run over `period` asks each node about: its quarters, or the calendar
+    /// years it covers completely (none when it covers no whole year).
+    pub fn release_periods(self, period: &Period) -> Vec<Period> {
+        match self {
+            TimeGrain::Quarter => period
+                .quarters()
+                .into_iter()
+                .map(|q| Period { first: q, last: q })
+                .collect(),
+            TimeGrain::Year => period
+                .whole_years()
+                .into_iter()
+                .filter_map(Period::year)
+                .collect(),
+        }
+    }
 }
 
 impl fmt::Display for Period {
@@ -180,6 +231,24 @@ mod tests {
         assert_eq!(q.first_day().to_string(), "2024-01-01");
         assert_eq!(q.last_day().to_string(), "2024-03-31");
         assert_eq!(q.days(), 91);
+    }
+
+    #[test]
+    fn whole_years_are_only_the_years_covered_completely() {
+        let years = |p: &str| p.parse::<Period>().unwrap().whole_years();
+        assert_eq!(years("2023Q1:2024Q4"), [2023, 2024]);
+        assert_eq!(years("2023Q2:2024Q4"), [2024]);
+        assert_eq!(years("2023Q1:2024Q3"), [2023]);
+        assert!(years("2023Q2:2024Q3").is_empty());
+        assert!(years("2024Q3").is_empty());
+        let p: Period = "2023Q3:2025Q4".parse().unwrap();
+        let periods: Vec<String> = TimeGrain::Year
+            .release_periods(&p)
+            .iter()
+            .map(|p| p.to_string())
+            .collect();
+        assert_eq!(periods, ["2024Q1:2024Q4", "2025Q1:2025Q4"]);
+        assert_eq!(TimeGrain::Quarter.release_periods(&p).len(), 10);
     }
 
     #[test]

@@ -9,7 +9,7 @@
 //! The rules and the argument for each are in docs/DESIGN_NOTES.md ("Stability check").
 
 use crate::cdm;
-use crate::contract::QUARTERS_TABLE;
+use crate::contract::PUBLIC_TABLES;
 use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
 use datafusion::common::{Column, DFSchema, JoinType};
 use datafusion::logical_expr::expr::{Exists, InSubquery, WindowFunction};
@@ -144,7 +144,7 @@ enum TableRole {
 }
 
 fn table_role(table: &str, unit: &str, schema: &DFSchema) -> Option<TableRole> {
-    if table == QUARTERS_TABLE {
+    if PUBLIC_TABLES.contains(&table) {
         return Some(TableRole::Public);
     }
     let def = cdm::table(table)?;

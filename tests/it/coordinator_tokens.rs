@@ -45,6 +45,7 @@ async fn authorization_matrix_cell_by_cell_and_token_lifecycle() {
         ("POST", "/v1/runs".into(), [401, 202, 403, 403]),
         ("GET", format!("/v1/runs/{run_id}"), [401, 200, 200, 200]),
         ("GET", "/v1/budget".into(), [401, 200, 200, 200]),
+        ("GET", "/v1/budget/plan".into(), [401, 200, 200, 200]),
         (
             "PUT",
             "/v1/indicators/care.unique_youths/2024Q1/interpretation".into(),

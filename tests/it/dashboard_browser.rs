@@ -7,12 +7,13 @@ use crate::support::*;
 
 const TAB: &str = "\u{E004}";
 
-/// The monitor's seven themes, as the dashboard anchors them (`#theme-…`): freedom-restricting
-/// measures, care and individual tailoring (`zorg`), matching and placement, suicide prevention,
+/// The monitor's eight themes, as the dashboard anchors them (`#theme-…`): freedom-restricting
+/// measures, care, individual tailoring, matching and placement, suicide prevention (annual),
 /// small-scale living, education, the panel. Every theme on the page must show a chart.
-const THEMES: [&str; 7] = [
+const THEMES: [&str; 8] = [
     "vrijheidsbeperking",
     "zorg",
+    "maatwerk",
     "matching_plaatsing",
     "suicide",
     "kleinschaligheid",

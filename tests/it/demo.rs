@@ -137,7 +137,12 @@ fn demo_writes_national_records_with_intervals_and_truth() {
         periods.insert(r["period"].as_str().unwrap().to_string());
     }
     assert_eq!(seen, catalog_ids, "every catalog indicator is published");
-    assert_eq!(periods.len(), 8, "2023Q1–2024Q4");
+    // 2023Q1–2024Q4, and the years 2023 and 2024 for the annual suicide figures.
+    assert_eq!(periods.len(), 10, "{periods:?}");
+    assert!(
+        periods.contains("2023") && periods.contains("2024Q4"),
+        "{periods:?}"
+    );
     let csv = std::fs::read_to_string(out.join("national.csv")).unwrap();
     assert!(csv.starts_with(
         "indicator,period,group,estimate,ci_low,ci_high,providers_reporting,providers_total,rho"

@@ -66,7 +66,7 @@ fn text(o: &std::process::Output) -> String {
 fn proposal_toml(id: &str, incident_type: &str, rho: f64) -> String {
     format!(
         r#"id = "{id}"
-theme = "suicide"
+theme = "zorg"
 title = {{ nl = "Jongeren met incident {incident_type}", en = "Youths with incident {incident_type}" }}
 definition = {{ nl = "Aantal jongeren met ten minste één incident van dit type in het kwartaal.", en = "Number of youths with at least one incident of this type in the quarter." }}
 privacy_unit = "youth_pid"
@@ -154,7 +154,7 @@ async fn propose_dry_run_approve_verify_run_publish_and_every_refusal() {
     let p01 = ServerProcess::start(&node_config(
         dir,
         "P01",
-        5.0,
+        12.0,
         &format!(
             "client_ca = \"certs/ca.crt\"\n{trusted}require_acceptance = true\ncaps = [{{ indicator = \"research.aggression\", max_rho = 0.01 }}]\n"
         ),
@@ -162,7 +162,7 @@ async fn propose_dry_run_approve_verify_run_publish_and_every_refusal() {
     let p02 = ServerProcess::start(&node_config(
         dir,
         "P02",
-        5.0,
+        12.0,
         &format!("client_ca = \"certs/ca.crt\"\n{trusted}deny = [\"research.aggression\"]\n"),
     ));
     let cfg = coordinator_config(
@@ -689,4 +689,156 @@ async fn propose_dry_run_approve_verify_run_publish_and_every_refusal() {
     }
     assert_answered_statuses_documented(&c, &url).await;
     drop(coordinator);
+}
+
+/// ρ a year of rounds over the shipped catalog charges a yearly budget of a youth-records node,
+/// computed here from the catalog files: four releases of each quarterly query, one of each
+/// annual query.
+fn shipped_year_plan() -> f64 {
+    let mut rho = 0.0;
+    for entry in std::fs::read_dir(catalog_dir()).unwrap() {
+        let t: toml::Table = std::fs::read_to_string(entry.unwrap().path())
+            .unwrap()
+            .parse()
+            .unwrap();
+        let (Some(cost), Some(unit)) = (t.get("cost"), t.get("privacy_unit")) else {
+            continue;
+        };
+        if unit.as_str() != Some("youth_pid") {
+            continue;
+        }
+        let r = cost["rho"].as_float().unwrap();
+        let annual = t["group_by"]
+            .as_table()
+            .unwrap()
+            .values()
+            .any(|v| v.as_str() == Some("years"));
+        rho += if annual { r } else { 4.0 * r };
+    }
+    rho
+}
+
+#[tokio::test]
+async fn approval_is_refused_when_a_year_of_rounds_would_overrun_a_node_budget() {
+    let dir = federation_fixture(1);
+    let dir = dir.path();
+    let planned = shipped_year_plan();
+    // Room for the catalog, not for one more quarterly indicator at ρ = 0.05 (0.2 a year).
+    let budget = planned + 0.1;
+    let p01 = ServerProcess::start(&node_config(
+        dir,
+        "P01",
+        budget,
+        "client_ca = \"certs/ca.crt\"",
+    ));
+    let cfg = coordinator_config(dir, "coordinator", &[("P01", &p01.url)], "");
+    let alice_pub = keygen(dir, "alice");
+    let alice = token(&cfg, "reviewer", "alice", Some(&alice_pub));
+    let coordinator = ServerProcess::start_coordinator(&cfg);
+    let url = coordinator.url.clone();
+    let c = client(dir);
+
+    // The plan: the catalog's cost against P01's budget, per base indicator.
+    let plan: serde_json::Value = c
+        .get(format!("{url}/v1/budget/plan"))
+        .bearer_auth(RESEARCHER_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let node = &plan["nodes"][0];
+    assert_eq!(node["node"], "P01");
+    assert_eq!(node["granularity"], "year");
+    assert!(
+        (node["rho_planned"].as_f64().unwrap() - planned).abs() < 1e-9,
+        "{node}"
+    );
+    assert_eq!(node["fits"], true);
+    let lines = node["lines"].as_array().unwrap();
+    let line = |id: &str| {
+        lines
+            .iter()
+            .find(|l| l["indicator"] == id)
+            .cloned()
+            .unwrap()
+    };
+    assert_eq!(line("care.unique_youths")["releases_per_period"], 4);
+    assert_eq!(line("suicide.suicides")["releases_per_period"], 1);
+    assert!(
+        lines.iter().all(|l| l["indicator"] != "panel.mean_score"),
+        "the panel's indicator is not asked of a youth-records node"
+    );
+    let out = cli(dir, &url, RESEARCHER_TOKEN, &["budget", "--plan"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let printed = text(&out);
+    assert!(
+        printed.contains(&format!("{planned:.4}"))
+            && printed.contains(&format!("{budget:.4}"))
+            && printed.contains("suicide.suicides"),
+        "{printed}"
+    );
+
+    // A proposal that would not fit: refused with the figures, audited, nothing approved.
+    let file = dir.join("running_away.toml");
+    let toml = proposal_toml("research.running_away", "weglopen", 0.05);
+    std::fs::write(&file, &toml).unwrap();
+    let out = cli(
+        dir,
+        &url,
+        RESEARCHER_TOKEN,
+        &[
+            "propose",
+            file.to_str().unwrap(),
+            "--purpose",
+            "Running away signals unmet needs.",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let listing = get_json_as(&c, RESEARCHER_TOKEN, format!("{url}/v1/proposals")).await;
+    let proposal = listing["proposals"][0]["id"].as_str().unwrap().to_string();
+    let k = policies::governance::SigningKey::from_text(
+        &std::fs::read_to_string(dir.join("alice.key")).unwrap(),
+    )
+    .unwrap();
+    let sig = k.sign_approval(
+        "research.running_away",
+        &policies::indicator::content_hash(toml.as_bytes()),
+    );
+    let (status, body) = post(
+        &c,
+        format!("{url}/v1/proposals/{proposal}/approve"),
+        &alice,
+        serde_json::json!({ "signature": sig }),
+    )
+    .await;
+    let expected = format!(
+        "P01: a year of rounds costs ρ={:.4} per year of data, its budget is ρ={budget:.4}",
+        planned + 0.2
+    );
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (409, Some("over_budget_plan")),
+        "{body}"
+    );
+    assert!(
+        body["message"].as_str().unwrap().contains(&expected),
+        "{body}"
+    );
+    let after = get_json_as(
+        &c,
+        RESEARCHER_TOKEN,
+        format!("{url}/v1/proposals/{proposal}"),
+    )
+    .await;
+    assert_eq!(after["proposal"]["status"], "pending", "{after}");
+    assert!(
+        audit_reasons(&dir.join("coordinator-audit.jsonl"))
+            .iter()
+            .any(|r| r.contains(&expected)),
+        "the refusal is audited"
+    );
+    drop(coordinator);
+    drop(p01);
 }

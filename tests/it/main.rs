@@ -14,6 +14,7 @@ mod dashboard_browser;
 mod demo;
 mod deploy_configs;
 mod governance;
+mod monitor_indicators;
 mod node_api;
 mod node_crash;
 mod node_startup;

@@ -350,6 +350,32 @@ pub async fn approve(
             )),
         ));
     }
+    // The budget plan with this indicator in the catalog must fit every node that reported its
+    // budget; a node that has not reported is named in the answer, unchecked.
+    let unchecked = if proposal.status == ProposalStatus::Pending {
+        let approved = state.runner.store.latest_catalog()?;
+        let extra = vec![(proposal_file(&proposal.toml), proposal.toml.clone())];
+        let catalog = state
+            .runner
+            .catalog_with(&approved, &extra)
+            .await
+            .map_err(|e| refuse(&state, ApiError::NoLongerFits(e.to_string())))?;
+        let budgets = state
+            .runner
+            .known_budgets(std::time::Duration::from_secs(3))
+            .await;
+        let plans = crate::budget_plan::plan(&catalog, &state.runner.targets, &budgets);
+        if let Some(over) = crate::budget_plan::exceeded(&plans) {
+            return Err(refuse(&state, ApiError::OverBudgetPlan(over)));
+        }
+        plans
+            .iter()
+            .filter(|p| p.fits.is_none())
+            .map(|p| p.node.clone())
+            .collect()
+    } else {
+        Vec::new()
+    };
     let signature = ReviewerSignature {
         reviewer: caller.name.clone(),
         public_key,
@@ -378,6 +404,7 @@ pub async fn approve(
                 "proposal": proposal.id,
                 "approvals": outcome.approvals,
                 "catalog_version": outcome.catalog_version,
+                "budget_plan_unchecked": unchecked,
             }),
             outcome: if outcome.catalog_version.is_some() {
                 "approved".into()
@@ -388,7 +415,12 @@ pub async fn approve(
         },
     )?;
     let proposal = load(&state, &id)?;
-    Ok(Json(serde_json::json!({ "proposal": proposal, "outcome": outcome })).into_response())
+    Ok(Json(serde_json::json!({
+        "proposal": proposal,
+        "outcome": outcome,
+        "budget_plan_unchecked": unchecked,
+    }))
+    .into_response())
 }
 
 #[derive(Debug, Deserialize)]

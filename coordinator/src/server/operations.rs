@@ -21,6 +21,23 @@ pub(super) async fn node_budgets(
     Ok(Json(serde_json::json!({ "nodes": nodes })).into_response())
 }
 
+/// What a year of rounds over the approved catalog costs each node, against its reported budget.
+pub(super) async fn budget_plan(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    authorize(&state, &headers, ANY_ROLE)?;
+    state.runner.refresh_budgets().await;
+    let budgets = state.runner.known_budgets(std::time::Duration::ZERO).await;
+    let catalog = state.runner.catalog();
+    let nodes = crate::budget_plan::plan(&catalog, &state.runner.targets, &budgets);
+    Ok(Json(serde_json::json!({
+        "rounds_per_year": crate::budget_plan::ROUNDS_PER_YEAR,
+        "nodes": nodes,
+    }))
+    .into_response())
+}
+
 /// Browsers ask every site for /favicon.ico; "no content" answers without a console error.
 pub(super) async fn no_icon() -> Response {
     (

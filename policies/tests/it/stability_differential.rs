@@ -164,9 +164,7 @@ async fn run(sql: &str, unit: &str, records: &Records) -> Vec<(String, String)> 
             .expect("register");
     }
     let period: policies::Period = "2024Q1:2024Q4".parse().expect("period");
-    let quarters = contract::quarters_table(Some(&period)).expect("quarters");
-    ctx.register_table(contract::QUARTERS_TABLE, Arc::new(quarters))
-        .expect("register");
+    contract::register_period_tables(&ctx, Some(&period)).expect("period tables");
     let df = ctx
         .sql(sql)
         .await

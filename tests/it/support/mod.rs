@@ -309,7 +309,16 @@ pub fn mtls_node_and_coordinator_config(dir: &Path) -> (ServerProcess, PathBuf) 
 
 /// GET a URL and parse the JSON answer (whatever the status).
 pub async fn get_json(c: &reqwest::Client, url: String) -> serde_json::Value {
-    c.get(url)
+    get_json_request(c.get(url)).await
+}
+
+/// GET a URL with a bearer token and parse the JSON body.
+pub async fn get_json_as(c: &reqwest::Client, token: &str, url: String) -> serde_json::Value {
+    get_json_request(c.get(url).bearer_auth(token)).await
+}
+
+async fn get_json_request(request: reqwest::RequestBuilder) -> serde_json::Value {
+    request
         .send()
         .await
         .expect("request")
