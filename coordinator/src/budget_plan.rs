@@ -82,7 +82,7 @@ pub fn plan(
             let mut lines = Vec::new();
             for ind in catalog.indicators.values() {
                 let Some(q) = ind.query() else { continue };
-                if !t.units.iter().any(|u| *u == q.privacy_unit) {
+                if !t.units.contains(&q.privacy_unit) {
                     continue;
                 }
                 let rho = q.cost.rho();
