@@ -48,13 +48,6 @@ impl NodePlan {
     }
 }
 
-fn grain_name(g: TimeGrain) -> &'static str {
-    match g {
-        TimeGrain::Quarter => "quarter",
-        TimeGrain::Year => "year",
-    }
-}
-
 /// Releases of one base over a data year charged to one budget period of `granularity`. A
 /// quarterly budget is charged once by a quarterly release and once by an annual one (which
 /// covers every quarter); a yearly or lifetime budget by all four quarterly releases.
@@ -89,7 +82,7 @@ pub fn plan(
                 let n = releases_per_period(granularity.as_deref(), q.time_grain());
                 lines.push(PlanLine {
                     indicator: ind.id.clone(),
-                    grain: grain_name(q.time_grain()),
+                    grain: q.time_grain().name(),
                     rho_per_release: rho,
                     releases_per_period: n,
                     rho_per_period: rho * f64::from(n),

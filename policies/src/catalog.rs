@@ -168,7 +168,7 @@ impl Catalog {
                 .bases(ind)
                 .iter()
                 .filter_map(|b| b.query())
-                .map(|q| grain_name(q.time_grain()))
+                .map(|q| q.time_grain().name())
                 .collect();
             if grains.len() > 1 {
                 p.push(
@@ -176,7 +176,7 @@ impl Catalog {
                     "its bases are cut in time differently (per quarter and per year); a derived figure combines bases of one time grain".into(),
                 );
             }
-            if ind.theme == ANNUAL_ONLY_THEME && grains.contains(grain_name(TimeGrain::Quarter)) {
+            if ind.theme == ANNUAL_ONLY_THEME && grains.contains(TimeGrain::Quarter.name()) {
                 p.push(
                     "derived",
                     format!("theme '{ANNUAL_ONLY_THEME}' is published annually only; its bases must group by a \"years\" key"),
@@ -259,13 +259,6 @@ impl Catalog {
 /// Theme whose figures are shown per year only: suicides and attempts are too rare, and too
 /// identifying, per quarter.
 pub const ANNUAL_ONLY_THEME: &str = "suicide";
-
-fn grain_name(g: TimeGrain) -> &'static str {
-    match g {
-        TimeGrain::Quarter => "quarter",
-        TimeGrain::Year => "year",
-    }
-}
 
 /// Number of values in a public domain for a run of `quarters` quarters. For whole years it is
 /// an upper bound (a period of n quarters covers at most ⌊n/4⌋ whole years), never below one, so

@@ -146,6 +146,13 @@ pub enum TimeGrain {
 }
 
 impl TimeGrain {
+    pub fn name(self) -> &'static str {
+        match self {
+            TimeGrain::Quarter => "quarter",
+            TimeGrain::Year => "year",
+        }
+    }
+
     /// The periods one run over `period` asks each node about: its quarters, or the calendar
     /// years it covers completely (none when it covers no whole year).
     pub fn release_periods(self, period: &Period) -> Vec<Period> {
