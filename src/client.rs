@@ -92,6 +92,11 @@ impl Client {
             .await
     }
 
+    pub async fn put(&self, path: &str, body: &serde_json::Value) -> Result<serde_json::Value> {
+        self.send(self.http.put(format!("{}{path}", self.base)).json(body))
+            .await
+    }
+
     pub async fn start_run(&self, indicator: &str, period: &str) -> Result<String> {
         let body = self
             .send(

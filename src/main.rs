@@ -5,6 +5,7 @@ mod certs;
 mod client;
 mod demo;
 mod governance;
+mod rounds;
 mod sandbox;
 mod synth;
 
@@ -115,6 +116,35 @@ enum Command {
         /// A quarter or a range: 2024Q1 or 2024Q1:2024Q4.
         #[arg(long)]
         period: String,
+        #[command(flatten)]
+        connection: client::Connection,
+    },
+    /// Run every approved indicator for one quarter (a publication round) and follow it; annual
+    /// figures come with the fourth quarter's round, over the whole year. Run it again to resume:
+    /// finished runs are kept, failed ones run again. The results stay under embargo until
+    /// reviewers release the round.
+    Round {
+        /// The quarter, e.g. 2024Q3.
+        quarter: String,
+        #[command(flatten)]
+        connection: client::Connection,
+    },
+    /// Release a finished round from embargo, as a reviewer; with `publication.required_releases`
+    /// reviewers' releases of the same figures, they become public.
+    Release {
+        quarter: String,
+        #[command(flatten)]
+        connection: client::Connection,
+    },
+    /// Attach the expert council's interpretation (duiding) of an indicator for a quarter (or a
+    /// year, for annual figures), as a reviewer; it is public with the round.
+    Interpret {
+        indicator: String,
+        period: String,
+        #[arg(long)]
+        nl: Option<String>,
+        #[arg(long)]
+        en: Option<String>,
         #[command(flatten)]
         connection: client::Connection,
     },
@@ -626,6 +656,30 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode> {
             format,
             connection,
         } => client::results(&connection, &run, &format).await,
+        Command::Round {
+            quarter,
+            connection,
+        } => rounds::round(&connection, &quarter).await,
+        Command::Release {
+            quarter,
+            connection,
+        } => rounds::release(&connection, &quarter).await,
+        Command::Interpret {
+            indicator,
+            period,
+            nl,
+            en,
+            connection,
+        } => {
+            rounds::interpret(
+                &connection,
+                &indicator,
+                &period,
+                nl.as_deref(),
+                en.as_deref(),
+            )
+            .await
+        }
         Command::Budget {
             plan: false,
             connection,

@@ -25,6 +25,12 @@ pub enum ApiError {
     UnknownRun,
     #[error("{indicator} has no published figures for {period}")]
     NotPublished { indicator: String, period: String },
+    #[error("round {0} was never started: start it with `stroom round {0}`")]
+    UnknownRound(String),
+    #[error("nothing to release for {0}: no finished run has published figures for it")]
+    NothingToRelease(String),
+    #[error("{0}")]
+    RoundUnfinished(String),
     #[error("no active token with id {0}")]
     UnknownToken(String),
     #[error("no such endpoint")]
@@ -73,6 +79,9 @@ impl ApiError {
             ApiError::UnknownIndicator(_) => "unknown_indicator",
             ApiError::UnknownRun => "unknown_run",
             ApiError::NotPublished { .. } => "not_published",
+            ApiError::UnknownRound(_) => "unknown_round",
+            ApiError::NothingToRelease(_) => "nothing_to_release",
+            ApiError::RoundUnfinished(_) => "round_unfinished",
             ApiError::UnknownToken(_) => "unknown_token",
             ApiError::NoRoute => "not_found",
             ApiError::Audit(_) => "audit_failed",
@@ -107,6 +116,7 @@ impl ApiError {
             | ApiError::UnknownRun
             | ApiError::NotPublished { .. }
             | ApiError::UnknownToken(_)
+            | ApiError::UnknownRound(_)
             | ApiError::UnknownCatalogVersion(_)
             | ApiError::NoRoute => StatusCode::NOT_FOUND,
             ApiError::InvalidIndicator(_) | ApiError::DryRunFailed(_) => {
@@ -114,7 +124,9 @@ impl ApiError {
             }
             ApiError::NoLongerFits(_)
             | ApiError::AlreadyProposed { .. }
-            | ApiError::OverBudgetPlan(_) => StatusCode::CONFLICT,
+            | ApiError::OverBudgetPlan(_)
+            | ApiError::NothingToRelease(_)
+            | ApiError::RoundUnfinished(_) => StatusCode::CONFLICT,
             ApiError::DryRunUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Governance(e) => match e {
                 GovernanceError::UnknownProposal(_) => StatusCode::NOT_FOUND,
@@ -184,6 +196,21 @@ mod tests {
                 "not_published",
             ),
             (ApiError::UnknownToken("t".into()), 404, "unknown_token"),
+            (
+                ApiError::UnknownRound("2024Q3".into()),
+                404,
+                "unknown_round",
+            ),
+            (
+                ApiError::NothingToRelease("2024Q3".into()),
+                409,
+                "nothing_to_release",
+            ),
+            (
+                ApiError::RoundUnfinished("x".into()),
+                409,
+                "round_unfinished",
+            ),
             (ApiError::NoRoute, 404, "not_found"),
             (ApiError::Audit("disk".into()), 500, "audit_failed"),
             (ApiError::Store(StoreError::Poisoned), 500, "store"),

@@ -25,6 +25,28 @@ pub struct CoordinatorConfig {
     pub governance: GovernanceConfig,
     #[serde(default)]
     pub secure: SecureConfig,
+    #[serde(default)]
+    pub publication: PublicationConfig,
+}
+
+/// The embargo: a round's results become public when this many reviewers have released them.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublicationConfig {
+    #[serde(default = "default_required_releases")]
+    pub required_releases: usize,
+}
+
+fn default_required_releases() -> usize {
+    1
+}
+
+impl Default for PublicationConfig {
+    fn default() -> Self {
+        PublicationConfig {
+            required_releases: default_required_releases(),
+        }
+    }
 }
 
 /// Secure aggregation with the helper. On (the default where a helper is configured), every base
@@ -236,6 +258,7 @@ const KEYS: &[&str] = &[
     "limits",
     "governance",
     "secure",
+    "publication",
 ];
 
 /// Hex sha256 of a bearer token, as stored in the config.
@@ -298,6 +321,12 @@ impl CoordinatorConfig {
             return Err(invalid(
                 "governance.required_approvals",
                 "must be at least 1: no indicator is approved without a reviewer".into(),
+            ));
+        }
+        if self.publication.required_releases == 0 {
+            return Err(invalid(
+                "publication.required_releases",
+                "must be at least 1: no round becomes public without a reviewer's release".into(),
             ));
         }
         if self.governance.dry_run_providers > 50 {

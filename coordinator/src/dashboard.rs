@@ -4,6 +4,7 @@
 //! the reviewers' interpretation, and CSV/JSON downloads. Dutch by default, English by a link.
 
 use crate::publish::Published;
+use crate::release::Release;
 use crate::store::Interpretation;
 use policies::wire::BudgetStatus;
 use policies::{Catalog, Indicator};
@@ -343,9 +344,22 @@ pub fn render(
     catalog: &Catalog,
     records: &[Published],
     interpretations: &[Interpretation],
+    releases: &[Release],
     budgets: &BTreeMap<String, BudgetStatus>,
     lang: Lang,
 ) -> String {
+    // When each record period was made public (its round's release).
+    let released_on: BTreeMap<&str, &str> = releases
+        .iter()
+        .flat_map(|r| {
+            r.periods.iter().map(move |p| {
+                (
+                    p.as_str(),
+                    r.released_at.get(..10).unwrap_or(&r.released_at),
+                )
+            })
+        })
+        .collect();
     let mut by_indicator: BTreeMap<&str, Vec<&Published>> = BTreeMap::new();
     for r in records {
         by_indicator
@@ -436,6 +450,7 @@ table {{ border-collapse: collapse; font-size: .9rem; }} td, th {{ border: 1px s
         }
     }
     html.push_str("</ul></nav>\n");
+    html.push_str(&release_section(releases, lang));
     for (theme, nl, en) in THEMES {
         let indicators: Vec<&Indicator> = catalog
             .indicators
@@ -456,7 +471,14 @@ table {{ border-collapse: collapse; font-size: .9rem; }} td, th {{ border: 1px s
                 continue;
             };
             shown += 1;
-            html.push_str(&indicator_block(catalog, ind, recs, interpretations, lang));
+            html.push_str(&indicator_block(
+                catalog,
+                ind,
+                recs,
+                interpretations,
+                &released_on,
+                lang,
+            ));
         }
         if shown == 0 {
             let _ = write!(
@@ -476,6 +498,44 @@ table {{ border-collapse: collapse; font-size: .9rem; }} td, th {{ border: 1px s
         "</main>\n<footer><p>{} <a href=\"/v1/indicators?format=csv\">CSV</a> · <a href=\"/v1/indicators\">JSON</a> · <a href=\"/openapi.json\">API</a></p></footer>\n</body>\n</html>",
         lang.t("Alle gepubliceerde cijfers:", "All published figures:")
     );
+    html
+}
+
+/// Which rounds are public and since when: figures are published only once reviewers of the
+/// expert council have released them, with their interpretation where they gave one.
+fn release_section(releases: &[Release], lang: Lang) -> String {
+    let mut html = String::new();
+    let _ = write!(
+        html,
+        "<section id=\"releases\" aria-labelledby=\"releases-title\"><h2 id=\"releases-title\">{}</h2><p>{}</p>",
+        lang.t("Vrijgegeven kwartalen", "Released quarters"),
+        lang.t(
+            "Cijfers verschijnen hier pas nadat de expertraad ze heeft bekeken en vrijgegeven, zo mogelijk met een duiding. Het vierde kwartaal brengt ook de jaarcijfers.",
+            "Figures appear here only after the expert council has reviewed and released them, with an interpretation where it gave one. The fourth quarter also brings the annual figures."
+        )
+    );
+    if releases.is_empty() {
+        let _ = writeln!(
+            html,
+            "<p>{}</p></section>",
+            lang.t(
+                "Er is nog geen kwartaal vrijgegeven.",
+                "No quarter has been released yet."
+            )
+        );
+        return html;
+    }
+    html.push_str("<ul>");
+    for r in releases.iter().rev() {
+        let _ = write!(
+            html,
+            "<li id=\"release-{q}\">{q}: {} {}</li>",
+            lang.t("vrijgegeven op", "released on"),
+            escape(r.released_at.get(..10).unwrap_or(&r.released_at)),
+            q = escape(&r.quarter)
+        );
+    }
+    html.push_str("</ul></section>\n");
     html
 }
 
@@ -550,6 +610,7 @@ fn indicator_block(
     ind: &Indicator,
     recs: &[&Published],
     interpretations: &[Interpretation],
+    released_on: &BTreeMap<&str, &str>,
     lang: Lang,
 ) -> String {
     let title = if lang == Lang::Nl {
@@ -613,25 +674,45 @@ fn indicator_block(
         table(&s, lang)
     );
     let _ = writeln!(out, "<p>{}</p>", escape(&cost_words(ind, catalog, lang)));
-    let mut readings: Vec<&Interpretation> = interpretations
-        .iter()
-        .filter(|i| i.indicator == ind.id)
-        .collect();
-    readings.sort_by(|a, b| b.period.cmp(&a.period));
-    for i in readings {
-        let text = match lang {
-            Lang::Nl => i.nl.as_ref().or(i.en.as_ref()),
-            Lang::En => i.en.as_ref().or(i.nl.as_ref()),
-        };
-        if let Some(text) = text {
-            let _ = writeln!(
-                out,
-                "<blockquote class=\"duiding\"><p><strong>{} ({}):</strong> {}</p></blockquote>",
-                lang.t("Duiding", "Interpretation"),
-                escape(&i.period),
-                escape(text)
-            );
+    // Each released period of this indicator, newest first: the council's reading, or that
+    // there is none.
+    let mut periods: Vec<&str> = recs.iter().map(|r| r.period.as_str()).collect();
+    periods.sort_unstable_by(|a, b| b.cmp(a));
+    periods.dedup();
+    let mut without: Vec<&str> = Vec::new();
+    for period in periods {
+        let reading = interpretations
+            .iter()
+            .find(|i| i.indicator == ind.id && i.period == period)
+            .and_then(|i| match lang {
+                Lang::Nl => i.nl.as_ref().or(i.en.as_ref()),
+                Lang::En => i.en.as_ref().or(i.nl.as_ref()),
+            });
+        match reading {
+            Some(text) => {
+                let _ = writeln!(
+                    out,
+                    "<blockquote class=\"duiding\"><p><strong>{} ({}, {} {}):</strong> {}</p></blockquote>",
+                    lang.t("Duiding", "Interpretation"),
+                    escape(period),
+                    lang.t("vrijgegeven op", "released on"),
+                    escape(released_on.get(period).copied().unwrap_or("?")),
+                    escape(text)
+                );
+            }
+            None => without.push(period),
         }
+    }
+    if !without.is_empty() {
+        let _ = writeln!(
+            out,
+            "<p class=\"no-duiding\">{} {}.</p>",
+            lang.t(
+                "De expertraad gaf (nog) geen duiding bij",
+                "The expert council gave no interpretation (yet) for"
+            ),
+            escape(&without.join(", "))
+        );
     }
     let _ = writeln!(
         out,

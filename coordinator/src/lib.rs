@@ -15,6 +15,8 @@ pub mod node_client;
 pub mod openapi;
 pub mod proposals;
 pub mod publish;
+pub mod release;
+pub mod rounds;
 pub mod runs;
 pub mod sandbox;
 pub mod secure;

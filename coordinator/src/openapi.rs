@@ -61,9 +61,41 @@ pub const DOCUMENT: &str = r##"{
         }
       }
     },
+    "/v1/rounds": {
+      "post": {
+        "summary": "Start or resume a quarter's publication round: a run of every approved indicator for the quarter (annual indicators in the fourth quarter's round, over the whole year). Runs running or done are kept; failed and partial ones run again; indicators approved since are added. Results are under embargo until released.",
+        "security": [{ "researcher": [] }],
+        "requestBody": { "required": true, "content": { "application/json": { "schema": { "type": "object", "required": ["quarter"], "additionalProperties": false,
+          "properties": { "quarter": { "type": "string", "example": "2024Q3" } } } } } },
+        "responses": { "202": { "description": "The round (as GET) plus `started` (runs started now) and `skipped` (indicators no configured node serves)" },
+          "400": { "description": "Bad body or not a quarter" }, "401": { "description": "No bearer token" }, "403": { "description": "Not a researcher token" },
+          "413": { "description": "Body too large" } }
+      }
+    },
+    "/v1/rounds/{quarter}": {
+      "get": {
+        "summary": "A round: its runs and their state, finished/total, state (running, finished, released), the last release and the reviewers who released the current figures so far",
+        "security": [{ "researcher": [] }, { "reviewer": [] }, { "admin": [] }],
+        "parameters": [{ "name": "quarter", "in": "path", "required": true, "schema": { "type": "string", "example": "2024Q3" } }],
+        "responses": { "200": { "description": "The round" }, "400": { "description": "Not a quarter" }, "401": { "description": "No bearer token" }, "403": { "description": "Token refused" },
+          "404": { "description": "The round was never started" } }
+      }
+    },
+    "/v1/rounds/{quarter}/release": {
+      "post": {
+        "summary": "A reviewer releases the round's current figures (the quarter's, and in a fourth quarter the year's); with publication.required_releases reviewers' releases of the same figures they become public: in /v1/indicators without a token, its CSV and the dashboard. Audited, refusals too.",
+        "security": [{ "reviewer": [] }],
+        "parameters": [{ "name": "quarter", "in": "path", "required": true, "schema": { "type": "string", "example": "2024Q3" } }],
+        "responses": { "200": { "description": "status released (public from now) or unchanged (these figures were already public)" },
+          "202": { "description": "status awaiting_releases: recorded, more reviewers must release" },
+          "400": { "description": "Not a quarter" }, "401": { "description": "No bearer token" }, "403": { "description": "Not a reviewer token" },
+          "409": { "description": "nothing_to_release (no published figures for the round) or round_unfinished (runs still going)" },
+          "500": { "description": "The audit log could not be written" } }
+      }
+    },
     "/v1/indicators": {
       "get": {
-        "summary": "Published national indicators (public)",
+        "summary": "National indicators. Without a token: released rounds only (the public view). With any valid token: every published result, embargoed ones too, each record with `released`; the CSV then has a last column `released`. Both carry `releases` (quarter, periods, released_at).",
         "parameters": [
           { "name": "format", "in": "query", "schema": { "type": "string", "enum": ["json", "csv"] } },
           { "name": "indicator", "in": "query", "schema": { "type": "string" } }
@@ -71,7 +103,8 @@ pub const DOCUMENT: &str = r##"{
         "responses": {
           "200": { "description": "Published records, rounded or suppressed by the catalog's publication rules",
                    "content": { "application/json": {}, "text/csv": {} } },
-          "400": { "description": "Unknown format" }
+          "400": { "description": "Unknown format" },
+          "401": { "description": "A malformed Authorization header" }, "403": { "description": "A token that is not valid" }
         }
       }
     },

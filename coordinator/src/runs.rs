@@ -87,6 +87,10 @@ pub struct Runner {
     /// a run finishes (its spend is not in there yet).
     budgets: std::sync::Mutex<BTreeMap<String, policies::wire::BudgetStatus>>,
     budgets_stale: std::sync::atomic::AtomicBool,
+    /// Held while a publication round is started (see [`crate::rounds`]).
+    pub(crate) round_start: std::sync::Mutex<()>,
+    /// Reviewers whose release makes a round public (`publication.required_releases`).
+    pub required_releases: usize,
 }
 
 impl Runner {
@@ -141,6 +145,8 @@ impl Runner {
             secure_config: cfg.secure.clone(),
             budgets: std::sync::Mutex::new(BTreeMap::new()),
             budgets_stale: std::sync::atomic::AtomicBool::new(true),
+            round_start: std::sync::Mutex::new(()),
+            required_releases: cfg.publication.required_releases,
         })
     }
 

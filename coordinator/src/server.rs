@@ -4,6 +4,7 @@
 mod governance;
 mod operations;
 mod publication;
+mod rounds;
 mod runs;
 mod tokens;
 
@@ -136,6 +137,13 @@ fn routes() -> Vec<(&'static str, Method, MethodRouter<Arc<AppState>>)> {
     vec![
         ("/v1/runs", Method::POST, post(runs::create_run)),
         ("/v1/runs/{id}", Method::GET, get(runs::get_run)),
+        ("/v1/rounds", Method::POST, post(rounds::start_round)),
+        ("/v1/rounds/{quarter}", Method::GET, get(rounds::get_round)),
+        (
+            "/v1/rounds/{quarter}/release",
+            Method::POST,
+            post(rounds::release_round),
+        ),
         (
             "/v1/indicators",
             Method::GET,

@@ -23,7 +23,7 @@ pub enum StoreError {
 }
 
 /// Schema version this build writes; a store from a newer build is refused.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 const V1: &str = "CREATE TABLE IF NOT EXISTS runs (
         id TEXT PRIMARY KEY,
@@ -100,7 +100,7 @@ impl RunStatus {
         }
     }
 
-    fn parse(s: &str) -> RunStatus {
+    pub(crate) fn parse(s: &str) -> RunStatus {
         match s {
             "pending" => RunStatus::Pending,
             "running" => RunStatus::Running,
@@ -241,6 +241,11 @@ impl RunStore {
         if version < 1 {
             tx.execute_batch(V1)?;
             tx.execute_batch(crate::proposals::SCHEMA)?;
+        }
+        // Version 2: publication rounds and the embargo; what was public stays public.
+        if version < 2 {
+            tx.execute_batch(crate::release::SCHEMA_V2)?;
+            crate::release::carry_over_public(&tx, &stamp(clock.now()))?;
         }
         tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         tx.commit()?;
@@ -707,7 +712,24 @@ mod tests {
         assert_eq!(before["runs"].len(), 3);
         assert_eq!(before["proposals"].len(), 3);
         let store = RunStore::open(&path).unwrap();
-        assert_eq!(dump(&store.conn().unwrap()), before);
+        let after = dump(&store.conn().unwrap());
+        let old_tables = |d: &BTreeMap<String, Vec<String>>| {
+            d.iter()
+                .filter(|(t, _)| before.contains_key(*t))
+                .map(|(t, r)| (t.clone(), r.clone()))
+                .collect::<BTreeMap<_, _>>()
+        };
+        assert_eq!(old_tables(&after), before);
+        // Version 2: what was published was public, and stays public (carried into `released`,
+        // each of its rounds released "before the embargo").
+        assert_eq!(store.released().unwrap(), store.published().unwrap());
+        let releases = store.releases().unwrap();
+        assert!(!releases.is_empty());
+        assert!(
+            releases
+                .iter()
+                .all(|r| r.reviewers == [crate::release::BEFORE_EMBARGO])
+        );
         let version: i64 = store
             .conn()
             .unwrap()
@@ -721,7 +743,7 @@ mod tests {
         drop(store);
         // Reopening changes nothing more; a store from a newer build is refused.
         let store = RunStore::open(&path).unwrap();
-        assert_eq!(dump(&store.conn().unwrap()), before);
+        assert_eq!(dump(&store.conn().unwrap()), after);
         store
             .conn()
             .unwrap()

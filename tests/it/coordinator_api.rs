@@ -126,14 +126,19 @@ async fn researcher_api_authenticates_runs_combine_exactly_and_publish() {
     let after = budget(&as_coordinator, &p1.url).await;
     assert_eq!(before["rho_spent"], after["rho_spent"]);
 
-    // Public endpoints, no token needed.
-    let published: serde_json::Value = get_json(&c, format!("{url}/v1/indicators")).await;
+    // Under embargo until a reviewer releases the quarter: nothing public, all of it for a
+    // token holder (tests/it/publication_round.rs follows the release).
+    let public: serde_json::Value = get_json(&c, format!("{url}/v1/indicators")).await;
+    assert_eq!(public["indicators"], serde_json::json!([]), "{public}");
+    let published: serde_json::Value =
+        get_json_as(&c, RESEARCHER_TOKEN, format!("{url}/v1/indicators")).await;
     let ind = &published["indicators"][0];
     assert_eq!(ind["id"], "care.unique_youths");
     assert_eq!(ind["records"].as_array().unwrap().len(), 2);
     assert_eq!(ind["records"][0]["complete"], true);
     let csv = c
         .get(format!("{url}/v1/indicators?format=csv"))
+        .bearer_auth(RESEARCHER_TOKEN)
         .send()
         .await
         .unwrap();
@@ -290,7 +295,12 @@ async fn one_node_down_is_stated_in_every_record_and_publication_follows_quorum(
             (Some(2), Some(3))
         );
     }
-    let published: serde_json::Value = get_json(&c, format!("{}/v1/indicators", lenient.url)).await;
+    let published: serde_json::Value = get_json_as(
+        &c,
+        RESEARCHER_TOKEN,
+        format!("{}/v1/indicators", lenient.url),
+    )
+    .await;
     for r in published["indicators"][0]["records"].as_array().unwrap() {
         assert_eq!(
             r["complete"], false,
@@ -306,6 +316,11 @@ async fn one_node_down_is_stated_in_every_record_and_publication_follows_quorum(
         run["error"].as_str().unwrap().contains("below quorum"),
         "{run}"
     );
-    let published: serde_json::Value = get_json(&c, format!("{}/v1/indicators", strict.url)).await;
+    let published: serde_json::Value = get_json_as(
+        &c,
+        RESEARCHER_TOKEN,
+        format!("{}/v1/indicators", strict.url),
+    )
+    .await;
     assert_eq!(published["indicators"].as_array().unwrap().len(), 0);
 }

@@ -11,21 +11,15 @@ fn token(config: &std::path::Path, args: &[&str]) -> std::process::Output {
     run(&all)
 }
 
-fn create(config: &std::path::Path, role: &str, name: &str) -> String {
-    let out = token(config, &["create", "--role", role, "--name", name]);
-    assert!(out.status.success(), "{out:?}");
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
 #[tokio::test]
 async fn authorization_matrix_cell_by_cell_and_token_lifecycle() {
     let dir = federation_fixture(1);
     let (_node, cfg) = mtls_node_and_coordinator_config(dir.path());
     // Tokens made before the coordinator starts and after (it reads the store per request).
-    let researcher = create(&cfg, "researcher", "Rita Researcher");
+    let researcher = create_token(&cfg, "researcher", "Rita Researcher");
     let coordinator = ServerProcess::start_coordinator(&cfg);
-    let reviewer = create(&cfg, "reviewer", "Rob Reviewer");
-    let admin = create(&cfg, "admin", "Ada Admin");
+    let reviewer = create_token(&cfg, "reviewer", "Rob Reviewer");
+    let admin = create_token(&cfg, "admin", "Ada Admin");
     assert!(researcher.starts_with("stroom_") && researcher.len() > 40);
     let url = &coordinator.url;
     let c = client(dir.path());
@@ -49,6 +43,20 @@ async fn authorization_matrix_cell_by_cell_and_token_lifecycle() {
         (
             "PUT",
             "/v1/indicators/care.unique_youths/2024Q1/interpretation".into(),
+            [401, 403, 200, 403],
+        ),
+        // Rounds: the run request is not a round request (400 for a researcher); nothing
+        // started for 2031Q1; 2024Q1 has the run above, which a reviewer's release makes public.
+        ("POST", "/v1/rounds".into(), [401, 400, 403, 403]),
+        ("GET", "/v1/rounds/2031Q1".into(), [401, 404, 404, 404]),
+        (
+            "POST",
+            "/v1/rounds/2031Q1/release".into(),
+            [401, 403, 409, 403],
+        ),
+        (
+            "POST",
+            "/v1/rounds/2024Q1/release".into(),
             [401, 403, 200, 403],
         ),
         ("GET", "/v1/tokens".into(), [401, 403, 403, 200]),
@@ -238,7 +246,7 @@ async fn authorization_matrix_cell_by_cell_and_token_lifecycle() {
     assert!(!again.status.success(), "revoking twice is refused");
 
     // Expiry: a token whose time has passed is refused.
-    let late = create(&cfg, "researcher", "Late Larry");
+    let late = create_token(&cfg, "researcher", "Late Larry");
     let store = rusqlite::Connection::open(dir.path().join("coordinator.sqlite")).unwrap();
     store
         .execute(

@@ -1,4 +1,5 @@
-//! The public dashboard in a real browser: `stroom demo --serve` publishes the whole catalog, and
+//! The public dashboard in a real browser: `stroom demo --serve` publishes the whole catalog (its
+//! reviewer releases every round), an interpretation is added and a quarter left under embargo, and
 //! Debian's headless Chromium, driven through chromedriver, reads the page as a visitor would.
 //! Screenshots go to `target/dashboard-screenshots/` (ignored by git) for a person to look at.
 
@@ -140,6 +141,94 @@ async fn visit(
         errors(&console)
     );
     std::fs::write(shots.join("dashboard-nl.png"), session.screenshot().await).unwrap();
+
+    // The embargo in the browser: the demo released its rounds (2023Q1–2024Q4). A reviewer now
+    // interprets the first freedom-restriction indicator for 2024Q4, and a researcher runs it for
+    // 2022Q4, a round nobody releases. The page shows the reading with the release date and says
+    // which quarters have none; 2022Q4 is nowhere on it, though a reviewer sees it in the API.
+    let first = session
+        .find_all("#theme-vrijheidsbeperking article")
+        .await
+        .into_iter()
+        .next()
+        .expect("a freedom-restriction indicator");
+    let anchor = session.attribute(&first, "id").await.expect("its anchor");
+    let indicator = anchor.replacen('-', ".", 1);
+    let api = client(out);
+    let researcher = std::fs::read_to_string(out.join("researcher.token")).unwrap();
+    let reviewer = std::fs::read_to_string(out.join("reviewer.token")).unwrap();
+    let started: serde_json::Value = api
+        .post(format!("{base}/v1/runs"))
+        .bearer_auth(researcher.trim())
+        .json(&serde_json::json!({ "indicator": indicator, "period": "2022Q4" }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let run = started["id"].as_str().expect("run id").to_string();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        let body = get_json_as(&api, researcher.trim(), format!("{base}/v1/runs/{run}")).await;
+        if body["status"] == "done" {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "run: {body}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let reading = "Minder dan vorig jaar; de daling zit vooral bij de grote aanbieders.";
+    let put = api
+        .put(format!(
+            "{base}/v1/indicators/{indicator}/2024Q4/interpretation"
+        ))
+        .bearer_auth(reviewer.trim())
+        .json(&serde_json::json!({ "nl": reading }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), 200);
+    let seen = get_json_as(
+        &api,
+        reviewer.trim(),
+        format!("{base}/v1/indicators?indicator={indicator}"),
+    )
+    .await;
+    let embargoed: Vec<&serde_json::Value> = seen["indicators"][0]["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["period"] == "2022Q4")
+        .collect();
+    assert!(
+        !embargoed.is_empty() && embargoed.iter().all(|r| r["released"] == false),
+        "a reviewer sees the embargoed quarter, marked: {seen}"
+    );
+    session.goto(dashboard).await;
+    let article = session.find(&format!("#{anchor}")).await;
+    let readings = session.find_within(&article, "blockquote.duiding").await;
+    assert_eq!(readings.len(), 1, "one interpretation on {anchor}");
+    let shown = session.text(&readings[0]).await;
+    assert!(
+        shown.contains(reading) && shown.contains("2024Q4") && shown.contains("vrijgegeven op"),
+        "{shown}"
+    );
+    let none = session.find_within(&article, ".no-duiding").await;
+    assert_eq!(none.len(), 1);
+    let none = session.text(&none[0]).await;
+    assert!(
+        none.contains("2024Q3") && none.contains("2023Q1") && !none.contains("2024Q4"),
+        "the quarters without interpretation: {none}"
+    );
+    let releases = session.text(&session.find("#releases").await).await;
+    assert!(
+        releases.contains("2024Q4") && releases.contains("2023Q1"),
+        "{releases}"
+    );
+    assert!(
+        !session.source().await.contains("2022Q4"),
+        "the embargoed quarter is on the public page"
+    );
 
     // The providers' spend per data year, as they reported it after the demo's runs (2023 and
     // 2024 data): one row per provider and year.
@@ -293,6 +382,10 @@ async fn visit(
             )
         })
         .collect();
+    assert!(
+        got.iter().all(|r| r.0 != "2022Q4"),
+        "the embargoed quarter is in the public CSV"
+    );
     got.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
     expected.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
     assert!(!expected.is_empty());

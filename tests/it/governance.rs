@@ -26,22 +26,7 @@ fn keygen(dir: &Path, name: &str) -> String {
 }
 
 fn token(cfg: &Path, role: &str, name: &str, public_key: Option<&str>) -> String {
-    let mut args = vec![
-        "token",
-        "create",
-        "--role",
-        role,
-        "--name",
-        name,
-        "--config",
-        cfg.to_str().unwrap(),
-    ];
-    if let Some(k) = public_key {
-        args.extend(["--public-key", k]);
-    }
-    let out = run(&args);
-    assert!(out.status.success(), "{out:?}");
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
+    create_token_with_key(cfg, role, name, public_key)
 }
 
 /// `stroom ARGS` as a coordinator client with `token`.
@@ -533,8 +518,9 @@ async fn propose_dry_run_approve_verify_run_publish_and_every_refusal() {
         )
     };
     assert_eq!(status, 200, "{body}");
-    let published = get_json(
+    let published = get_json_as(
         &c,
+        &carol,
         format!("{url}/v1/indicators?indicator=research.running_away"),
     )
     .await;

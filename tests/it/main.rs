@@ -21,5 +21,6 @@ mod node_startup;
 mod node_tls;
 mod policy_check;
 mod postgres;
+mod publication_round;
 mod researcher_cli;
 mod secure_aggregation;

@@ -4,23 +4,6 @@
 
 use crate::support::*;
 
-fn cli(
-    dir: &std::path::Path,
-    url: &str,
-    token: Option<&str>,
-    args: &[&str],
-) -> std::process::Output {
-    let mut cmd = stroom();
-    cmd.args(args)
-        .env("STROOM_COORDINATOR", url)
-        .env("STROOM_CA", dir.join("certs/ca.crt"))
-        .env_remove("STROOM_TOKEN");
-    if let Some(t) = token {
-        cmd.env("STROOM_TOKEN", t);
-    }
-    cmd.output().expect("run stroom")
-}
-
 #[test]
 fn run_results_and_budget_from_the_command_line() {
     let dir = federation_fixture(1);

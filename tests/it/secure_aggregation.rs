@@ -391,8 +391,9 @@ async fn dropouts_within_t_publish_with_the_real_variance_and_beyond_t_nothing()
         (half - 1.959_963_984_540_054 * three.sqrt()).abs() < 1e-6,
         "the variance of the three reports that count"
     );
-    let public = get_json(
+    let public = get_json_as(
         &c,
+        RESEARCHER_TOKEN,
         format!(
             "{}/v1/indicators?indicator=care.unique_youths",
             coordinator.url
@@ -417,10 +418,15 @@ async fn dropouts_within_t_publish_with_the_real_variance_and_beyond_t_nothing()
         run["results"].as_array().is_none_or(|r| r.is_empty()),
         "{run}"
     );
-    let public = get_json(&c, format!("{}/v1/indicators", coordinator.url)).await;
+    let public = get_json_as(
+        &c,
+        RESEARCHER_TOKEN,
+        format!("{}/v1/indicators", coordinator.url),
+    )
+    .await;
     assert!(
         !public.to_string().contains("2024Q2"),
-        "nothing of the failed run is public: {public}"
+        "nothing of the failed run is published, not even under embargo: {public}"
     );
 }
 

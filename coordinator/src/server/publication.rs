@@ -88,14 +88,19 @@ pub(super) fn csv_field(x: Option<f64>) -> String {
     x.map(|v| v.to_string()).unwrap_or_default()
 }
 
-pub fn published_csv(records: &[Published]) -> String {
-    let mut csv = String::from(CSV_HEADER);
-    for r in records {
+/// The records as CSV; with `released` (the token holders' view) a last column says whether each
+/// record is public.
+pub fn published_csv(records: &[Published], released: Option<&[bool]>) -> String {
+    let mut csv = match released {
+        None => String::from(CSV_HEADER),
+        Some(_) => format!("{},released\n", CSV_HEADER.trim_end()),
+    };
+    for (i, r) in records.iter().enumerate() {
         let group = serde_json::to_string(&r.group)
             .unwrap_or_default()
             .replace('"', "\"\"");
         csv.push_str(&format!(
-            "{},{},\"{}\",{},{},{},{},{},{},{},{}\n",
+            "{},{},\"{}\",{},{},{},{},{},{},{},{}",
             r.indicator,
             r.period,
             group,
@@ -108,8 +113,57 @@ pub fn published_csv(records: &[Published]) -> String {
             r.complete,
             r.rho
         ));
+        if let Some(flags) = released {
+            csv.push_str(&format!(",{}", flags.get(i).copied().unwrap_or(false)));
+        }
+        csv.push('\n');
     }
     csv
+}
+
+/// What one reader may see: the public sees released rounds only; a token holder (researcher,
+/// reviewer, admin) also sees embargoed results, each marked.
+struct View {
+    records: Vec<Published>,
+    /// Per record, for token holders: whether it is public.
+    released: Option<Vec<bool>>,
+    interpretations: Vec<crate::store::Interpretation>,
+    releases: Vec<crate::release::Release>,
+}
+
+fn view(store: &crate::store::RunStore, embargoed_too: bool) -> Result<View, ApiError> {
+    let public = store.released()?;
+    let releases = store.releases()?;
+    let released_periods: std::collections::BTreeSet<&str> = releases
+        .iter()
+        .flat_map(|r| r.periods.iter().map(String::as_str))
+        .collect();
+    let mut interpretations = store.interpretations()?;
+    Ok(if embargoed_too {
+        let records = store.published()?;
+        let key = |r: &Published| (r.indicator.clone(), r.period.clone(), r.group.clone());
+        let public: std::collections::BTreeMap<_, &Published> =
+            public.iter().map(|r| (key(r), r)).collect();
+        let released = records
+            .iter()
+            .map(|r| public.get(&key(r)).is_some_and(|p| *p == r))
+            .collect();
+        View {
+            records,
+            released: Some(released),
+            interpretations,
+            releases,
+        }
+    } else {
+        // An interpretation is public with its round, not before.
+        interpretations.retain(|i| released_periods.contains(i.period.as_str()));
+        View {
+            records: public,
+            released: None,
+            interpretations,
+            releases,
+        }
+    })
 }
 
 pub(super) async fn list_indicators(
@@ -117,14 +171,30 @@ pub(super) async fn list_indicators(
     headers: HeaderMap,
     Query(q): Query<ListQuery>,
 ) -> Result<Response, ApiError> {
+    // No token: the public view. A token that is sent must be valid.
+    let embargoed_too = headers.contains_key(header::AUTHORIZATION);
+    if embargoed_too {
+        authorize(&state, &headers, ANY_ROLE)?;
+    }
     let runner = state.runner.clone();
-    let records = tokio::task::spawn_blocking(move || runner.store.published())
+    let mut v = tokio::task::spawn_blocking(move || view(&runner.store, embargoed_too))
         .await
         .map_err(ApiError::join)??;
-    let records: Vec<Published> = records
-        .into_iter()
-        .filter(|r| q.indicator.as_ref().is_none_or(|i| *i == r.indicator))
-        .collect();
+    if let Some(wanted) = &q.indicator {
+        let keep = |r: &Published| r.indicator == *wanted;
+        match v.released.take() {
+            Some(flags) => {
+                let (records, flags): (Vec<_>, Vec<_>) = std::mem::take(&mut v.records)
+                    .into_iter()
+                    .zip(flags)
+                    .filter(|(r, _)| keep(r))
+                    .unzip();
+                v.records = records;
+                v.released = Some(flags);
+            }
+            None => v.records.retain(keep),
+        }
+    }
     let wants_csv = match q.format.as_deref() {
         Some("csv") => true,
         Some("json") | None => headers
@@ -140,16 +210,22 @@ pub(super) async fn list_indicators(
     Ok(if wants_csv {
         (
             [(header::CONTENT_TYPE, "text/csv; charset=utf-8")],
-            published_csv(&records),
+            published_csv(&v.records, v.released.as_deref()),
         )
             .into_response()
     } else {
         let catalog = state.runner.catalog();
-        let interpretations = state.runner.store.interpretations().unwrap_or_default();
+        let record_json = |i: usize, r: &Published| {
+            let mut value = serde_json::to_value(r).unwrap_or_default();
+            if let Some(flags) = &v.released {
+                value["released"] = serde_json::json!(flags.get(i).copied().unwrap_or(false));
+            }
+            value
+        };
         let indicators: Vec<serde_json::Value> = catalog
             .indicators
             .values()
-            .filter(|i| records.iter().any(|r| r.indicator == i.id))
+            .filter(|i| v.records.iter().any(|r| r.indicator == i.id))
             .map(|i| {
                 serde_json::json!({
                     "id": i.id,
@@ -157,13 +233,15 @@ pub(super) async fn list_indicators(
                     "title": i.title,
                     "definition": i.definition,
                     "content_hash": i.content_hash,
-                    "records": records.iter().filter(|r| r.indicator == i.id).collect::<Vec<_>>(),
-                    "interpretations": interpretations.iter().filter(|x| x.indicator == i.id).collect::<Vec<_>>(),
+                    "records": v.records.iter().enumerate().filter(|(_, r)| r.indicator == i.id).map(|(n, r)| record_json(n, r)).collect::<Vec<_>>(),
+                    "interpretations": v.interpretations.iter().filter(|x| x.indicator == i.id).collect::<Vec<_>>(),
                 })
             })
             .collect();
         Json(serde_json::json!({
             "note": "Intervals are 95% and cover the differential-privacy noise only.",
+            "view": if v.released.is_some() { "embargoed results included (token holder)" } else { "public: released rounds only" },
+            "releases": v.releases,
             "indicators": indicators,
         }))
         .into_response()
@@ -181,14 +259,10 @@ pub(super) async fn dashboard(
     Query(q): Query<DashboardQuery>,
 ) -> Result<Response, ApiError> {
     let runner = state.runner.clone();
-    let (records, interpretations) = tokio::task::spawn_blocking(move || {
-        Ok::<_, crate::store::StoreError>((
-            runner.store.published()?,
-            runner.store.interpretations()?,
-        ))
-    })
-    .await
-    .map_err(ApiError::join)??;
+    // The public page: released rounds only, whoever asks.
+    let v = tokio::task::spawn_blocking(move || view(&runner.store, false))
+        .await
+        .map_err(ApiError::join)??;
     let lang = crate::dashboard::Lang::parse(q.lang.as_deref());
     // Budgets as nodes last reported them; after a run, asked again (briefly waited for).
     let budgets = state
@@ -197,8 +271,9 @@ pub(super) async fn dashboard(
         .await;
     let html = crate::dashboard::render(
         &state.runner.catalog(),
-        &records,
-        &interpretations,
+        &v.records,
+        &v.interpretations,
+        &v.releases,
         &budgets,
         lang,
     );

@@ -295,6 +295,55 @@ pub async fn wait_for_run(c: &reqwest::Client, url: &str, id: &str) -> serde_jso
     }
 }
 
+/// `stroom ARGS` toward the coordinator at `url` (CA from `dir/certs`), with `token` as
+/// `STROOM_TOKEN` (none: unset).
+pub fn cli(
+    dir: &std::path::Path,
+    url: &str,
+    token: Option<&str>,
+    args: &[&str],
+) -> std::process::Output {
+    let mut cmd = stroom();
+    cmd.args(args)
+        .env("STROOM_COORDINATOR", url)
+        .env("STROOM_CA", dir.join("certs/ca.crt"))
+        .env_remove("STROOM_TOKEN");
+    if let Some(t) = token {
+        cmd.env("STROOM_TOKEN", t);
+    }
+    cmd.output().expect("run stroom")
+}
+
+/// `stroom token create --role ROLE --name NAME` in the coordinator's store; the token printed.
+pub fn create_token(config: &Path, role: &str, name: &str) -> String {
+    create_token_with_key(config, role, name, None)
+}
+
+/// [`create_token`], for a reviewer with the ed25519 public key approvals are checked against.
+pub fn create_token_with_key(
+    config: &Path,
+    role: &str,
+    name: &str,
+    public_key: Option<&str>,
+) -> String {
+    let mut args = vec![
+        "token",
+        "create",
+        "--role",
+        role,
+        "--name",
+        name,
+        "--config",
+        config.to_str().expect("utf8 path"),
+    ];
+    if let Some(k) = public_key {
+        args.extend(["--public-key", k]);
+    }
+    let out = run(&args);
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
 /// Node P01 with mutual TLS, started, and a coordinator config (not started) pointing at it.
 pub fn mtls_node_and_coordinator_config(dir: &Path) -> (ServerProcess, PathBuf) {
     let node = ServerProcess::start(&node_config(
