@@ -373,11 +373,20 @@ pub async fn run(opts: DemoOptions) -> Result<()> {
         .build()?;
 
     let period: Period = DEMO_PERIOD.parse()?;
-    eprintln!(
-        "5/5 {} runs ({} indicators × {} quarters) through {base_url}",
-        catalog.indicators.len(),
-        catalog.indicators.len(),
+    let annual = catalog
+        .indicators
+        .values()
+        .filter(|i| catalog.time_grain(i) == TimeGrain::Year)
+        .count();
+    let years = TimeGrain::Year.release_periods(&period).len();
+    let grains = format!(
+        "{} indicators × {} quarters, {annual} annual × {years} years",
+        catalog.indicators.len() - annual,
         period.quarters().len()
+    );
+    eprintln!(
+        "5/5 {} runs ({grains}) through {base_url}",
+        catalog.indicators.len()
     );
     let mut runs = Vec::new();
     for ind in catalog.indicators.values() {
@@ -465,10 +474,8 @@ pub async fn run(opts: DemoOptions) -> Result<()> {
         }
     );
     println!(
-        "\n{} national records for {} indicators × {} quarters in {:.1}s; {} run(s) incomplete.\nWrote {}, {} and {}; the servers' logs are in {}.\nIntervals are 95% and cover the differential-privacy noise only.",
+        "\n{} national records ({grains}) in {:.1}s; {} run(s) incomplete.\nWrote {}, {} and {}; the servers' logs are in {}.\nIntervals are 95% and cover the differential-privacy noise only.",
         records.len(),
-        catalog.indicators.len(),
-        period.quarters().len(),
         started.elapsed().as_secs_f64(),
         failed.len(),
         out.join("national.json").display(),
@@ -541,6 +548,8 @@ async fn truth(
     period: &Period,
     records: &[Record],
 ) -> Result<Vec<Truth>> {
+    // The demo has no reference data: its catalog has no per-capita figures.
+    let population = coordinator::reference::Population::none();
     let key =
         |i: &str, p: &str, g: &BTreeMap<String, String>| (i.to_string(), p.to_string(), g.clone());
     let mut exact_by_key = BTreeMap::new();
@@ -583,10 +592,10 @@ async fn truth(
             if catalog.time_grain(ind) != grain {
                 continue;
             }
-            for r in publish::records(catalog, ind, &quarter.to_string(), &exact) {
+            for r in publish::records(catalog, ind, &quarter.to_string(), &exact, &population) {
                 exact_by_key.insert(key(&r.indicator, &r.period, &r.group), r.estimate);
             }
-            for r in publish::records(catalog, ind, &quarter.to_string(), &bounded) {
+            for r in publish::records(catalog, ind, &quarter.to_string(), &bounded, &population) {
                 bounded_by_key.insert(key(&r.indicator, &r.period, &r.group), r.estimate);
             }
         }

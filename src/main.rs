@@ -845,6 +845,10 @@ async fn coordinator_serve(config: PathBuf) -> Result<std::process::ExitCode> {
         .await
         .with_context(|| format!("catalog {}", cfg.catalog_dir.display()))?;
     let mut runner = coordinator::runs::Runner::new(&cfg, catalog)?;
+    runner
+        .load_reference(&cfg)
+        .await
+        .context("the reference data")?;
     let gov = &cfg.governance;
     if gov.dry_run_providers > 0 {
         runner.sandbox = Some(Arc::new(sandbox::SyntheticProviders::new(

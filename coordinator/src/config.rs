@@ -27,6 +27,18 @@ pub struct CoordinatorConfig {
     pub secure: SecureConfig,
     #[serde(default)]
     pub publication: PublicationConfig,
+    #[serde(default)]
+    pub reference: ReferenceConfig,
+}
+
+/// Public reference data (see [`crate::reference`]).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReferenceConfig {
+    /// CSV of population per year and age group, the denominators of per-capita indicators;
+    /// unset refuses every per-capita run.
+    #[serde(default)]
+    pub population: Option<PathBuf>,
 }
 
 /// The embargo: a round's results become public when this many reviewers have released them.
@@ -259,6 +271,7 @@ const KEYS: &[&str] = &[
     "governance",
     "secure",
     "publication",
+    "reference",
 ];
 
 /// Hex sha256 of a bearer token, as stored in the config.
@@ -284,6 +297,7 @@ impl CoordinatorConfig {
         ]
         .into_iter()
         .chain(cfg.secure.verify_key.as_mut())
+        .chain(cfg.reference.population.as_mut())
         {
             if p.is_relative() {
                 *p = base.join(&*p);

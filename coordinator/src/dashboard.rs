@@ -345,6 +345,7 @@ pub fn render(
     records: &[Published],
     interpretations: &[Interpretation],
     releases: &[Release],
+    population: Option<&crate::reference::Source>,
     budgets: &BTreeMap<String, BudgetStatus>,
     lang: Lang,
 ) -> String {
@@ -477,6 +478,7 @@ table {{ border-collapse: collapse; font-size: .9rem; }} td, th {{ border: 1px s
                 recs,
                 interpretations,
                 &released_on,
+                population,
                 lang,
             ));
         }
@@ -611,6 +613,7 @@ fn indicator_block(
     recs: &[&Published],
     interpretations: &[Interpretation],
     released_on: &BTreeMap<&str, &str>,
+    population: Option<&crate::reference::Source>,
     lang: Lang,
 ) -> String {
     let title = if lang == Lang::Nl {
@@ -674,6 +677,19 @@ fn indicator_block(
         table(&s, lang)
     );
     let _ = writeln!(out, "<p>{}</p>", escape(&cost_words(ind, catalog, lang)));
+    // A per-capita figure's denominator is public data, cited as its licence asks.
+    if let (policies::Body::Derived(policies::Derived::PerCapita { .. }), Some(src)) =
+        (&ind.body, population)
+    {
+        let _ = writeln!(
+            out,
+            "<p class=\"bron\">{}: {}, {}, {}</p>",
+            lang.t("Bevolking", "Population"),
+            escape(&src.source),
+            escape(&src.retrieved),
+            escape(&src.licence)
+        );
+    }
     // Each released period of this indicator, newest first: the council's reading, or that
     // there is none.
     let mut periods: Vec<&str> = recs.iter().map(|r| r.period.as_str()).collect();

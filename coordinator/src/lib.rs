@@ -15,6 +15,7 @@ pub mod node_client;
 pub mod openapi;
 pub mod proposals;
 pub mod publish;
+pub mod reference;
 pub mod release;
 pub mod rounds;
 pub mod runs;

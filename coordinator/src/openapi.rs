@@ -95,7 +95,7 @@ pub const DOCUMENT: &str = r##"{
     },
     "/v1/indicators": {
       "get": {
-        "summary": "National indicators. Without a token: released rounds only (the public view). With any valid token: every published result, embargoed ones too, each record with `released`; the CSV then has a last column `released`. Both carry `releases` (quarter, periods, released_at).",
+        "summary": "National indicators. Without a token: released rounds only (the public view). With any valid token: every published result, embargoed ones too, each record with `released`; the CSV then has a last column `released`. Both carry `releases` (quarter, periods, released_at) and `reference.population` (source, retrieved, licence of the population per-capita figures divide by, or null).",
         "parameters": [
           { "name": "format", "in": "query", "schema": { "type": "string", "enum": ["json", "csv"] } },
           { "name": "indicator", "in": "query", "schema": { "type": "string" } }

@@ -5,6 +5,7 @@
 
 use crate::combine::{self, Interval};
 use crate::national::{BaseResult, CellSum};
+use crate::reference::Population;
 use policies::indicator::MeasureKind;
 use policies::{Aggregate, Catalog, Derived, Indicator};
 use serde::{Deserialize, Serialize};
@@ -166,6 +167,14 @@ pub fn range(catalog: &Catalog, ind: &Indicator) -> (f64, f64) {
                 (f64::NEG_INFINITY, f64::INFINITY)
             }
         }
+        policies::Body::Derived(Derived::PerCapita { numerator, .. }) => {
+            match catalog.get(numerator) {
+                Some(n) if n.query().is_some() && range(catalog, n).0 >= 0.0 => {
+                    (0.0, f64::INFINITY)
+                }
+                Some(_) | None => (f64::NEG_INFINITY, f64::INFINITY),
+            }
+        }
         policies::Body::Derived(Derived::Quantile { histogram, .. }) => {
             match catalog
                 .get(histogram)
@@ -197,9 +206,10 @@ pub fn records(
     indicator: &Indicator,
     quarter: &str,
     base: &BTreeMap<String, BaseResult>,
+    population: &Population,
 ) -> Vec<Record> {
     let bounds = range(catalog, indicator);
-    unclamped_records(catalog, indicator, quarter, base)
+    unclamped_records(catalog, indicator, quarter, base, population)
         .into_iter()
         .map(|r| Record {
             estimate: clamp(r.estimate, bounds),
@@ -218,6 +228,7 @@ fn unclamped_records(
     indicator: &Indicator,
     quarter: &str,
     base: &BTreeMap<String, BaseResult>,
+    population: &Population,
 ) -> Vec<Record> {
     let mut out = Vec::new();
     let salt = |period: &str, group: &BTreeMap<String, String>| {
@@ -301,6 +312,39 @@ fn unclamped_records(
                     n.providers_reporting.min(d.providers_reporting),
                     n.providers_total.max(d.providers_total),
                     rho,
+                ));
+            }
+        }
+        policies::Body::Derived(Derived::PerCapita {
+            numerator,
+            population: group,
+            per,
+        }) => {
+            let (Some(n), Some(num_ind)) = (base.get(numerator), catalog.get(numerator)) else {
+                return out;
+            };
+            for (key, m) in &n.cells {
+                let (period, breakdown) = split_key(num_ind, &n.group_columns, key, quarter);
+                // The population on 1 January of the figure's year; the run was refused
+                // beforehand when it is missing, so NaN here is only a guard.
+                let scale = crate::release::round_of(&period)
+                    .and_then(|q| population.get(q.year, group))
+                    .map_or(f64::NAN, |people| per / people as f64);
+                let (v, var) = sole_measure(num_ind, m);
+                let i = combine::normal_interval(v, var);
+                let interval = Interval {
+                    estimate: i.estimate * scale,
+                    ci_low: i.ci_low * scale,
+                    ci_high: i.ci_high * scale,
+                };
+                out.push(record(
+                    &indicator.id,
+                    period,
+                    breakdown,
+                    interval,
+                    n.providers_reporting,
+                    n.providers_total,
+                    rho_of(catalog, numerator),
                 ));
             }
         }
@@ -427,6 +471,75 @@ mod tests {
             assert!(clamp(f64::NAN, bounds).is_nan());
         }
         assert_eq!(clamp(177.0, (0.0, 100.0)), 100.0);
+    }
+
+    #[test]
+    fn a_per_capita_figure_is_the_count_and_its_interval_per_10000_of_the_csv_population() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies/catalog");
+        let mut sources: Vec<(std::path::PathBuf, String)> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .map(|p| (p.clone(), std::fs::read_to_string(&p).unwrap()))
+            .collect();
+        sources.push((
+            dir.join("care.per_10000.toml"),
+            r#"id = "care.per_10000"
+theme = "zorg"
+title = { nl = "Jongeren per 10.000", en = "Youths per 10,000" }
+definition = { nl = "Per 10.000 jongeren van 12 tot en met 17 jaar.", en = "Per 10,000 youths aged 12 to 17." }
+derived = { kind = "per_capita", numerator = "care.unique_youths", population = "12-17", per = 10000 }
+"#
+            .into(),
+        ));
+        let catalog = rt.block_on(Catalog::from_sources(&dir, &sources)).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let csv = tmp.path().join("population.csv");
+        std::fs::write(
+            &csv,
+            "# source: test figures (not CBS)\n# retrieved: 2026-12-02\n# licence: CC BY 4.0\nyear,age_group,population\n2024,12-17,1200000\n2024,12-23,2000000\n",
+        )
+        .unwrap();
+        let population = rt.block_on(Population::load(&csv)).unwrap();
+        let count = catalog.get("care.unique_youths").unwrap();
+        let measure = count.query().unwrap().aggregate.measures()[0].name();
+        let cells = |value: f64, variance: f64| {
+            BTreeMap::from([(measure.to_string(), CellSum { value, variance })])
+        };
+        let base = BTreeMap::from([(
+            "care.unique_youths".to_string(),
+            BaseResult {
+                indicator: "care.unique_youths".into(),
+                quarter: "2024Q3".into(),
+                group_columns: vec!["quarter".into()],
+                cells: vec![(vec!["2024Q3".to_string()], cells(900.0, 25.0))],
+                providers_reporting: 11,
+                providers_total: 11,
+            },
+        )]);
+        let ind = catalog.get("care.per_10000").unwrap();
+        let [r] = records(&catalog, ind, "2024Q3", &base, &population)
+            .try_into()
+            .unwrap();
+        // By hand: 900 youths among 1,200,000 aged 12–17 is 7.5 per 10,000; the interval is the
+        // count's (900 ± 1.96 × 5) on the same scale; the cost is the count's.
+        let scale = 10000.0 / 1_200_000.0;
+        let z = 1.959_963_984_540_054;
+        assert!((r.estimate - 7.5).abs() < 1e-12, "{r:?}");
+        assert!((r.ci_low - (900.0 - z * 5.0) * scale).abs() < 1e-9, "{r:?}");
+        assert!(
+            (r.ci_high - (900.0 + z * 5.0) * scale).abs() < 1e-9,
+            "{r:?}"
+        );
+        assert_eq!((r.period.as_str(), r.group.len()), ("2024Q3", 0));
+        assert_eq!(r.rho, catalog.rho(count));
+        assert_eq!(range(&catalog, ind), (0.0, f64::INFINITY));
+        // A year the CSV lacks gives no number (runs are refused before they reach here).
+        let none = records(&catalog, ind, "2024Q3", &base, &Population::none());
+        assert!(none[0].estimate.is_nan());
     }
 
     #[test]

@@ -184,10 +184,12 @@ impl Runner {
                     self.store.set_round_run(&key, &ind.id, &run)?;
                     to_execute.push(run);
                 }
-                Err(e @ RunError::NoNodes(_)) => skipped.push(Skipped {
-                    indicator: ind.id.clone(),
-                    reason: e.to_string(),
-                }),
+                Err(e @ (RunError::NoNodes(_) | RunError::NoReference(_))) => {
+                    skipped.push(Skipped {
+                        indicator: ind.id.clone(),
+                        reason: e.to_string(),
+                    })
+                }
                 Err(e) => return Err(e),
             }
         }

@@ -45,6 +45,8 @@ pub enum RunError {
     Catalog(String),
     #[error("secure aggregation: {0}")]
     Secure(String),
+    #[error("{0}")]
+    NoReference(String),
 }
 
 /// The most quarters one run may cover: each quarter is one release per node and base indicator.
@@ -91,6 +93,9 @@ pub struct Runner {
     pub(crate) round_start: std::sync::Mutex<()>,
     /// Reviewers whose release makes a round public (`publication.required_releases`).
     pub required_releases: usize,
+    /// The denominators of per-capita indicators (`reference.population`); set by
+    /// [`Runner::load_reference`], none until then.
+    pub population: Arc<crate::reference::Population>,
 }
 
 impl Runner {
@@ -147,7 +152,19 @@ impl Runner {
             budgets_stale: std::sync::atomic::AtomicBool::new(true),
             round_start: std::sync::Mutex::new(()),
             required_releases: cfg.publication.required_releases,
+            population: Arc::new(crate::reference::Population::none()),
         })
+    }
+
+    /// Loads the reference population the configuration names, if any.
+    pub async fn load_reference(&mut self, cfg: &CoordinatorConfig) -> Result<(), RunError> {
+        if let Some(file) = &cfg.reference.population {
+            let population = crate::reference::Population::load(file)
+                .await
+                .map_err(|e| RunError::Catalog(e.to_string()))?;
+            self.population = Arc::new(population);
+        }
+        Ok(())
     }
 
     /// Asks every node for its budget (all at once) and keeps what they say for the dashboard.
@@ -345,6 +362,16 @@ impl Runner {
                     parsed.last.year, parsed.last.year
                 ),
             });
+        }
+        if let policies::Body::Derived(policies::Derived::PerCapita { population, .. }) = &ind.body
+        {
+            for year in parsed.quarters().iter().map(|q| q.year) {
+                if self.population.get(year, population).is_none() {
+                    return Err(RunError::NoReference(format!(
+                        "{indicator} divides by the population aged {population} on 1 January {year}, which the coordinator's reference data (reference.population) does not have"
+                    )));
+                }
+            }
         }
         for base in publish::bases(&catalog, ind) {
             if self.targets_for(base).is_empty() {
@@ -552,7 +579,13 @@ impl Runner {
                     }
                 }
             }
-            records.extend(publish::records(catalog, ind, &quarter, &by_base));
+            records.extend(publish::records(
+                catalog,
+                ind,
+                &quarter,
+                &by_base,
+                &self.population,
+            ));
         }
         let (status, error) = if let Some(first) = secure_failures.first() {
             records.clear();

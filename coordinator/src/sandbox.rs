@@ -30,6 +30,7 @@ pub async fn dry_run(
     catalog: &Catalog,
     ind: &Indicator,
     period: &Period,
+    population: &crate::reference::Population,
 ) -> Result<Vec<Record>, String> {
     let bases = publish::bases(catalog, ind);
     let mut records = Vec::new();
@@ -52,7 +53,13 @@ pub async fn dry_run(
                 .map_err(|e| e.to_string())?;
             by_base.insert(base.id.clone(), combined);
         }
-        records.extend(publish::records(catalog, ind, &q.to_string(), &by_base));
+        records.extend(publish::records(
+            catalog,
+            ind,
+            &q.to_string(),
+            &by_base,
+            population,
+        ));
     }
     Ok(records)
 }

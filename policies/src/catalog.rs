@@ -163,6 +163,47 @@ impl Catalog {
                         format!("'{histogram}' is not a histogram indicator in this catalog"),
                     ),
                 },
+                Derived::PerCapita { numerator, .. } => match query_of(numerator) {
+                    None => p.push(
+                        "derived.numerator",
+                        format!("'{numerator}' is not a query indicator in this catalog"),
+                    ),
+                    Some(q) => {
+                        let counts = match &q.aggregate {
+                            crate::Aggregate::CountUnits { .. }
+                            | crate::Aggregate::CountRows { .. } => true,
+                            crate::Aggregate::Sum { lower, .. } => *lower >= 0,
+                            crate::Aggregate::Mean { .. } | crate::Aggregate::Histogram { .. } => {
+                                false
+                            }
+                        };
+                        if !counts {
+                            p.push(
+                                "derived.numerator",
+                                format!(
+                                    "'{numerator}' is a {} indicator; a per-capita figure divides a count or a non-negative sum by the population",
+                                    q.aggregate.kind()
+                                ),
+                            );
+                        }
+                        // The reference population is national per year: a breakdown would need
+                        // the population of each group.
+                        if let Some(g) = q.group_by.iter().find(|g| {
+                            !matches!(
+                                g.domain,
+                                crate::indicator::Domain::Period | crate::indicator::Domain::Years
+                            )
+                        }) {
+                            p.push(
+                                "derived.numerator",
+                                format!(
+                                    "'{numerator}' is broken down by '{}'; a per-capita figure divides a national total (grouped by period only) by the national population",
+                                    g.column
+                                ),
+                            );
+                        }
+                    }
+                },
             }
             let grains: std::collections::BTreeSet<&str> = self
                 .bases(ind)
@@ -241,6 +282,9 @@ impl Catalog {
                 .collect(),
             crate::Body::Derived(Derived::Quantile { histogram, .. }) => {
                 self.get(histogram).into_iter().collect()
+            }
+            crate::Body::Derived(Derived::PerCapita { numerator, .. }) => {
+                self.get(numerator).into_iter().collect()
             }
         }
     }
@@ -413,6 +457,73 @@ mod tests {
                 .contains("its bases are cut in time differently"),
             "{e}"
         );
+    }
+
+    fn per_capita(numerator: &str, extra: &str) -> String {
+        format!(
+            r#"id = "care.per_10000"
+theme = "zorg"
+title = {{ nl = "Jongeren per 10.000", en = "Youths per 10,000" }}
+definition = {{ nl = "Per 10.000 jongeren van 12 tot en met 17 jaar.", en = "Per 10,000 youths aged 12 to 17." }}
+derived = {{ kind = "per_capita", numerator = "{numerator}", population = "12-17"{extra} }}
+"#
+        )
+    }
+
+    #[test]
+    fn a_per_capita_figure_divides_a_national_total_and_costs_what_it_does() {
+        let catalog = load_with(|dir, s| {
+            s.push((
+                dir.join("care.per_10000.toml"),
+                per_capita("care.unique_youths", ", per = 10000"),
+            ));
+        })
+        .expect("a per-capita figure over a national count loads");
+        let ind = catalog.get("care.per_10000").unwrap();
+        assert_eq!(
+            ind.body,
+            crate::Body::Derived(crate::Derived::PerCapita {
+                numerator: "care.unique_youths".into(),
+                population: "12-17".into(),
+                per: 10000.0,
+            })
+        );
+        let count = catalog.get("care.unique_youths").unwrap();
+        assert_eq!(
+            catalog.rho(ind),
+            catalog.rho(count),
+            "the population is public"
+        );
+        assert_eq!(catalog.bases(ind), vec![count]);
+    }
+
+    #[test]
+    fn a_per_capita_figure_over_a_breakdown_a_mean_or_nothing_is_refused() {
+        for (numerator, extra, needle) in [
+            (
+                "measures.youths_by_type",
+                ", per = 10000",
+                "is broken down by 'measure_type'",
+            ),
+            ("panel.mean_score", ", per = 10000", "is a mean indicator"),
+            (
+                "no.such",
+                ", per = 10000",
+                "'no.such' is not a query indicator",
+            ),
+            ("care.unique_youths", "", "derived.per: missing"),
+            ("care.unique_youths", ", per = -5", "must be positive"),
+        ] {
+            let e = load_with(|dir, s| {
+                s.push((
+                    dir.join("care.per_10000.toml"),
+                    per_capita(numerator, extra),
+                ));
+            })
+            .expect_err(needle)
+            .to_string();
+            assert!(e.contains(needle), "{needle}: {e}");
+        }
     }
 
     #[test]

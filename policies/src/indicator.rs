@@ -252,6 +252,15 @@ pub enum Derived {
     },
     /// A quantile read from a histogram indicator after combination.
     Quantile { histogram: String, q: f64 },
+    /// A national total per `per` inhabitants of a public population group (e.g. youths in
+    /// JeugdzorgPlus per 10,000 youths aged 12–17): the numerator's estimate and interval
+    /// divided by the coordinator's reference population for the figure's year. No privacy
+    /// cost beyond the numerator's: the denominator is public.
+    PerCapita {
+        numerator: String,
+        population: String,
+        per: f64,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -664,10 +673,45 @@ impl Reader<'_> {
                     q: q?,
                 })
             }
+            "per_capita" => {
+                self.unknown_keys(t, "derived", &["kind", "numerator", "population", "per"]);
+                let mut r = self.nested("derived");
+                let numerator = r.string(t, "numerator");
+                let population = r.string(t, "population").filter(|g| {
+                    let ok = !g.trim().is_empty();
+                    if !ok {
+                        r.problem(
+                            "population",
+                            "must name a population group, e.g. \"12-17\"".into(),
+                        );
+                    }
+                    ok
+                });
+                let per = match t.get("per") {
+                    None => {
+                        r.problem("per", "missing (e.g. 10000 for a figure per 10,000)".into());
+                        None
+                    }
+                    Some(v) => r.number(v, "per").filter(|p| {
+                        let ok = *p > 0.0;
+                        if !ok {
+                            r.problem("per", format!("must be positive, found {p}"));
+                        }
+                        ok
+                    }),
+                };
+                Some(Derived::PerCapita {
+                    numerator: numerator?,
+                    population: population?,
+                    per: per?,
+                })
+            }
             other => {
                 r.problem(
                     "kind",
-                    format!("unknown derived kind '{other}'; expected 'ratio' or 'quantile'"),
+                    format!(
+                        "unknown derived kind '{other}'; expected 'ratio', 'quantile' or 'per_capita'"
+                    ),
                 );
                 None
             }

@@ -21,7 +21,7 @@ use anyhow::{Context, Result};
 use coordinator::national::BaseResult;
 use coordinator::publish::{self, Record};
 use node::evaluate::{Bounding, Cells};
-use policies::{Catalog, Period};
+use policies::{Catalog, Period, TimeGrain};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -144,21 +144,29 @@ pub async fn run(opts: AccuracyBenchOptions) -> Result<AccuracyReport> {
         bounded: BTreeMap::new(),
         exact: BTreeMap::new(),
     };
-    for q in period.quarters() {
-        let quarter = Period { first: q, last: q };
+    // Each release period as the coordinator asks it: quarters, and whole years for the annual
+    // figures (suicides and attempts).
+    let periods: Vec<(TimeGrain, Period)> = [TimeGrain::Quarter, TimeGrain::Year]
+        .into_iter()
+        .flat_map(|g| g.release_periods(&period).into_iter().map(move |p| (g, p)))
+        .collect();
+    for (grain, release) in &periods {
         for ind in catalog.indicators.values() {
             let Some(query) = ind.query() else { continue };
+            if query.time_grain() != *grain {
+                continue;
+            }
             let answering: Vec<&String> = if query.privacy_unit == crate::demo::PANEL_UNIT {
                 vec![&manifest.panel_node]
             } else {
                 manifest.providers.iter().collect()
             };
-            let k = (ind.id.clone(), quarter.to_string());
+            let k = (ind.id.clone(), release.to_string());
             for id in answering {
                 let n = &nodes[id];
                 let tables = n.tables().await?;
-                let b = node::evaluate::cells(&tables, query, &quarter, Bounding::Bounded).await?;
-                let e = node::evaluate::cells(&tables, query, &quarter, Bounding::Exact).await?;
+                let b = node::evaluate::cells(&tables, query, release, Bounding::Bounded).await?;
+                let e = node::evaluate::cells(&tables, query, release, Bounding::Exact).await?;
                 ev.bounded.entry(k.clone()).or_default().push(b);
                 ev.exact.entry(k.clone()).or_default().push(e);
             }
@@ -166,16 +174,13 @@ pub async fn run(opts: AccuracyBenchOptions) -> Result<AccuracyReport> {
     }
     eprintln!("  done in {:.1}s", t.elapsed().as_secs_f64());
 
-    let quarters: Vec<String> = period
-        .quarters()
-        .into_iter()
-        .map(|q| Period { first: q, last: q }.to_string())
-        .collect();
+    let release_periods: Vec<(TimeGrain, String)> =
+        periods.iter().map(|(g, p)| (*g, p.to_string())).collect();
     // The truth: exact sums with zero variance through the same arithmetic.
-    let exact = estimates(&catalog, &quarters, |k| {
+    let exact = estimates(&catalog, &release_periods, |k| {
         base(&catalog, k, &ev.exact[k], Noise::None)
     })?;
-    let bounded = estimates(&catalog, &quarters, |k| {
+    let bounded = estimates(&catalog, &release_periods, |k| {
         base(&catalog, k, &ev.bounded[k], Noise::None)
     })?;
 
@@ -194,14 +199,14 @@ pub async fn run(opts: AccuracyBenchOptions) -> Result<AccuracyReport> {
     let started = Instant::now();
     for rep in 0..opts.repetitions {
         crate::demo::progress(rep, opts.repetitions, "repetitions");
-        let fed = records_all(&catalog, &quarters, |k| {
+        let fed = records_all(&catalog, &release_periods, |k| {
             base(&catalog, k, &ev.bounded[k], Noise::PerNode)
         })?;
-        let central = records_all(&catalog, &quarters, |k| {
+        let central = records_all(&catalog, &release_periods, |k| {
             base(&catalog, k, &ev.bounded[k], Noise::Pooled)
         })?;
         let central: BTreeMap<Key, f64> = central.iter().map(|r| (key(r), r.estimate)).collect();
-        let secure = records_all(&catalog, &quarters, |k| {
+        let secure = records_all(&catalog, &release_periods, |k| {
             base(
                 &catalog,
                 k,
@@ -485,20 +490,28 @@ fn secure_base(
 /// Every catalog record for every quarter, with base sums made by `make`.
 fn records_all(
     catalog: &Catalog,
-    quarters: &[String],
+    periods: &[(TimeGrain, String)],
     make: impl Fn(&(String, String)) -> Result<BaseResult>,
 ) -> Result<Vec<Record>> {
     let mut out = Vec::new();
-    for q in quarters {
+    for (grain, p) in periods {
         let mut bases = BTreeMap::new();
         for ind in catalog.indicators.values() {
-            if ind.query().is_some() {
-                let k = (ind.id.clone(), q.clone());
+            if ind.query().is_some_and(|q| q.time_grain() == *grain) {
+                let k = (ind.id.clone(), p.clone());
                 bases.insert(ind.id.clone(), make(&k)?);
             }
         }
         for ind in catalog.indicators.values() {
-            out.extend(publish::records(catalog, ind, q, &bases));
+            if catalog.time_grain(ind) == *grain {
+                out.extend(publish::records(
+                    catalog,
+                    ind,
+                    p,
+                    &bases,
+                    &coordinator::reference::Population::none(),
+                ));
+            }
         }
     }
     Ok(out)
@@ -506,10 +519,10 @@ fn records_all(
 
 fn estimates(
     catalog: &Catalog,
-    quarters: &[String],
+    release_periods: &[(TimeGrain, String)],
     make: impl Fn(&(String, String)) -> Result<BaseResult>,
 ) -> Result<BTreeMap<Key, f64>> {
-    Ok(records_all(catalog, quarters, make)?
+    Ok(records_all(catalog, release_periods, make)?
         .iter()
         .map(|r| (key(r), r.estimate))
         .collect())

@@ -426,7 +426,13 @@ async fn one(
     };
     let mut base = std::collections::BTreeMap::new();
     base.insert(opts.indicator.clone(), combined);
-    let records = coordinator::publish::records(catalog, ind, &opts.quarter, &base);
+    let records = coordinator::publish::records(
+        catalog,
+        ind,
+        &opts.quarter,
+        &base,
+        &coordinator::reference::Population::none(),
+    );
     let combination_ms = t.elapsed().as_secs_f64() * 1000.0;
     anyhow::ensure!(!records.is_empty(), "combination published nothing");
     let secure_fresh = match (&helper_cfg, runner.secure_request_for(ind)) {

@@ -2,7 +2,9 @@
 //! runs every approved indicator (the annual ones over the whole year), its results stay under
 //! embargo (absent from the public API, its CSV and the dashboard, present for token holders)
 //! until `publication.required_releases` reviewers release them; each release is audited, a
-//! researcher's or admin's is refused, an interpretation is public only with its round.
+//! researcher's or admin's is refused, an interpretation is public only with its round. A
+//! per-capita figure divides the count and its interval by the reference population (a test
+//! CSV here; the real one holds CBS StatLine figures) and cites its source.
 
 use crate::support::*;
 
@@ -14,6 +16,15 @@ const INDICATORS: [&str; 4] = [
     "suicide.youths_with_attempt",
 ];
 
+/// A per-capita figure over the quarterly count, with a test population (not CBS figures).
+const PER_CAPITA: &str = r#"id = "care.youths_per_10000_12_17"
+theme = "zorg"
+title = { nl = "Jongeren in JeugdzorgPlus per 10.000 jongeren van 12-17 jaar", en = "Youths in JeugdzorgPlus per 10,000 youths aged 12-17" }
+definition = { nl = "Unieke jongeren in zorg in het kwartaal per 10.000 inwoners van 12 tot en met 17 jaar op 1 januari.", en = "Unique youths in care in the quarter per 10,000 inhabitants aged 12 to 17 on 1 January." }
+derived = { kind = "per_capita", numerator = "care.unique_youths", population = "12-17", per = 10000 }
+"#;
+const POPULATION: f64 = 1_200_000.0;
+
 fn round_catalog(dir: &std::path::Path) -> std::path::PathBuf {
     let catalog = dir.join("round-catalog");
     std::fs::create_dir_all(&catalog).unwrap();
@@ -21,6 +32,12 @@ fn round_catalog(dir: &std::path::Path) -> std::path::PathBuf {
         let file = format!("{id}.toml");
         std::fs::copy(catalog_dir().join(&file), catalog.join(&file)).unwrap();
     }
+    std::fs::write(catalog.join("care.youths_per_10000_12_17.toml"), PER_CAPITA).unwrap();
+    std::fs::write(
+        dir.join("population.csv"),
+        format!("# source: test figures (not CBS)\n# retrieved: 2026-12-02\n# licence: CC BY 4.0\nyear,age_group,population\n2024,12-17,{POPULATION}\n"),
+    )
+    .unwrap();
     catalog
 }
 
@@ -65,7 +82,7 @@ async fn a_round_is_embargoed_until_enough_reviewers_release_it() {
         dir.path(),
         "coordinator",
         &[("P01", &node.url)],
-        "[publication]\nrequired_releases = 2",
+        "[publication]\nrequired_releases = 2\n[reference]\npopulation = \"population.csv\"",
     );
     let text = std::fs::read_to_string(&cfg).unwrap().replace(
         &format!("catalog_dir = \"{}\"", catalog_dir().display()),
@@ -113,7 +130,7 @@ async fn a_round_is_embargoed_until_enough_reviewers_release_it() {
     let stderr = String::from_utf8_lossy(&out.stderr).to_string();
     assert!(out.status.success(), "{stdout}{stderr}");
     assert!(
-        stderr.contains("4 indicator run(s), 4 started now"),
+        stderr.contains("5 indicator run(s), 5 started now"),
         "{stderr}"
     );
     assert!(
@@ -125,7 +142,7 @@ async fn a_round_is_embargoed_until_enough_reviewers_release_it() {
     assert_eq!(round["state"], "finished", "{round}");
     assert_eq!(
         (round["finished"].as_u64(), round["total"].as_u64()),
-        (Some(4), Some(4))
+        (Some(5), Some(5))
     );
     assert!(
         round["runs"]
@@ -133,6 +150,50 @@ async fn a_round_is_embargoed_until_enough_reviewers_release_it() {
             .unwrap()
             .iter()
             .all(|r| r["status"] == "done")
+    );
+
+    // The per-capita figure is the count and its interval divided by the CSV's population, at
+    // the count's cost; a year the CSV lacks is refused before anything is asked.
+    let run_of = |indicator: &str| {
+        round["runs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["indicator"] == indicator)
+            .unwrap()["run"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let count = wait_for_run(&c, url, &run_of("care.unique_youths")).await["results"][0].clone();
+    let per =
+        wait_for_run(&c, url, &run_of("care.youths_per_10000_12_17")).await["results"][0].clone();
+    for field in ["estimate", "ci_low", "ci_high"] {
+        let by_hand = count[field].as_f64().unwrap().max(0.0) * 10000.0 / POPULATION;
+        let got = per[field].as_f64().unwrap();
+        assert!(
+            (got - by_hand).abs() < 1e-9,
+            "{field}: {got} vs {by_hand}: {count} {per}"
+        );
+    }
+    assert_eq!(per["rho"], count["rho"]);
+    let r = c
+        .post(format!("{url}/v1/runs"))
+        .bearer_auth(RESEARCHER_TOKEN)
+        .json(
+            &serde_json::json!({ "indicator": "care.youths_per_10000_12_17", "period": "2023Q4" }),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let e: serde_json::Value = r.json().await.unwrap();
+    assert!(
+        e["message"]
+            .as_str()
+            .unwrap()
+            .contains("aged 12-17 on 1 January 2023"),
+        "{e}"
     );
 
     // Embargoed: nothing public, everything visible to a reviewer, marked.
@@ -248,6 +309,10 @@ async fn a_round_is_embargoed_until_enough_reviewers_release_it() {
     let public = get_json(&c, format!("{url}/v1/indicators")).await;
     assert_eq!(public["releases"][0]["quarter"], "2024Q4");
     assert!(public.to_string().contains(reading), "{public}");
+    assert_eq!(
+        public["reference"]["population"]["source"], "test figures (not CBS)",
+        "per-capita figures cite their population's source: {public}"
+    );
     let csv = get_text(&c, format!("{url}/v1/indicators?format=csv")).await;
     assert!(
         csv.lines()
@@ -258,6 +323,10 @@ async fn a_round_is_embargoed_until_enough_reviewers_release_it() {
     let page = get_text(&c, format!("{url}/")).await;
     let day = released["released_at"].as_str().unwrap()[..10].to_string();
     assert!(page.contains(reading) && page.contains(&day), "{page}");
+    assert!(
+        page.contains("Bevolking: test figures (not CBS), 2026-12-02, CC BY 4.0"),
+        "the dashboard cites the population: {page}"
+    );
     assert!(
         page.contains("De expertraad gaf (nog) geen duiding bij 2024."),
         "the annual figure has no interpretation: {page}"
@@ -276,7 +345,7 @@ async fn a_round_is_embargoed_until_enough_reviewers_release_it() {
     );
     let stderr = String::from_utf8_lossy(&out.stderr).to_string();
     assert!(
-        out.status.success() && stderr.contains("0 started now, 4 kept"),
+        out.status.success() && stderr.contains("0 started now, 5 kept"),
         "{stderr}"
     );
 

@@ -268,9 +268,15 @@ pub async fn dry_run(
         .get(&proposal.indicator)
         .cloned()
         .ok_or_else(|| internal("the proposal's indicator is missing from its catalog"))?;
-    let records = crate::sandbox::dry_run(sandbox.as_ref(), &catalog, &ind, &period)
-        .await
-        .map_err(|e| ApiError::DryRunFailed(e.to_string()))?;
+    let records = crate::sandbox::dry_run(
+        sandbox.as_ref(),
+        &catalog,
+        &ind,
+        &period,
+        &state.runner.population,
+    )
+    .await
+    .map_err(|e| ApiError::DryRunFailed(e.to_string()))?;
     // A dry run reveals nothing about real records, so a failed audit line does not withhold it;
     // it is logged.
     if let Err(e) = audit(

@@ -242,6 +242,7 @@ pub(super) async fn list_indicators(
             "note": "Intervals are 95% and cover the differential-privacy noise only.",
             "view": if v.released.is_some() { "embargoed results included (token holder)" } else { "public: released rounds only" },
             "releases": v.releases,
+            "reference": { "population": state.runner.population.source },
             "indicators": indicators,
         }))
         .into_response()
@@ -274,6 +275,7 @@ pub(super) async fn dashboard(
         &v.records,
         &v.interpretations,
         &v.releases,
+        state.runner.population.source.as_ref(),
         &budgets,
         lang,
     );

@@ -44,7 +44,7 @@ pub(super) async fn create_run(
 pub(super) fn run_error(e: RunError) -> ApiError {
     match e {
         RunError::UnknownIndicator(id) => ApiError::UnknownIndicator(id),
-        e @ (RunError::BadPeriod { .. } | RunError::NoNodes(_)) => {
+        e @ (RunError::BadPeriod { .. } | RunError::NoNodes(_) | RunError::NoReference(_)) => {
             ApiError::BadRequest(e.to_string())
         }
         RunError::Store(e) => ApiError::Store(e),
