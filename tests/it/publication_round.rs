@@ -41,6 +41,27 @@ fn round_catalog(dir: &std::path::Path) -> std::path::PathBuf {
     catalog
 }
 
+/// A coordinator config over the round's catalog, with the test population.
+fn round_coordinator_config(
+    dir: &std::path::Path,
+    catalog: &std::path::Path,
+    nodes: &[(&str, &str)],
+    extra: &str,
+) -> std::path::PathBuf {
+    let cfg = coordinator_config(
+        dir,
+        "coordinator",
+        nodes,
+        &format!("{extra}\n[reference]\npopulation = \"population.csv\""),
+    );
+    let text = std::fs::read_to_string(&cfg).unwrap().replace(
+        &format!("catalog_dir = \"{}\"", catalog_dir().display()),
+        &format!("catalog_dir = \"{}\"", catalog.display()),
+    );
+    std::fs::write(&cfg, text).unwrap();
+    cfg
+}
+
 async fn post_as(c: &reqwest::Client, token: &str, url: String) -> (u16, serde_json::Value) {
     let r = c
         .post(url)
@@ -78,17 +99,12 @@ async fn a_round_is_embargoed_until_enough_reviewers_release_it() {
         5.0,
         "client_ca = \"certs/ca.crt\"",
     ));
-    let cfg = coordinator_config(
+    let cfg = round_coordinator_config(
         dir.path(),
-        "coordinator",
+        &catalog,
         &[("P01", &node.url)],
-        "[publication]\nrequired_releases = 2\n[reference]\npopulation = \"population.csv\"",
+        "[publication]\nrequired_releases = 2",
     );
-    let text = std::fs::read_to_string(&cfg).unwrap().replace(
-        &format!("catalog_dir = \"{}\"", catalog_dir().display()),
-        &format!("catalog_dir = \"{}\"", catalog.display()),
-    );
-    std::fs::write(&cfg, text).unwrap();
     let coordinator = ServerProcess::start_coordinator(&cfg);
     let url = coordinator.url.as_str();
     let c = client(dir.path());
@@ -384,4 +400,106 @@ async fn a_round_is_embargoed_until_enough_reviewers_release_it() {
     ]);
     assert!(out.status.success(), "{out:?}");
     assert_answered_statuses_documented(&c, url).await;
+}
+
+/// A coordinator killed (SIGKILL) mid-round and started again finishes the round from its store;
+/// each node released each base once per quarter, so nothing was spent twice, and starting the
+/// round again starts nothing.
+#[tokio::test]
+async fn a_round_interrupted_by_a_coordinator_crash_finishes_without_spending_twice() {
+    let dir = federation_fixture(2);
+    let catalog = round_catalog(dir.path());
+    // Each node pauses after recording its spend, so the kill lands while answers are in flight.
+    let slow = "client_ca = \"certs/ca.crt\"\n[testing]\npause_after_spend_ms = 1500";
+    let p1 = NodeProcess::start(&node_config(dir.path(), "P01", 5.0, slow));
+    let p2 = NodeProcess::start(&node_config(dir.path(), "P02", 5.0, slow));
+    let cfg = round_coordinator_config(
+        dir.path(),
+        &catalog,
+        &[("P01", &p1.url), ("P02", &p2.url)],
+        "",
+    );
+    let c = client(dir.path());
+    let as_coordinator = coordinator_identity_client(dir.path());
+    let mut first = ServerProcess::start_coordinator(&cfg);
+    let r = c
+        .post(format!("{}/v1/rounds", first.url))
+        .bearer_auth(RESEARCHER_TOKEN)
+        .json(&serde_json::json!({ "quarter": "2024Q3" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let started: serde_json::Value = r.json().await.unwrap();
+    // The quarterly indicators; the annual one waits for the fourth quarter.
+    assert_eq!(started["started"], 4, "{started}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while budget(&as_coordinator, &p1.url).await["releases"].as_u64() == Some(0) {
+        assert!(std::time::Instant::now() < deadline, "no spend recorded");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    first.kill();
+    let store = rusqlite::Connection::open(dir.path().join("coordinator.sqlite")).unwrap();
+    let unfinished: i64 = store
+        .query_row(
+            "SELECT COUNT(*) FROM runs WHERE status IN ('pending', 'running')",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(
+        unfinished > 0,
+        "the kill landed after the round had finished"
+    );
+    drop(store);
+    let second = ServerProcess::start_coordinator(&cfg);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let round = loop {
+        let round = get_json_as(
+            &c,
+            RESEARCHER_TOKEN,
+            format!("{}/v1/rounds/2024Q3", second.url),
+        )
+        .await;
+        if round["state"] != "running" {
+            break round;
+        }
+        assert!(std::time::Instant::now() < deadline, "{round}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert_eq!(round["state"], "finished", "{round}");
+    let runs = round["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 4);
+    assert!(runs.iter().all(|r| r["status"] == "done"), "{round}");
+    let mut resumed = 0;
+    for r in runs {
+        let run = get_json_as(
+            &c,
+            RESEARCHER_TOKEN,
+            format!("{}/v1/runs/{}", second.url, r["run"].as_str().unwrap()),
+        )
+        .await;
+        resumed += run["resumed"].as_u64().unwrap();
+    }
+    assert_eq!(
+        resumed as i64, unfinished,
+        "every unfinished run was resumed once"
+    );
+    // Two bases (the count of youths in care, the count with a plan they took part in), one
+    // quarter: two releases per node at ρ 0.05 each, whatever the crash interrupted.
+    for node in [&p1.url, &p2.url] {
+        let b = budget(&as_coordinator, node).await;
+        assert_eq!(b["releases"], 2, "{b}");
+        let spent = b["rho_spent"].as_f64().unwrap();
+        assert!((spent - 0.1).abs() < 1e-9, "spent {spent}: {b}");
+    }
+    let r = c
+        .post(format!("{}/v1/rounds", second.url))
+        .bearer_auth(RESEARCHER_TOKEN)
+        .json(&serde_json::json!({ "quarter": "2024Q3" }))
+        .send()
+        .await
+        .unwrap();
+    let again: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(again["started"], 0, "{again}");
 }
