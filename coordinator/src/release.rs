@@ -249,16 +249,22 @@ impl RunStore {
         {
             return Ok(ReleaseOutcome::Unchanged(existing));
         }
+        // A reviewer's release of other figures is replaced (a new row, so that the order of
+        // rows is the order of the releases of these figures); a repeat of the same is kept.
+        tx.execute(
+            "DELETE FROM release_approvals WHERE quarter = ?1 AND reviewer = ?2 AND digest <> ?3",
+            params![key, reviewer, digest],
+        )?;
         tx.execute(
             "INSERT INTO release_approvals (quarter, reviewer, digest, at) VALUES (?1, ?2, ?3, ?4)
-             ON CONFLICT (quarter, reviewer) DO UPDATE SET digest = excluded.digest, at = excluded.at",
+             ON CONFLICT (quarter, reviewer) DO NOTHING",
             params![key, reviewer, digest, now],
         )?;
         // Only releases of these very records count: a re-run since voids earlier ones.
         let released_by: Vec<String> = {
             let mut stmt = tx.prepare(
                 "SELECT reviewer FROM release_approvals WHERE quarter = ?1 AND digest = ?2
-                 ORDER BY at, reviewer",
+                 ORDER BY rowid",
             )?;
             stmt.query_map(params![key, digest], |r| r.get(0))?
                 .collect::<rusqlite::Result<_>>()?
@@ -297,9 +303,8 @@ impl RunStore {
     /// Reviewers who released round `quarter`'s records and wait for more.
     pub fn release_approvals(&self, quarter: &str) -> Result<Vec<String>, StoreError> {
         let conn = self.conn()?;
-        let mut stmt = conn.prepare(
-            "SELECT reviewer FROM release_approvals WHERE quarter = ?1 ORDER BY at, reviewer",
-        )?;
+        let mut stmt = conn
+            .prepare("SELECT reviewer FROM release_approvals WHERE quarter = ?1 ORDER BY rowid")?;
         let rows = stmt.query_map(params![quarter], |r| r.get(0))?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
