@@ -352,14 +352,7 @@ pub fn render(
     // When each record period was made public (its round's release).
     let released_on: BTreeMap<&str, &str> = releases
         .iter()
-        .flat_map(|r| {
-            r.periods.iter().map(move |p| {
-                (
-                    p.as_str(),
-                    r.released_at.get(..10).unwrap_or(&r.released_at),
-                )
-            })
-        })
+        .flat_map(|r| r.periods.iter().map(move |p| (p.as_str(), r.day())))
         .collect();
     let mut by_indicator: BTreeMap<&str, Vec<&Published>> = BTreeMap::new();
     for r in records {
@@ -533,7 +526,7 @@ fn release_section(releases: &[Release], lang: Lang) -> String {
             html,
             "<li id=\"release-{q}\">{q}: {} {}</li>",
             lang.t("vrijgegeven op", "released on"),
-            escape(r.released_at.get(..10).unwrap_or(&r.released_at)),
+            escape(r.day()),
             q = escape(&r.quarter)
         );
     }

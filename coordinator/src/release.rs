@@ -78,6 +78,13 @@ pub struct Release {
     pub digest: String,
 }
 
+impl Release {
+    /// The day it was released, `YYYY-MM-DD`.
+    pub fn day(&self) -> &str {
+        self.released_at.get(..10).unwrap_or(&self.released_at)
+    }
+}
+
 /// What one reviewer's release did.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "status", rename_all = "snake_case")]

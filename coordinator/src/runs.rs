@@ -157,12 +157,12 @@ impl Runner {
     }
 
     /// Loads the reference population the configuration names, if any.
-    pub async fn load_reference(&mut self, cfg: &CoordinatorConfig) -> Result<(), RunError> {
+    pub async fn load_reference(
+        &mut self,
+        cfg: &CoordinatorConfig,
+    ) -> Result<(), crate::reference::ReferenceError> {
         if let Some(file) = &cfg.reference.population {
-            let population = crate::reference::Population::load(file)
-                .await
-                .map_err(|e| RunError::Catalog(e.to_string()))?;
-            self.population = Arc::new(population);
+            self.population = Arc::new(crate::reference::Population::load(file).await?);
         }
         Ok(())
     }

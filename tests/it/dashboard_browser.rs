@@ -157,26 +157,9 @@ async fn visit(
     let api = client(out);
     let researcher = std::fs::read_to_string(out.join("researcher.token")).unwrap();
     let reviewer = std::fs::read_to_string(out.join("reviewer.token")).unwrap();
-    let started: serde_json::Value = api
-        .post(format!("{base}/v1/runs"))
-        .bearer_auth(researcher.trim())
-        .json(&serde_json::json!({ "indicator": indicator, "period": "2022Q4" }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let run = started["id"].as_str().expect("run id").to_string();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
-    loop {
-        let body = get_json_as(&api, researcher.trim(), format!("{base}/v1/runs/{run}")).await;
-        if body["status"] == "done" {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "run: {body}");
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    let run = start_run_as(&api, base, researcher.trim(), &indicator, "2022Q4").await;
+    let finished = wait_for_run_as(&api, base, researcher.trim(), &run).await;
+    assert_eq!(finished["status"], "done", "{finished}");
     let reading = "Minder dan vorig jaar; de daling zit vooral bij de grote aanbieders.";
     let put = api
         .put(format!(

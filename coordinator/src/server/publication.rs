@@ -131,8 +131,15 @@ struct View {
     releases: Vec<crate::release::Release>,
 }
 
-fn view(store: &crate::store::RunStore, embargoed_too: bool) -> Result<View, ApiError> {
-    let public = store.released()?;
+/// The view, of one indicator's records when `indicator` is given.
+fn view(
+    store: &crate::store::RunStore,
+    embargoed_too: bool,
+    indicator: Option<&str>,
+) -> Result<View, ApiError> {
+    let wanted = |r: &Published| indicator.is_none_or(|i| i == r.indicator);
+    let mut public = store.released()?;
+    public.retain(wanted);
     let releases = store.releases()?;
     let released_periods: std::collections::BTreeSet<&str> = releases
         .iter()
@@ -140,7 +147,8 @@ fn view(store: &crate::store::RunStore, embargoed_too: bool) -> Result<View, Api
         .collect();
     let mut interpretations = store.interpretations()?;
     Ok(if embargoed_too {
-        let records = store.published()?;
+        let mut records = store.published()?;
+        records.retain(wanted);
         let key = |r: &Published| (r.indicator.clone(), r.period.clone(), r.group.clone());
         let public: std::collections::BTreeMap<_, &Published> =
             public.iter().map(|r| (key(r), r)).collect();
@@ -177,24 +185,12 @@ pub(super) async fn list_indicators(
         authorize(&state, &headers, ANY_ROLE)?;
     }
     let runner = state.runner.clone();
-    let mut v = tokio::task::spawn_blocking(move || view(&runner.store, embargoed_too))
-        .await
-        .map_err(ApiError::join)??;
-    if let Some(wanted) = &q.indicator {
-        let keep = |r: &Published| r.indicator == *wanted;
-        match v.released.take() {
-            Some(flags) => {
-                let (records, flags): (Vec<_>, Vec<_>) = std::mem::take(&mut v.records)
-                    .into_iter()
-                    .zip(flags)
-                    .filter(|(r, _)| keep(r))
-                    .unzip();
-                v.records = records;
-                v.released = Some(flags);
-            }
-            None => v.records.retain(keep),
-        }
-    }
+    let indicator = q.indicator.clone();
+    let v = tokio::task::spawn_blocking(move || {
+        view(&runner.store, embargoed_too, indicator.as_deref())
+    })
+    .await
+    .map_err(ApiError::join)??;
     let wants_csv = match q.format.as_deref() {
         Some("csv") => true,
         Some("json") | None => headers
@@ -261,7 +257,7 @@ pub(super) async fn dashboard(
 ) -> Result<Response, ApiError> {
     let runner = state.runner.clone();
     // The public page: released rounds only, whoever asks.
-    let v = tokio::task::spawn_blocking(move || view(&runner.store, false))
+    let v = tokio::task::spawn_blocking(move || view(&runner.store, false, None))
         .await
         .map_err(ApiError::join)??;
     let lang = crate::dashboard::Lang::parse(q.lang.as_deref());

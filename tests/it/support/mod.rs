@@ -263,9 +263,20 @@ pub async fn run_to_completion(
 }
 
 pub async fn start_run(c: &reqwest::Client, url: &str, indicator: &str, period: &str) -> String {
+    start_run_as(c, url, RESEARCHER_TOKEN, indicator, period).await
+}
+
+/// [`start_run`] with another researcher's token.
+pub async fn start_run_as(
+    c: &reqwest::Client,
+    url: &str,
+    token: &str,
+    indicator: &str,
+    period: &str,
+) -> String {
     let r = c
         .post(format!("{url}/v1/runs"))
-        .bearer_auth(RESEARCHER_TOKEN)
+        .bearer_auth(token)
         .json(&serde_json::json!({ "indicator": indicator, "period": period }))
         .send()
         .await
@@ -276,11 +287,21 @@ pub async fn start_run(c: &reqwest::Client, url: &str, indicator: &str, period: 
 }
 
 pub async fn wait_for_run(c: &reqwest::Client, url: &str, id: &str) -> serde_json::Value {
+    wait_for_run_as(c, url, RESEARCHER_TOKEN, id).await
+}
+
+/// [`wait_for_run`] with another token.
+pub async fn wait_for_run_as(
+    c: &reqwest::Client,
+    url: &str,
+    token: &str,
+    id: &str,
+) -> serde_json::Value {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let body: serde_json::Value = c
             .get(format!("{url}/v1/runs/{id}"))
-            .bearer_auth(RESEARCHER_TOKEN)
+            .bearer_auth(token)
             .send()
             .await
             .expect("get run")
