@@ -926,7 +926,9 @@ async fn node_check(cfg: node::config::NodeConfig) -> Result<std::process::ExitC
         node.config.node_id
     );
     let tables = node.tables().await?;
+    // The plain digest is for this console only; answers carry the keyed identity.
     println!("  data snapshot {}", tables.snapshot);
+    println!("  answers name it {}", node.snapshot_id(&tables.snapshot));
     println!("  coverage {}", node.config.data.coverage);
     for t in &tables.report {
         match &t.source {

@@ -80,14 +80,20 @@ pub struct SecureConfig {
     /// t as a share of the run's nodes (rounded up); the larger of the two counts.
     #[serde(default)]
     pub max_missing_share: f64,
-    /// Width of a report's entries (public, sent to the nodes; out-of-range reports fail
-    /// verification).
-    #[serde(default = "default_bits")]
-    pub bits: u32,
+    /// A public upper bound on the units (youths) any one node holds. Each run's entry width is
+    /// the narrowest that holds this many units' cells plus the noise share, so a cheating node
+    /// can move a national cell by no more than that public range. A node with a larger bound of
+    /// its own refuses the run before it spends anything.
+    #[serde(default = "default_max_units")]
+    pub max_units: u64,
+    /// A fixed entry width instead of the one planned from `max_units`; nodes refuse a run whose
+    /// width cannot hold their own public bound.
+    #[serde(default)]
+    pub bits: Option<u32>,
 }
 
-fn default_bits() -> u32 {
-    policies::wire::DEFAULT_BITS
+fn default_max_units() -> u64 {
+    policies::wire::DEFAULT_MAX_UNITS
 }
 
 impl Default for SecureConfig {
@@ -97,7 +103,8 @@ impl Default for SecureConfig {
             verify_key: None,
             max_missing: 0,
             max_missing_share: 0.0,
-            bits: default_bits(),
+            max_units: default_max_units(),
+            bits: None,
         }
     }
 }
@@ -397,14 +404,21 @@ impl CoordinatorConfig {
                 ));
             }
         }
-        if !(2..=secagg::vdaf::MAX_BITS).contains(&sec.bits) {
+        if let Some(bits) = sec.bits
+            && !(2..=secagg::vdaf::MAX_BITS).contains(&bits)
+        {
             return Err(invalid(
                 "secure.bits",
                 format!(
-                    "must be between 2 and {}, found {}",
-                    secagg::vdaf::MAX_BITS,
-                    sec.bits
+                    "must be between 2 and {}, found {bits}",
+                    secagg::vdaf::MAX_BITS
                 ),
+            ));
+        }
+        if sec.max_units == 0 {
+            return Err(invalid(
+                "secure.max_units",
+                "must be at least 1 (a public upper bound on the units one node holds)".into(),
             ));
         }
         if !(0.0..1.0).contains(&sec.max_missing_share) {

@@ -290,13 +290,30 @@ impl Runner {
     /// The secure parameters a base indicator runs with: n and t when a helper is configured and
     /// more than one node holds the indicator's unit; None runs it with per-node noise (a single
     /// holder, such as the panel, or no helper configured).
-    pub fn secure_request_for(&self, base: &Indicator) -> Option<policies::wire::SecureRequest> {
+    pub fn secure_request_for(
+        &self,
+        base: &Indicator,
+        period: &Period,
+    ) -> Option<policies::wire::SecureRequest> {
         self.secure.as_ref()?;
         let n = self.targets_for(base).len();
-        (n > 1).then(|| policies::wire::SecureRequest {
-            nodes: n as u32,
-            max_missing: self.secure_config.max_missing_for(n),
-            bits: self.secure_config.bits,
+        if n <= 1 {
+            return None;
+        }
+        let nodes = n as u32;
+        let max_missing = self.secure_config.max_missing_for(n);
+        let bits = self.secure_config.bits.unwrap_or_else(|| {
+            crate::secure::planned_bits(
+                base,
+                period,
+                nodes - max_missing,
+                self.secure_config.max_units,
+            )
+        });
+        Some(policies::wire::SecureRequest {
+            nodes,
+            max_missing,
+            bits,
         })
     }
 
@@ -452,7 +469,7 @@ impl Runner {
                             period: *q,
                             content_hash: Some(base.content_hash.clone()),
                             catalog_version,
-                            secure: self.secure_request_for(base),
+                            secure: self.secure_request_for(base, q),
                         };
                         jobs.push((t.slots.clone(), (request, t.client.clone())));
                     }
@@ -548,7 +565,7 @@ impl Runner {
                 if answers.is_empty() {
                     continue;
                 }
-                let secure = self.secure_request_for(base).zip(self.secure.as_ref());
+                let secure = self.secure_request_for(base, q).zip(self.secure.as_ref());
                 let combined = match secure {
                     Some((request, aggregator)) => aggregator
                         .combine(base, *q, request, &answers)
@@ -641,8 +658,8 @@ impl Runner {
                 "run": run_id,
                 "quarters": quarters.iter().map(|q| q.to_string()).collect::<Vec<_>>(),
                 "published": published.is_some(),
-                "mode": bases.iter().map(|b| match self.secure_request_for(b) {
-                    Some(s) => format!("{}: secure (n = {}, t = {})", b.id, s.nodes, s.max_missing),
+                "mode": bases.iter().map(|b| match quarters.first().and_then(|q| self.secure_request_for(b, q)) {
+                    Some(s) => format!("{}: secure (n = {}, t = {}, {} bits)", b.id, s.nodes, s.max_missing, s.bits),
                     None => format!("{}: per-node noise", b.id),
                 }).collect::<Vec<_>>(),
             }),

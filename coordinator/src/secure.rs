@@ -45,6 +45,33 @@ fn internal(e: impl std::fmt::Display) -> SecureError {
     SecureError::Internal(e.to_string())
 }
 
+/// The narrowest entry width that holds every measure of `base` over `period` for a node of up
+/// to `max_units` units with its noise share when `honest` = n − t shares are counted on: the
+/// same public computation each node makes (`node::secure::prepare`), so a node with the same
+/// bound accepts the width, and a cheating node can move a national cell by no more than it.
+/// Falls back to the widest entry when no width holds it (the nodes then refuse, naming why).
+pub fn planned_bits(base: &Indicator, period: &Period, honest: u32, max_units: u64) -> u32 {
+    let Some(query) = base.query() else {
+        return secagg::vdaf::MAX_BITS;
+    };
+    let (_, keys) = policies::catalog::public_keys(query, period);
+    let mut bits = 2;
+    for m in query.measures(period.quarters().len()) {
+        let MeasureCost::Rho(rho) = m.cost else {
+            continue;
+        };
+        let needed = accounting::plan(m.l1(), m.l2(), keys.len() as u64, rho, honest as u64, None)
+            .ok()
+            .and_then(|plan| {
+                let bound = accounting::cell_bound(m.per_cell, max_units);
+                accounting::entry_bits(bound, &plan, secagg::vdaf::MAX_BITS)
+            })
+            .unwrap_or(secagg::vdaf::MAX_BITS);
+        bits = bits.max(needed);
+    }
+    bits
+}
+
 /// A node left out of a secure sum, and why.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Excluded {
@@ -461,8 +488,42 @@ impl SecureAggregator {
 
 #[cfg(test)]
 mod tests {
-    use super::{SecureAggregator, secret_shares};
+    use super::{SecureAggregator, planned_bits, secret_shares};
     use policies::wire::testing::{noisy_answer, secret_shared};
+    use secagg::vdaf::{NONCE_LEN, Shape, VERIFY_KEY_LEN, random_bytes};
+
+    #[tokio::test]
+    async fn the_planned_width_holds_the_public_bound_and_nothing_beyond_verifies() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies/catalog");
+        let catalog = policies::Catalog::load(&dir).await.expect("catalog");
+        let base = catalog.get("seclusion.count").expect("indicator");
+        let quarter: policies::Period = "2024Q1".parse().expect("period");
+        let bits = planned_bits(base, &quarter, 11, 1_000);
+        // 1,000 youths of at most 12 seclusions each (the catalog's bound) plus noise: far fewer
+        // than the 32 bits every report used before, and more than the bound alone needs.
+        assert!(bits < 32, "{bits}");
+        assert!(2f64.powi(bits as i32 - 1) > 12_000.0, "{bits}");
+        assert!(planned_bits(base, &quarter, 11, 1_000_000) > bits);
+        // A report that proves wider entries than the run's, to add more than the public range
+        // to a national cell, fails verification at the run's width.
+        let run = Shape::new(bits, 1).expect("shape");
+        let cheat = Shape::new(bits + 8, 1).expect("shape");
+        let key = random_bytes::<VERIFY_KEY_LEN>().expect("key");
+        let nonce = random_bytes::<NONCE_LEN>().expect("nonce");
+        let beyond = 1i64 << bits;
+        let s = cheat.shard(&[beyond], &nonce).expect("shard");
+        let verified = run
+            .leader_init(&key, &nonce, &s.public_share, &s.leader_share)
+            .and_then(|(_, vs)| {
+                run.helper_verify(&key, &nonce, &s.public_share, &s.helper_share, &vs)
+            });
+        assert!(
+            verified.is_err(),
+            "an entry of {beyond} verified at {bits} bits"
+        );
+        // ... and the run's own width refuses to encode it at all.
+        assert!(run.shard(&[beyond], &nonce).is_err());
+    }
 
     #[test]
     fn a_node_noise_answer_to_a_secure_request_is_refused() {

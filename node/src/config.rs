@@ -51,10 +51,19 @@ pub struct SecureConfig {
     /// the node adds more than its share.
     #[serde(default)]
     pub max_local_rho: Option<f64>,
+    /// A public upper bound on the units (youths) this node may hold. The entry width of a secure
+    /// report is decided from it, never from the records; cells are clamped into the range it
+    /// gives, and the node states it in its answer. Too high costs bits, too low biases counts.
+    #[serde(default = "default_max_units")]
+    pub max_units: u64,
 }
 
 fn default_min_honest() -> u32 {
     2
+}
+
+fn default_max_units() -> u64 {
+    policies::wire::DEFAULT_MAX_UNITS
 }
 
 impl Default for SecureConfig {
@@ -64,6 +73,7 @@ impl Default for SecureConfig {
             signing_key: None,
             min_honest: default_min_honest(),
             max_local_rho: None,
+            max_units: default_max_units(),
         }
     }
 }
@@ -575,6 +585,12 @@ impl NodeConfig {
             return Err(invalid(
                 "secure.max_local_rho",
                 format!("must be a positive ρ, found {r}"),
+            ));
+        }
+        if sec.max_units == 0 {
+            return Err(invalid(
+                "secure.max_units",
+                "must be at least 1 (a public upper bound on the units this node holds)".into(),
             ));
         }
         if sec.helper_key.is_some() != sec.signing_key.is_some() {

@@ -14,7 +14,7 @@ use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, 
 use std::path::{Path, PathBuf};
 
 /// Schema version this build writes; a ledger from a newer build is refused.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 /// Version 1: the ledger as first released (before versioning it had `user_version` 0 and these
 /// same tables, hence `IF NOT EXISTS`).
@@ -50,6 +50,18 @@ const V2: &str = "CREATE TABLE release_quarters (
     );
     CREATE INDEX release_quarters_by_quarter ON release_quarters (quarter);";
 
+/// Version 3: the node's secret key for its snapshot identities (HMAC-SHA256), made once at
+/// random and never sent. Answers name their data snapshot by it, so equal data still replays and
+/// changed data is a new release, but nobody without the key can test a guess about the records
+/// against an answer. Releases already there keep their keys and answers.
+const V3: &str = "CREATE TABLE node_secret (
+        id           INTEGER PRIMARY KEY CHECK (id = 1),
+        snapshot_key BLOB NOT NULL CHECK (length(snapshot_key) = 32)
+    );";
+
+/// Length of the snapshot key in bytes.
+pub const SNAPSHOT_KEY_LEN: usize = 32;
+
 pub const NANO: f64 = 1e9;
 
 pub fn to_nano_up(rho: f64) -> i64 {
@@ -83,6 +95,8 @@ pub enum LedgerError {
         key: String,
         period: String,
     },
+    #[error("privacy ledger {path}: the node's snapshot key: {message}")]
+    SnapshotKey { path: PathBuf, message: String },
     #[error(
         "privacy budget exhausted for {budget_period}: this release costs ρ={cost}, {spent} of {budget} is spent, {remaining} remains; nothing was released"
     )]
@@ -200,6 +214,22 @@ impl Ledger {
             .optional()
             .map(|r| r.is_some())
             .map_err(|e| self.err(e))
+    }
+
+    /// The node's secret snapshot key (made by the version 3 migration).
+    pub fn snapshot_key(&self) -> Result<[u8; SNAPSHOT_KEY_LEN], LedgerError> {
+        let bytes: Vec<u8> = self
+            .conn
+            .query_row(
+                "SELECT snapshot_key FROM node_secret WHERE id = 1",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(|e| self.err(e))?;
+        bytes.try_into().map_err(|_| LedgerError::SnapshotKey {
+            path: self.path.clone(),
+            message: format!("it is not {SNAPSHOT_KEY_LEN} bytes"),
+        })
     }
 
     pub fn lookup(&self, key: &str) -> Result<Option<Entry>, LedgerError> {
@@ -417,6 +447,21 @@ fn migrate(conn: &mut Connection, path: &Path) -> Result<(), LedgerError> {
     if version < 2 {
         tx.execute_batch(V2).map_err(err)?;
         backfill_quarters(&tx, path)?;
+    }
+    if version < 3 {
+        tx.execute_batch(V3).map_err(err)?;
+        let mut key = [0u8; SNAPSHOT_KEY_LEN];
+        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut key).map_err(
+            |_| LedgerError::SnapshotKey {
+                path: path.to_path_buf(),
+                message: "the system's random number generator failed to make it".into(),
+            },
+        )?;
+        tx.execute(
+            "INSERT INTO node_secret (id, snapshot_key) VALUES (1, ?1)",
+            params![key.as_slice()],
+        )
+        .map_err(err)?;
     }
     tx.pragma_update(None, "user_version", SCHEMA_VERSION)
         .map_err(err)?;
@@ -649,11 +694,23 @@ mod tests {
         );
         assert_eq!(by_year.iter().map(|p| p.rho_nano).sum::<i64>(), total);
         assert_eq!(l.total().unwrap(), (total, 144));
+        // Version 3 made the node's snapshot key, at random.
+        let key = l.snapshot_key().unwrap();
+        assert_ne!(key, [0u8; SNAPSHOT_KEY_LEN]);
         drop(l);
-        // Opening again changes nothing more.
+        // Opening again changes nothing more, the key included.
         let l = Ledger::open(&path).unwrap();
         assert_eq!(rows(&l.conn), before);
         assert_eq!(l.spend_by_period(BudgetPeriod::Year).unwrap(), by_year);
+        assert_eq!(l.snapshot_key().unwrap(), key);
+    }
+
+    #[test]
+    fn every_ledger_has_its_own_snapshot_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = Ledger::open(&dir.path().join("a.sqlite")).unwrap();
+        let b = Ledger::open(&dir.path().join("b.sqlite")).unwrap();
+        assert_ne!(a.snapshot_key().unwrap(), b.snapshot_key().unwrap());
     }
 
     #[test]

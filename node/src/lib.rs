@@ -72,6 +72,8 @@ pub struct Node {
     /// The verified part of the newest signed catalog fetched from the coordinator. The async lock
     /// makes concurrent requests for a new indicator share one fetch.
     pub fetched: tokio::sync::Mutex<governance::Fetched>,
+    /// The ledger's secret key for snapshot identities (see [`Node::snapshot_id`]).
+    snapshot_key: ring::hmac::Key,
     key_locks: tokio::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
@@ -146,6 +148,7 @@ impl Node {
         }
         let secure = secure::SecureKeys::load(&config.secure)?;
         let ledger = Ledger::open(&config.ledger.path)?;
+        let snapshot_key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &ledger.snapshot_key()?);
         // A log that fails verification stops the node: its history must be looked at first.
         let audit = policies::audit::AuditLog::open(&config.audit.path)?;
         Ok(Node {
@@ -158,8 +161,18 @@ impl Node {
             clock,
             secure,
             fetched: tokio::sync::Mutex::new(governance::Fetched::default()),
+            snapshot_key,
             key_locks: tokio::sync::Mutex::new(HashMap::new()),
         })
+    }
+
+    /// The identity of a data snapshot as it leaves the node: HMAC-SHA256 of the records' digest
+    /// under the node's secret key. Equal records give the same identity (a request replays),
+    /// one changed row gives another, and without the key nobody can compute it from a guess
+    /// about the records, as anyone could from the plain digest.
+    pub fn snapshot_id(&self, records_digest: &str) -> String {
+        let tag = ring::hmac::sign(&self.snapshot_key, records_digest.as_bytes());
+        format!("hmac-sha256:{}", hex::encode(tag.as_ref()))
     }
 
     async fn key_lock(&self, key: &str) -> Arc<tokio::sync::Mutex<()>> {

@@ -56,6 +56,32 @@ pub enum ReleaseError {
 }
 
 impl ReleaseError {
+    /// What a caller is told. Failures that can carry something read from the records (an
+    /// evaluation error naming a value, a database error quoting a row, an encoding error naming
+    /// an entry) say only what failed; the node's log and audit keep the detail for its operator.
+    pub fn public_message(&self) -> String {
+        const SEE_LOG: &str =
+            "the detail is in this node's log and audit for its operator, not in this answer";
+        match self {
+            ReleaseError::Eval(_) => format!("the evaluation failed; {SEE_LOG}"),
+            ReleaseError::Data(_) => format!("the records cannot be read right now; {SEE_LOG}"),
+            ReleaseError::Internal(_) => format!("an internal error occurred; {SEE_LOG}"),
+            ReleaseError::Secure(e) if !e.is_refusal() => {
+                format!("the secure report could not be made; {SEE_LOG}")
+            }
+            ReleaseError::UnknownIndicator(_)
+            | ReleaseError::Derived(_)
+            | ReleaseError::HashMismatch { .. }
+            | ReleaseError::PeriodOutsideData { .. }
+            | ReleaseError::AnnualOnly { .. }
+            | ReleaseError::Budget(_)
+            | ReleaseError::Ledger(_)
+            | ReleaseError::Noise(_)
+            | ReleaseError::Refused(_)
+            | ReleaseError::Secure(_) => self.to_string(),
+        }
+    }
+
     /// Stable machine-readable code for the error body.
     pub fn code(&self) -> &'static str {
         match self {
@@ -121,7 +147,8 @@ async fn ledger_call<T: Send + 'static>(
             e @ LedgerError::Exhausted { .. } => ReleaseError::Budget(e),
             e @ (LedgerError::Sql { .. }
             | LedgerError::Newer { .. }
-            | LedgerError::Unmigratable { .. }) => ReleaseError::Ledger(e),
+            | LedgerError::Unmigratable { .. }
+            | LedgerError::SnapshotKey { .. }) => ReleaseError::Ledger(e),
         })
     })
     .await
@@ -232,10 +259,29 @@ async fn evaluate_inner(node: &Arc<Node>, req: &EvaluateRequest) -> Result<Relea
             coverage: coverage.to_string(),
         });
     }
+    // A secure request is checked and its noise shares planned from public facts alone (the
+    // public key set, the measures' bounds, secure.max_units) before any record is read.
+    let measures = query.measures(req.period.quarters().len());
+    let secure = match &req.secure {
+        Some(s) => {
+            let (_, public_keys) = policies::catalog::public_keys(&query, &req.period);
+            Some(crate::secure::prepare(
+                &ind.id,
+                &node.config.secure,
+                node.secure.is_some(),
+                s,
+                &measures,
+                public_keys.len(),
+            )?)
+        }
+        None => None,
+    };
     // The rows this release reads, and their identity: a changed row is another release.
     let tables = node.tables().await?;
-    let snapshot = tables.snapshot.clone();
+    let snapshot = node.snapshot_id(&tables.snapshot);
     let key = release_key(&ind, &req.period, &snapshot, req.secure.as_ref());
+    // Releases made before ledger version 3 are keyed by the plain digest; they replay as made.
+    let legacy_key = release_key(&ind, &req.period, &tables.snapshot, req.secure.as_ref());
 
     // One computation per release key at a time: two concurrent identical requests must not draw
     // two independent noises.
@@ -243,27 +289,18 @@ async fn evaluate_inner(node: &Arc<Node>, req: &EvaluateRequest) -> Result<Relea
     let _guard = key_lock.lock().await;
 
     let k = key.clone();
-    if let Some(Entry::Released { answer }) = ledger_call(node, move |l| l.lookup(&k)).await? {
+    let stored = ledger_call(node, move |l| match l.lookup(&k)? {
+        Some(found) => Ok(Some(found)),
+        None => l.lookup(&legacy_key),
+    })
+    .await?;
+    if let Some(Entry::Released { answer }) = stored {
         return Ok(Released {
             bytes: answer,
             replayed: true,
         });
     }
 
-    let cells = evaluate::cells(&tables, &query, &req.period, Bounding::Bounded).await?;
-    let measures = query.measures(req.period.quarters().len());
-    // A secure request is checked and its noise shares planned before anything is spent.
-    let secure = match &req.secure {
-        Some(s) => Some(crate::secure::prepare(
-            &ind.id,
-            &node.config.secure,
-            node.secure.is_some(),
-            s,
-            &measures,
-            &cells,
-        )?),
-        None => None,
-    };
     let rho = query.cost.rho();
     let quarters = req.period.quarters();
     let budget_period =
@@ -288,6 +325,10 @@ async fn evaluate_inner(node: &Arc<Node>, req: &EvaluateRequest) -> Result<Relea
     if let Some(ms) = node.config.testing.pause_after_spend_ms {
         tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
     }
+
+    // The records are read only now, after the charge: whatever happens from here on is paid
+    // for, and a failure is answered without its detail (see [`ReleaseError::public_message`]).
+    let cells = evaluate::cells(&tables, &query, &req.period, Bounding::Bounded).await?;
 
     let stamp = Stamp {
         node_id: &node.config.node_id,

@@ -79,14 +79,20 @@ pub enum SecureError {
     PureDp(String),
     #[error("noise share: {0}")]
     Plan(#[from] PlanError),
+    /// Every figure here is public: the node's configured unit bound, the measure's per-unit
+    /// bound, the noise plan's σ and granularity, and the width asked. Nothing read from records.
     #[error(
-        "measure '{measure}': cells up to {largest} with noise σ {sigma:.1} (granularity {granularity}) do not fit the report's {bits}-bit entries"
+        "measure '{measure}': a node of up to {max_units} units (secure.max_units) has cells within ±{cell_bound} ({per_cell} per unit), which with this run's noise share need {needed} entries; the request asks {bits} bits"
     )]
     TooWide {
         measure: String,
-        largest: i64,
+        max_units: u64,
+        per_cell: i64,
+        cell_bound: i64,
         sigma: f64,
         granularity: i64,
+        /// "N-bit" or "more than 64-bit".
+        needed: String,
         bits: u32,
     },
     #[error(transparent)]
@@ -127,22 +133,23 @@ impl SecureError {
 pub struct Prepared {
     pub request: SecureRequest,
     pub bits: u32,
-    pub plans: Vec<(Measure, SharePlan)>,
+    /// The public bound on this node's units the widths were planned for.
+    pub max_units: u64,
+    /// Each measure, its noise share and the public bound its cells are clamped into.
+    pub plans: Vec<(Measure, SharePlan, i64)>,
 }
 
-/// Standard deviations of headroom kept between a cell and the end of its entry's range: a
-/// discrete Gaussian draw beyond 40σ has probability below e^−800.
-const HEADROOM_SIGMAS: f64 = 40.0;
-
 /// Checks the request against this node's floor and plans each measure's share; then checks that
-/// every cell with its noise fits the entry width. All before the spend.
+/// the public bound of every cell (`secure.max_units` × the measure's per-unit bound) with its
+/// noise fits the entry width. All before the spend, and from public facts alone: `dim` is the
+/// size of the public key set, never the number of cells the records fill.
 pub fn prepare(
     indicator: &str,
     cfg: &SecureConfig,
     configured: bool,
     request: &SecureRequest,
     measures: &[Measure],
-    cells: &Cells,
+    dim: usize,
 ) -> Result<Prepared, SecureError> {
     if !configured {
         return Err(SecureError::NotConfigured);
@@ -168,36 +175,43 @@ pub fn prepare(
             floor: cfg.min_honest,
         });
     }
-    let dim = cells.keys.len() as u64;
     let mut plans = Vec::with_capacity(measures.len());
     for m in measures {
         let rho = match m.cost {
             MeasureCost::Rho(r) => r,
             MeasureCost::Epsilon(_) => return Err(SecureError::PureDp(indicator.to_string())),
         };
-        let plan = accounting::plan(m.l1(), m.l2(), dim, rho, honest as u64, cfg.max_local_rho)?;
-        let largest = cells
-            .measure(&m.name)
-            .unwrap_or_default()
-            .iter()
-            .map(|v| v.unsigned_abs())
-            .max()
-            .unwrap_or(0);
-        let reach = largest as f64 * plan.granularity as f64 + HEADROOM_SIGMAS * plan.sigma;
-        if reach >= 2f64.powi(bits as i32 - 1) {
+        let plan = accounting::plan(
+            m.l1(),
+            m.l2(),
+            dim as u64,
+            rho,
+            honest as u64,
+            cfg.max_local_rho,
+        )?;
+        let cell_bound = accounting::cell_bound(m.per_cell, cfg.max_units);
+        let needed = accounting::entry_bits(cell_bound, &plan, secagg::vdaf::MAX_BITS);
+        if needed.is_none_or(|needed| needed > bits) {
             return Err(SecureError::TooWide {
                 measure: m.name.clone(),
-                largest: largest.min(i64::MAX as u64) as i64,
+                max_units: cfg.max_units,
+                per_cell: m.per_cell,
+                cell_bound,
                 sigma: plan.sigma,
                 granularity: plan.granularity,
+                needed: match needed {
+                    Some(b) => format!("{b}-bit"),
+                    None => format!("more than {}-bit", secagg::vdaf::MAX_BITS),
+                },
                 bits,
             });
         }
-        plans.push((m.clone(), plan));
+        plans.push((m.clone(), plan, cell_bound));
     }
     Ok(Prepared {
         request: *request,
         bits,
+        max_units: cfg.max_units,
         plans,
     })
 }
@@ -221,12 +235,17 @@ pub fn answer(
     let mut values = Vec::new();
     let mut measures = Vec::new();
     let mut secure_measures = Vec::new();
-    for (m, plan) in &prepared.plans {
+    for (m, plan, cell_bound) in &prepared.plans {
+        // Clamped into the public range before the noise: post-processing of a bounded sum, so
+        // the sensitivity is unchanged, and no cell can ever outgrow the width planned for it.
         let scaled: Vec<i64> = cells
             .measure(&m.name)
             .unwrap_or_default()
             .iter()
-            .map(|v| v.saturating_mul(plan.granularity))
+            .map(|v| {
+                (*v).clamp(-cell_bound, *cell_bound)
+                    .saturating_mul(plan.granularity)
+            })
             .collect();
         let l2 = m.l2() * plan.granularity as f64;
         let (noisy, certified) = noise::gaussian_share(plan.sigma, l2, &scaled)?;
@@ -261,7 +280,11 @@ pub fn answer(
     }
     binding.bits = prepared.bits;
     binding.length = values.len() as u32;
-    binding.granularity = prepared.plans.iter().map(|(_, p)| p.granularity).collect();
+    binding.granularity = prepared
+        .plans
+        .iter()
+        .map(|(_, p, _)| p.granularity)
+        .collect();
     binding.nodes = prepared.request.nodes;
     binding.max_missing = prepared.request.max_missing;
     let mut shares = secagg::report::make(
@@ -271,6 +294,7 @@ pub fn answer(
         &keys.helper,
         &keys.signer,
     )?;
+    shares.max_units = prepared.max_units;
     // Fault injection for tests only (`testing.corrupt_secure_report`).
     if corrupt && let Some(b) = shares.leader_share.as_bytes().get(8).copied() {
         let flipped = if b == b'0' { "1" } else { "0" };
@@ -292,14 +316,6 @@ mod tests {
         }
     }
 
-    fn cells(values: Vec<i64>) -> Cells {
-        Cells {
-            group_columns: vec!["quarter".into()],
-            keys: (0..values.len()).map(|i| vec![format!("k{i}")]).collect(),
-            measures: vec![("count".into(), values)],
-        }
-    }
-
     fn cfg() -> SecureConfig {
         SecureConfig::default()
     }
@@ -308,13 +324,12 @@ mod tests {
     fn the_shares_of_n_minus_t_nodes_carry_the_declared_national_variance() {
         // Ten honest nodes, ρ = 0.01, L2 = 2: the central discrete Gaussian has σ² = 200.
         let m = count_measure(0.01);
-        let c = cells(vec![0; 4]);
         let req = SecureRequest {
             nodes: 11,
             max_missing: 1,
             bits: 32,
         };
-        let p = prepare("x", &cfg(), true, &req, std::slice::from_ref(&m), &c).expect("plan");
+        let p = prepare("x", &cfg(), true, &req, std::slice::from_ref(&m), 4).expect("plan");
         let plan = p.plans[0].1;
         assert_eq!(plan.granularity, 1);
         let declared = 10.0 * plan.share_variance;
@@ -349,7 +364,6 @@ mod tests {
     #[test]
     fn with_one_honest_node_the_distributed_bound_is_opendps_own_map() {
         let m = count_measure(0.05);
-        let c = cells(vec![0; 4]);
         let req = SecureRequest {
             nodes: 1,
             max_missing: 0,
@@ -359,7 +373,7 @@ mod tests {
             min_honest: 1,
             ..cfg()
         };
-        let p = prepare("x", &single, true, &req, std::slice::from_ref(&m), &c).expect("plan");
+        let p = prepare("x", &single, true, &req, std::slice::from_ref(&m), 4).expect("plan");
         let plan = p.plans[0].1;
         let (_, opendp) = noise::gaussian_share(plan.sigma, m.l2(), &[0; 4]).expect("share");
         assert!(
@@ -377,7 +391,6 @@ mod tests {
     #[test]
     fn requests_the_node_cannot_serve_safely_are_refused_before_any_spend() {
         let m = count_measure(0.01);
-        let c = cells(vec![3, 4, 5, 6]);
         let req = |nodes, max_missing| SecureRequest {
             nodes,
             max_missing,
@@ -385,15 +398,15 @@ mod tests {
         };
         let ms = std::slice::from_ref(&m);
         assert!(matches!(
-            prepare("x", &cfg(), false, &req(11, 1), ms, &c),
+            prepare("x", &cfg(), false, &req(11, 1), ms, 4),
             Err(SecureError::NotConfigured)
         ));
         assert!(matches!(
-            prepare("x", &cfg(), true, &req(3, 3), ms, &c),
+            prepare("x", &cfg(), true, &req(3, 3), ms, 4),
             Err(SecureError::BadRun { .. })
         ));
         assert!(matches!(
-            prepare("x", &cfg(), true, &req(3, 2), ms, &c),
+            prepare("x", &cfg(), true, &req(3, 2), ms, 4),
             Err(SecureError::TooFewHonest {
                 honest: 1,
                 floor: 2,
@@ -405,32 +418,34 @@ mod tests {
             ..m.clone()
         };
         assert!(matches!(
-            prepare("x", &cfg(), true, &req(11, 1), &[laplace], &c),
+            prepare("x", &cfg(), true, &req(11, 1), &[laplace], 4),
             Err(SecureError::PureDp(_))
         ));
         let narrow = SecureRequest {
             bits: 8,
             ..req(11, 1)
         };
-        assert!(matches!(
-            prepare("x", &cfg(), true, &narrow, ms, &cells(vec![100, 0, 0, 0])),
-            Err(SecureError::TooWide { bits: 8, .. })
-        ));
+        let refused = prepare("x", &cfg(), true, &narrow, ms, 4).expect_err("too narrow");
+        assert!(matches!(refused, SecureError::TooWide { bits: 8, .. }));
+        // Only public figures: the configured unit bound, the per-unit bound, their product.
+        let text = refused.to_string();
+        let units = cfg().max_units;
+        assert!(text.contains(&format!("up to {units} units")), "{text}");
+        assert!(text.contains(&format!("±{units} (1 per unit)")), "{text}");
         let too_wide = SecureRequest {
             bits: 65,
             ..req(11, 1)
         };
         assert!(matches!(
-            prepare("x", &cfg(), true, &too_wide, ms, &c),
+            prepare("x", &cfg(), true, &too_wide, ms, 4),
             Err(SecureError::BadRun { bits: 65, .. })
         ));
-        assert!(prepare("x", &cfg(), true, &req(11, 1), ms, &c).is_ok());
+        assert!(prepare("x", &cfg(), true, &req(11, 1), ms, 4).is_ok());
     }
 
     #[test]
     fn a_local_ceiling_is_met_by_adding_more_than_the_share() {
         let m = count_measure(0.01);
-        let c = cells(vec![0; 4]);
         let req = SecureRequest {
             nodes: 11,
             max_missing: 1,
@@ -440,8 +455,8 @@ mod tests {
             max_local_rho: Some(0.02),
             ..cfg()
         };
-        let free = prepare("x", &cfg(), true, &req, std::slice::from_ref(&m), &c).expect("plan");
-        let p = prepare("x", &capped, true, &req, std::slice::from_ref(&m), &c).expect("plan");
+        let free = prepare("x", &cfg(), true, &req, std::slice::from_ref(&m), 4).expect("plan");
+        let p = prepare("x", &capped, true, &req, std::slice::from_ref(&m), 4).expect("plan");
         let (free, plan) = (free.plans[0].1, p.plans[0].1);
         assert!((free.local_rho - 0.1).abs() < 1e-3, "{free:?}");
         assert!(plan.local_rho <= 0.02 * (1.0 + 1e-6), "{plan:?}");

@@ -50,7 +50,7 @@ fn release_error(e: &ReleaseError) -> Response {
         | ReleaseError::Noise(_)
         | ReleaseError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
     };
-    error_response(status, e.code(), e.to_string())
+    error_response(status, e.code(), e.public_message())
 }
 
 /// Writes one audit entry off the async threads (it syncs to disk).

@@ -51,6 +51,26 @@ pub enum DataError {
         example: String,
         allowed: String,
     },
+    #[error(
+        "table '{table}' ({file}): column '{column}' holds {count} date(s) outside {first} to {last}, the data model's range",
+        first = cdm::FIRST_DAY,
+        last = cdm::LAST_DAY
+    )]
+    DateOutOfRange {
+        table: String,
+        file: PathBuf,
+        column: String,
+        count: i64,
+    },
+    #[error(
+        "table '{table}' ({file}): {count} row key(s) ({key}) occur more than once among one unit's rows; each must identify one row"
+    )]
+    RepeatedKeys {
+        table: String,
+        file: PathBuf,
+        key: String,
+        count: i64,
+    },
     #[error("table '{table}' ({file}) cannot be read: {message}")]
     Read {
         table: String,
@@ -210,12 +230,13 @@ impl Tables {
     pub async fn in_memory(
         batches: Vec<(&str, datafusion::arrow::array::RecordBatch)>,
     ) -> Result<Tables, DataError> {
-        Self::memory(batches, &[]).await
+        Self::memory(batches, &[], Invalid::Refuse).await
     }
 
     async fn memory(
         batches: Vec<(&str, datafusion::arrow::array::RecordBatch)>,
         sources: &[(&str, PathBuf)],
+        invalid: Invalid,
     ) -> Result<Tables, DataError> {
         let ctx = SessionContext::new();
         let mut providers = Vec::new();
@@ -236,10 +257,30 @@ impl Tables {
                 .unwrap_or_else(|| PathBuf::from(format!("<memory:{}>", def.name)));
             check_schema(&def, &file, &schema)?;
             let rows = mine.iter().map(|b| b.num_rows() as u64).sum();
-            let table = MemTable::try_new(schema, vec![mine]).map_err(engine)?;
+            let table = MemTable::try_new(schema.clone(), vec![mine]).map_err(engine)?;
             ctx.register_table(def.name, Arc::new(table))
                 .map_err(engine)?;
-            check_values(&ctx, &def, &file).await?;
+            match invalid {
+                Invalid::Refuse => {
+                    check_values(&ctx, &def, &file).await?;
+                }
+                Invalid::Drop => {
+                    let kept = valid_rows(&ctx, &def, &file).await?;
+                    let dropped = rows - kept.iter().map(|b| b.num_rows() as u64).sum::<u64>();
+                    if dropped > 0 {
+                        // For the operator only: the count is about the records.
+                        tracing::warn!(
+                            table = def.name,
+                            dropped,
+                            "rows that break the data model were left out of this release"
+                        );
+                    }
+                    let table = MemTable::try_new(schema, vec![kept]).map_err(engine)?;
+                    ctx.deregister_table(def.name).map_err(engine)?;
+                    ctx.register_table(def.name, Arc::new(table))
+                        .map_err(engine)?;
+                }
+            }
             let provider = ctx.table_provider(def.name).await.map_err(engine)?;
             providers.push((def.name.to_string(), provider));
             report.push(TableReport {
@@ -255,14 +296,18 @@ impl Tables {
         })
     }
 
-    /// Tables read from a database into memory, checked against the data model like files are,
-    /// under the snapshot identity of exactly these rows. `sources` names where each came from.
+    /// Tables read from a database into memory for one release, under the snapshot identity of
+    /// exactly these rows. `sources` names where each came from. Rows that break the data model
+    /// (an empty required value, a code outside its list) are left out, not refused: whether a
+    /// read fails must not depend on the records, or the failure itself would tell a caller
+    /// something about them before any spend. Leaving a row out depends on that row alone, so
+    /// every bound still holds; the operator sees the count in the node's log.
     pub async fn from_batches(
         batches: Vec<(&str, datafusion::arrow::array::RecordBatch)>,
         snapshot: String,
         sources: &[(&str, PathBuf)],
     ) -> Result<Tables, DataError> {
-        let mut tables = Self::memory(batches, sources).await?;
+        let mut tables = Self::memory(batches, sources, Invalid::Drop).await?;
         tables.snapshot = snapshot;
         Ok(tables)
     }
@@ -356,10 +401,134 @@ fn quote_lit(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
 }
 
+/// SQL that is true when a date or timestamp column lies within the data model's range
+/// ([`cdm::FIRST_DAY`] to [`cdm::LAST_DAY`]), compared as the stored integer so that no value,
+/// however extreme, can make the comparison itself fail. `None` for other columns.
+fn in_date_range(column: &str, ty: &datafusion::arrow::datatypes::DataType) -> Option<String> {
+    use datafusion::arrow::datatypes::{DataType, TimeUnit};
+    let per_day: i64 = match ty {
+        DataType::Date32 => 1,
+        DataType::Date64 => 86_400_000,
+        DataType::Timestamp(TimeUnit::Second, _) => 86_400,
+        DataType::Timestamp(TimeUnit::Millisecond, _) => 86_400_000,
+        DataType::Timestamp(TimeUnit::Microsecond, _) => 86_400_000_000,
+        DataType::Timestamp(TimeUnit::Nanosecond, _) => 86_400_000_000_000,
+        _ => return None,
+    };
+    let (first, end) = cdm::DAY_RANGE;
+    Some(format!(
+        "(CAST({} AS BIGINT) >= {} AND CAST({} AS BIGINT) < {})",
+        quote_ident(column),
+        first * per_day,
+        quote_ident(column),
+        end * per_day
+    ))
+}
+
+/// The declared type of each column of a registered table.
+async fn column_types(
+    ctx: &SessionContext,
+    def: &TableDef,
+) -> Result<Vec<(String, datafusion::arrow::datatypes::DataType)>, DataError> {
+    let provider = ctx.table_provider(def.name).await.map_err(engine)?;
+    Ok(provider
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| (f.name().clone(), f.data_type().clone()))
+        .collect())
+}
+
+/// The unit column and row key of a table that holds units' rows, as a SQL column list.
+fn unit_key(def: &TableDef) -> Option<String> {
+    let unit = def.unit_column()?;
+    let key = def.row_key();
+    (!key.is_empty()).then(|| {
+        std::iter::once(unit)
+            .chain(key.iter().copied())
+            .map(quote_ident)
+            .collect::<Vec<_>>()
+            .join(", ")
+    })
+}
+
+/// What a table read does with rows that break the data model.
+#[derive(Debug, Clone, Copy)]
+enum Invalid {
+    /// Refuse the whole table, naming the column (files at start, test data).
+    Refuse,
+    /// Leave the row out (a database read for one release).
+    Drop,
+}
+
+/// The rows of a registered table that meet the data model: required values present, codes in
+/// their lists.
+async fn valid_rows(
+    ctx: &SessionContext,
+    def: &TableDef,
+    file: &Path,
+) -> Result<Vec<datafusion::arrow::array::RecordBatch>, DataError> {
+    let mut conditions = vec!["TRUE".to_string()];
+    let types = column_types(ctx, def).await?;
+    for c in &def.columns {
+        let id = quote_ident(c.name);
+        if !c.nullable {
+            conditions.push(format!("{id} IS NOT NULL"));
+        }
+        if let Some(in_range) = types
+            .iter()
+            .find(|(n, _)| n == c.name)
+            .and_then(|(_, t)| in_date_range(c.name, t))
+        {
+            conditions.push(format!("({id} IS NULL OR {in_range})"));
+        }
+        if !c.codes.is_empty() {
+            let list = c
+                .codes
+                .iter()
+                .map(|s| quote_lit(s))
+                .collect::<Vec<_>>()
+                .join(",");
+            conditions.push(format!("({id} IS NULL OR {id} IN ({list}))"));
+        }
+    }
+    let valid = format!(
+        "SELECT * FROM {} WHERE {}",
+        quote_ident(def.name),
+        conditions.join(" AND ")
+    );
+    // A row key repeated within one unit's rows would leave their order to chance; all such
+    // rows are left out (a decision on that unit's rows alone).
+    let sql = match unit_key(def) {
+        Some(by) => format!(
+            "SELECT {} FROM (SELECT *, count(*) OVER (PARTITION BY {by}) AS \"__stroom_n\" FROM ({valid})) WHERE \"__stroom_n\" = 1",
+            def.columns
+                .iter()
+                .map(|c| quote_ident(c.name))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        None => valid,
+    };
+    let read_err = |e: datafusion::error::DataFusionError| DataError::Read {
+        table: def.name.to_string(),
+        file: file.to_path_buf(),
+        message: e.strip_backtrace(),
+    };
+    ctx.sql(&sql)
+        .await
+        .map_err(read_err)?
+        .collect()
+        .await
+        .map_err(read_err)
+}
+
 /// One scan per table: row count, empty values in required columns, values outside code lists.
 async fn check_values(ctx: &SessionContext, def: &TableDef, file: &Path) -> Result<u64, DataError> {
     let mut exprs = vec!["COUNT(*) AS n".to_string()];
     let mut checks = Vec::new();
+    let mut dated = Vec::new();
+    let types = column_types(ctx, def).await?;
     for c in &def.columns {
         let id = quote_ident(c.name);
         if !c.nullable {
@@ -368,6 +537,17 @@ async fn check_values(ctx: &SessionContext, def: &TableDef, file: &Path) -> Resu
                 quote_ident(&format!("null_{}", c.name))
             ));
             checks.push((c, false));
+        }
+        if let Some(in_range) = types
+            .iter()
+            .find(|(n, _)| n == c.name)
+            .and_then(|(_, t)| in_date_range(c.name, t))
+        {
+            exprs.push(format!(
+                "SUM(CASE WHEN {id} IS NOT NULL AND NOT {in_range} THEN 1 ELSE 0 END) AS {}",
+                quote_ident(&format!("range_{}", c.name))
+            ));
+            dated.push(c);
         }
         if !c.codes.is_empty() {
             let list = c
@@ -444,6 +624,43 @@ async fn check_values(ctx: &SessionContext, def: &TableDef, file: &Path) -> Resu
                     allowed: c.codes.join(", "),
                 });
             }
+        }
+    }
+    if let Some(by) = unit_key(def) {
+        let sql = format!(
+            "SELECT count(*) AS n FROM (SELECT 1 FROM {} GROUP BY {by} HAVING count(*) > 1)",
+            quote_ident(def.name)
+        );
+        let repeated = ctx
+            .sql(&sql)
+            .await
+            .map_err(read_err)?
+            .collect()
+            .await
+            .map_err(read_err)?;
+        let count = repeated
+            .first()
+            .and_then(|b| cast(b.column(0), &DataType::Int64).ok())
+            .map(|a| a.as_primitive::<Int64Type>().value(0))
+            .unwrap_or(0);
+        if count > 0 {
+            return Err(DataError::RepeatedKeys {
+                table: def.name.to_string(),
+                file: file.to_path_buf(),
+                key: def.row_key().join(", "),
+                count,
+            });
+        }
+    }
+    for c in dated {
+        let count = int(&format!("range_{}", c.name));
+        if count > 0 {
+            return Err(DataError::DateOutOfRange {
+                table: def.name.to_string(),
+                file: file.to_path_buf(),
+                column: c.name.to_string(),
+                count,
+            });
         }
     }
     Ok(int("n").max(0) as u64)

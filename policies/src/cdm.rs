@@ -47,6 +47,15 @@ impl ColumnType {
     }
 }
 
+/// The first and last day (inclusive) a data-model date or timestamp may hold. Public knowledge,
+/// not a property of anyone's records: the totality check relies on it to prove date arithmetic
+/// cannot overflow, and a node leaves rows outside it out of every release.
+pub const FIRST_DAY: &str = "1900-01-01";
+pub const LAST_DAY: &str = "2099-12-31";
+
+/// [`FIRST_DAY`] and the day after [`LAST_DAY`], in days since 1970-01-01.
+pub const DAY_RANGE: (i64, i64) = (-25_567, 47_482);
+
 #[derive(Debug, Clone)]
 pub struct ColumnDef {
     pub name: &'static str,
@@ -78,6 +87,25 @@ impl TableDef {
 
     pub fn has_unit(&self) -> bool {
         self.column(UNIT_COLUMN).is_some()
+    }
+
+    /// The columns that identify one row among its unit's rows (its record id, or for the
+    /// education months the stay and month; for a reference table, among all rows). A node
+    /// leaves out rows whose key repeats within their unit, so ordering by this key orders a
+    /// unit's rows completely, whatever order they arrive in.
+    pub fn row_key(&self) -> &'static [&'static str] {
+        match self.name {
+            "youth" => &["youth_pid"],
+            "stay" => &["stay_id"],
+            "move" => &["move_id"],
+            "restrictive_measure" => &["measure_id"],
+            "incident" => &["incident_id"],
+            "unit" => &["unit_id"],
+            "care_plan" => &["plan_id"],
+            "education" => &["stay_id", "month"],
+            "panel_response" => &["quarter", "question_id"],
+            _ => &[],
+        }
     }
 
     /// The privacy-unit column whose rows this table holds (a youth's or a panel respondent's),

@@ -47,6 +47,10 @@ pub enum ContractError {
     Duplicate { column: String },
     #[error("SQL does not keep each unit's rows apart: {0}")]
     Unstable(#[from] crate::stability::StabilityError),
+    #[error(
+        "SQL can fail on some data values, and whether it fails would tell a caller about the records: {0}"
+    )]
+    Partial(#[from] crate::totality::PartialExpression),
     #[error("column '{column}' ({role}) must be {expected}, found {found}")]
     WrongType {
         column: String,
@@ -159,6 +163,13 @@ pub async fn plan(ctx: &SessionContext, query: &Query) -> Result<DataFrame, Cont
         .map_err(|e| ContractError::Plan(e.strip_backtrace()))?;
     check_output(df.schema(), query)?;
     crate::stability::check(df.logical_plan(), &query.privacy_unit)?;
+    // The casts DataFusion inserts to make types meet can fail too: check the analysed plan.
+    let state = ctx.state();
+    let analyzed = state
+        .analyzer()
+        .execute_and_check(df.logical_plan().clone(), state.config_options(), |_, _| {})
+        .map_err(|e| ContractError::Plan(e.strip_backtrace()))?;
+    crate::totality::check(&analyzed)?;
     Ok(df)
 }
 

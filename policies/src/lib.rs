@@ -12,6 +12,7 @@ pub mod period;
 pub mod problem;
 pub mod sensitivity;
 pub mod stability;
+pub mod totality;
 pub mod wire;
 
 pub use catalog::{Catalog, CatalogError};

@@ -28,8 +28,10 @@ pub enum PeriodError {
 }
 
 impl Quarter {
+    /// A quarter of 1900 to 2099: the public period tables then hold only dates within the data
+    /// model's range ([`crate::cdm::FIRST_DAY`] to [`crate::cdm::LAST_DAY`]).
     pub fn new(year: i32, q: u8) -> Option<Self> {
-        ((1..=4).contains(&q) && (1900..=2999).contains(&year)).then_some(Quarter { year, q })
+        ((1..=4).contains(&q) && (1900..=2099).contains(&year)).then_some(Quarter { year, q })
     }
 
     pub fn of_date(d: NaiveDate) -> Self {

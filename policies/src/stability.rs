@@ -93,6 +93,14 @@ pub enum Refusal {
     )]
     UnionMixesUnit { position: usize },
     #[error(
+        "the outer reference {column} names a column of {levels} enclosing query levels (0: none the check can see); give the tables distinct aliases"
+    )]
+    AmbiguousOuterReference { column: String, levels: usize },
+    #[error(
+        "{function}() depends on the order of rows within a unit, and that order is not fixed: order by a key that is unique within the unit's rows ({keys})"
+    )]
+    OrderDependent { function: String, keys: String },
+    #[error(
         "{construct} is not understood by the stability check, and what it cannot prove is refused"
     )]
     Unsupported { construct: String },
@@ -115,6 +123,9 @@ struct Rel {
     rows: Rows,
     /// Output columns holding the row's unit id, carried unchanged from a data-model table.
     unit_cols: BTreeSet<usize>,
+    /// Pairs of columns of which, on every row, one holds the unit id and the other the same id
+    /// or NULL (a FULL JOIN on the unit): `COALESCE(a, b)` of such a pair is a unit label.
+    either_unit: Vec<(usize, usize)>,
     /// Human description for messages: the tables and aliases involved.
     label: String,
 }
@@ -124,12 +135,17 @@ impl Rel {
         Rel {
             rows: Rows::Public,
             unit_cols: BTreeSet::new(),
+            either_unit: Vec::new(),
             label,
         }
     }
     /// The same rows with other unit columns (after a projection or grouping).
     fn relabelled(self, unit_cols: BTreeSet<usize>) -> Rel {
-        Rel { unit_cols, ..self }
+        Rel {
+            unit_cols,
+            either_unit: Vec::new(),
+            ..self
+        }
     }
     fn shifted(&self, by: usize) -> BTreeSet<usize> {
         self.unit_cols.iter().map(|i| i + by).collect()
@@ -271,6 +287,7 @@ impl Checker<'_> {
                     Some(TableRole::Unit(i)) => Rel {
                         rows: Rows::PerUnit,
                         unit_cols: (i != usize::MAX).then_some(i).into_iter().collect(),
+                        either_unit: Vec::new(),
                         label: table,
                     },
                 };
@@ -290,6 +307,13 @@ impl Checker<'_> {
                 }
                 Ok(rel)
             }
+            // A subquery that refers to columns outside itself as a plan input is a LATERAL
+            // join's right side, analysed in `join` with the left side in scope; anywhere else
+            // its references could not be resolved as DataFusion resolves them.
+            LogicalPlan::Subquery(s) if !s.outer_ref_columns.is_empty() => self.unsupported(
+                "a LATERAL subquery other than a join's right side",
+                "the query",
+            ),
             LogicalPlan::Subquery(s) => self.relation(&s.subquery, scopes),
             LogicalPlan::Projection(p) => {
                 let input = self.relation(&p.input, scopes)?;
@@ -301,7 +325,9 @@ impl Checker<'_> {
                 Ok(input.relabelled(unit_cols))
             }
             LogicalPlan::Filter(f) => {
-                let input = self.relation(&f.input, scopes)?;
+                // Over inner (and comma) joins a WHERE condition is their join condition too.
+                let conjuncts = split_conjunction(&f.predicate);
+                let input = self.join_input(&f.input, &conjuncts, scopes)?;
                 let at = format!("the WHERE/HAVING condition over {}", input.label);
                 self.expr(
                     &f.predicate,
@@ -324,7 +350,7 @@ impl Checker<'_> {
                     ..input
                 })
             }
-            LogicalPlan::Join(j) => self.join(j, scopes),
+            LogicalPlan::Join(j) => self.join(j, &[], scopes),
             LogicalPlan::Aggregate(a) => {
                 let input = self.relation(&a.input, scopes)?;
                 let at = format!("the GROUP BY over {}", input.label);
@@ -344,6 +370,17 @@ impl Checker<'_> {
                         scopes,
                         &at,
                     )?;
+                    if let Expr::AggregateFunction(f) = strip_alias(e)
+                        && input.rows != Rows::Public
+                        && aggregate_depends_on_order(f.func.name())
+                    {
+                        let by: Vec<&Expr> = a
+                            .group_expr
+                            .iter()
+                            .chain(f.params.order_by.iter().map(|s| &s.expr))
+                            .collect();
+                        self.totally_ordered(&a.input, &by, f.func.name(), &at)?;
+                    }
                 }
                 match input.rows {
                     Rows::PerUnit if unit_cols.is_empty() => {
@@ -359,6 +396,18 @@ impl Checker<'_> {
                 let at = format!("the window functions over {}", input.label);
                 for e in &w.window_expr {
                     self.expr(e, Place::WindowList, w.input.schema(), &input, scopes, &at)?;
+                    if let Expr::WindowFunction(f) = strip_alias(e)
+                        && input.rows != Rows::Public
+                        && window_depends_on_order(f)
+                    {
+                        let by: Vec<&Expr> = f
+                            .params
+                            .partition_by
+                            .iter()
+                            .chain(f.params.order_by.iter().map(|s| &s.expr))
+                            .collect();
+                        self.totally_ordered(&w.input, &by, &f.fun.name().to_string(), &at)?;
+                    }
                 }
                 Ok(input)
             }
@@ -387,6 +436,15 @@ impl Checker<'_> {
                 {
                     return self.refuse(Refusal::DistinctAcrossUnits, at);
                 }
+                // The row kept for each DISTINCT ON value is the first in the ORDER BY.
+                if input.rows != Rows::Public {
+                    let by: Vec<&Expr> = d
+                        .on_expr
+                        .iter()
+                        .chain(d.sort_expr.iter().flatten().map(|s| &s.expr))
+                        .collect();
+                    self.totally_ordered(&d.input, &by, "DISTINCT ON", &at)?;
+                }
                 let unit_cols = unit_positions(&d.select_expr, schema, &input);
                 Ok(input.relabelled(unit_cols))
             }
@@ -404,13 +462,38 @@ impl Checker<'_> {
                         at,
                     );
                 }
+                if s.fetch.is_some() && input.rows == Rows::OuterUnit {
+                    let by: Vec<&Expr> = s.expr.iter().map(|e| &e.expr).collect();
+                    self.totally_ordered(&s.input, &by, "LIMIT", &at)?;
+                }
                 Ok(input)
             }
             LogicalPlan::Limit(l) => {
                 let input = self.relation(&l.input, scopes)?;
                 match input.rows {
-                    // Choosing among public rows, or among the one unit's own rows, is harmless.
-                    Rows::Public | Rows::OuterUnit => Ok(input),
+                    // Choosing among public rows is harmless.
+                    Rows::Public => Ok(input),
+                    // Among the one unit's own rows only in an order that leaves no ties: their
+                    // arrival order can depend on other units' rows (a join's output order).
+                    Rows::OuterUnit => {
+                        let at = format!("the LIMIT over {}", input.label);
+                        match sorted_input(&l.input) {
+                            Some(sort) => {
+                                let by: Vec<&Expr> = sort.expr.iter().map(|e| &e.expr).collect();
+                                self.totally_ordered(&sort.input, &by, "LIMIT", &at)?;
+                            }
+                            None => {
+                                self.refuse(
+                                    Refusal::OrderDependent {
+                                        function: "LIMIT".into(),
+                                        keys: "it has no ORDER BY".into(),
+                                    },
+                                    at,
+                                )?;
+                            }
+                        }
+                        Ok(input)
+                    }
                     Rows::PerUnit => self.refuse(
                         Refusal::RowSelection {
                             construct: if l.skip.is_some() {
@@ -455,6 +538,7 @@ impl Checker<'_> {
                 Ok(Rel {
                     rows: first.rows,
                     unit_cols,
+                    either_unit: Vec::new(),
                     label,
                 })
             }
@@ -486,16 +570,145 @@ impl Checker<'_> {
         }
     }
 
+    /// Refuses `function` unless `by` (its PARTITION BY / GROUP BY and ORDER BY) covers a row
+    /// key of `input`: then no two rows of one unit tie, and the result cannot depend on the
+    /// order in which the rows arrive, which other units' rows can change.
+    fn totally_ordered(
+        &self,
+        input: &LogicalPlan,
+        by: &[&Expr],
+        function: &str,
+        at: &str,
+    ) -> Result<(), StabilityError> {
+        let schema = input.schema();
+        let ordered: BTreeSet<usize> = by
+            .iter()
+            .filter_map(|e| match strip_alias(e) {
+                Expr::Column(c) => schema.maybe_index_of_column(c),
+                _other => None,
+            })
+            .collect();
+        match row_key(input) {
+            Some(key) if key.is_subset(&ordered) => Ok(()),
+            Some(key) => {
+                let missing: Vec<String> = key
+                    .difference(&ordered)
+                    .map(|i| {
+                        let (q, f) = schema.qualified_field(*i);
+                        match q {
+                            Some(q) => format!("{q}.{}", f.name()),
+                            None => f.name().to_string(),
+                        }
+                    })
+                    .collect();
+                self.refuse(
+                    Refusal::OrderDependent {
+                        function: function.to_string(),
+                        keys: format!("add {}", missing.join(", ")),
+                    },
+                    at,
+                )
+            }
+            None => self.refuse(
+                Refusal::OrderDependent {
+                    function: function.to_string(),
+                    keys: "none is known for this input".into(),
+                },
+                at,
+            ),
+        }
+    }
+
+    /// A join's input: an inner join under it sees the conditions of the WHERE above too.
+    fn join_input(
+        &self,
+        plan: &LogicalPlan,
+        pushed: &[&Expr],
+        scopes: &[Scope],
+    ) -> Result<Rel, StabilityError> {
+        match plan {
+            LogicalPlan::Join(j) if j.join_type == JoinType::Inner => self.join(j, pushed, scopes),
+            other => self.relation(other, scopes),
+        }
+    }
+
+    /// A join, with `pushed`: conditions of a WHERE directly above a chain of inner joins, which
+    /// for inner joins mean what the same conditions in ON would.
     fn join(
         &self,
         j: &datafusion::logical_expr::Join,
+        pushed: &[&Expr],
         scopes: &[Scope],
     ) -> Result<Rel, StabilityError> {
-        let left = self.relation(&j.left, scopes)?;
-        let right = self.relation(&j.right, scopes)?;
-        let at = format!("the JOIN of {} with {}", left.label, right.label);
+        let pushed: &[&Expr] = if j.join_type == JoinType::Inner {
+            pushed
+        } else {
+            &[]
+        };
+        let left = self.join_input(&j.left, pushed, scopes)?;
         let (ls, rs) = (j.left.schema(), j.right.schema());
-        let has_condition = !j.on.is_empty() || j.filter.is_some();
+        // JOIN LATERAL: the right side is evaluated for each left row, with the left side as its
+        // enclosing query level. Correlated on the unit, its rows are that row's unit's own.
+        let lateral = lateral_subquery(&j.right);
+        let right = match lateral {
+            Some(sub) => {
+                let mut inner: Vec<Scope> = scopes
+                    .iter()
+                    .map(|s| Scope {
+                        schema: s.schema,
+                        rel: s.rel,
+                    })
+                    .collect();
+                inner.push(Scope {
+                    schema: ls,
+                    rel: &left,
+                });
+                let mut rel = self.relation(&sub.subquery, &inner)?;
+                rel.label = format!("LATERAL ({})", rel.label);
+                rel
+            }
+            None => self.join_input(&j.right, pushed, scopes)?,
+        };
+        let at = format!("the JOIN of {} with {}", left.label, right.label);
+        if lateral.is_some() && left.rows == Rows::PerUnit && right.rows == Rows::OuterUnit {
+            // Each left row meets only rows of its own unit: the left side's rows, labels kept.
+            for (l, r) in &j.on {
+                self.condition(l, ls, &left, scopes, &at)?;
+                self.condition(r, rs, &right, scopes, &at)?;
+            }
+            if let Some(filter) = &j.filter {
+                let mut merged = ls.as_ref().clone();
+                merged.merge(rs);
+                let both = Rel {
+                    rows: Rows::PerUnit,
+                    unit_cols: BTreeSet::new(),
+                    either_unit: Vec::new(),
+                    label: format!("{}, {}", left.label, right.label),
+                };
+                self.condition(filter, &merged, &both, scopes, &at)?;
+            }
+            return match j.join_type {
+                JoinType::Inner | JoinType::Left => Ok(Rel {
+                    rows: Rows::PerUnit,
+                    unit_cols: left.unit_cols.clone(),
+                    either_unit: Vec::new(),
+                    label: format!("{}, {}", left.label, right.label),
+                }),
+                JoinType::Right
+                | JoinType::Full
+                | JoinType::LeftSemi
+                | JoinType::RightSemi
+                | JoinType::LeftAnti
+                | JoinType::RightAnti
+                | JoinType::LeftMark
+                | JoinType::RightMark => self.unsupported(
+                    &format!("{} JOIN LATERAL", j.join_type.to_string().to_uppercase()),
+                    at,
+                ),
+            };
+        }
+        let relating = pushed.iter().any(|c| relates(c, ls, rs));
+        let has_condition = !j.on.is_empty() || j.filter.is_some() || relating;
         // Conditions are checked against the side(s) they reference; a subquery there is refused
         // because its result would decide which rows of *two* relations meet.
         let mut unit_equality = false;
@@ -510,6 +723,7 @@ impl Checker<'_> {
             let both = Rel {
                 rows: combine_rows(left.rows, right.rows),
                 unit_cols: BTreeSet::new(),
+                either_unit: Vec::new(),
                 label: format!("{}, {}", left.label, right.label),
             };
             self.condition(filter, &merged, &both, scopes, &at)?;
@@ -517,6 +731,9 @@ impl Checker<'_> {
                 .into_iter()
                 .any(|c| equates_units(c, ls, &left, rs, &right));
         }
+        unit_equality |= pushed
+            .iter()
+            .any(|c| equates_units(c, ls, &left, rs, &right));
         // Rows of many units on one side may meet rows that are not public only where the units
         // are equal; a side restricted to the outer unit meets only that unit's rows anyway.
         let many = |r: &Rel| r.rows == Rows::PerUnit;
@@ -590,13 +807,55 @@ impl Checker<'_> {
                     keep(&left, &right)?;
                 }
                 // Both sides are kept; with neither public each unmatched row is still one
-                // unit's, but the other side's unit columns are NULL there.
+                // unit's, but the other side's unit columns are NULL there: only COALESCE of a
+                // pair of unit columns the join equates is a label on every row.
                 (combine_rows(left.rows, right.rows), BTreeSet::new())
             }
+        };
+        let filter_pairs: Vec<(Expr, Expr)> = j
+            .filter
+            .iter()
+            .flat_map(split_conjunction)
+            .filter_map(|c| match c {
+                Expr::BinaryExpr(BinaryExpr {
+                    left: a,
+                    op: Operator::Eq,
+                    right: b,
+                }) => Some(((**a).clone(), (**b).clone())),
+                _other => None,
+            })
+            .flat_map(|(a, b)| [(a.clone(), b.clone()), (b, a)])
+            .collect();
+        let either_unit = match j.join_type {
+            JoinType::Full => {
+                j.on.iter()
+                    .chain(&filter_pairs)
+                    .filter_map(|(l, r)| {
+                        let (Expr::Column(lc), Expr::Column(rc)) = (strip_alias(l), strip_alias(r))
+                        else {
+                            return None;
+                        };
+                        let li = ls.maybe_index_of_column(lc)?;
+                        let ri = rs.maybe_index_of_column(rc)?;
+                        (left.unit_cols.contains(&li) && right.unit_cols.contains(&ri))
+                            .then_some((li, ri + nl))
+                    })
+                    .collect()
+            }
+            JoinType::Inner
+            | JoinType::Left
+            | JoinType::Right
+            | JoinType::LeftSemi
+            | JoinType::RightSemi
+            | JoinType::LeftAnti
+            | JoinType::RightAnti
+            | JoinType::LeftMark
+            | JoinType::RightMark => Vec::new(),
         };
         Ok(Rel {
             rows,
             unit_cols,
+            either_unit,
             label,
         })
     }
@@ -626,8 +885,17 @@ impl Checker<'_> {
         else {
             return false;
         };
+        // Only a reference that the immediately enclosing level alone can mean: were the name
+        // also another level's, the check and DataFusion might resolve it differently.
         let outer_unit = |e: &Expr| match e {
-            Expr::OuterReferenceColumn(_, col) => column_is_unit(col, outer.schema, outer.rel),
+            Expr::OuterReferenceColumn(_, col) => {
+                column_is_unit(col, outer.schema, outer.rel)
+                    && scopes
+                        .iter()
+                        .filter(|s| s.schema.maybe_index_of_column(col).is_some())
+                        .count()
+                        == 1
+            }
             _other => false,
         };
         (is_unit_column(left, schema, rel) && outer_unit(right))
@@ -673,9 +941,25 @@ impl Checker<'_> {
     ) -> Result<(), StabilityError> {
         #[allow(deprecated)]
         match node {
+            Expr::OuterReferenceColumn(_, col) => {
+                let levels = scopes
+                    .iter()
+                    .filter(|s| s.schema.maybe_index_of_column(col).is_some())
+                    .count();
+                if levels == 1 {
+                    Ok(())
+                } else {
+                    self.refuse(
+                        Refusal::AmbiguousOuterReference {
+                            column: col.flat_name(),
+                            levels,
+                        },
+                        at,
+                    )
+                }
+            }
             Expr::Alias(_)
             | Expr::Column(_)
-            | Expr::OuterReferenceColumn(..)
             | Expr::Literal(..)
             | Expr::BinaryExpr(_)
             | Expr::Like(_)
@@ -840,6 +1124,134 @@ impl Checker<'_> {
     }
 }
 
+/// Window functions whose value for a row depends on where among tied rows it falls: those
+/// that count or pick rows, and aggregates over a ROWS frame short of the whole partition.
+/// `rank`, `dense_rank`, `percent_rank` and `cume_dist` treat ties alike; RANGE and GROUPS
+/// frames take all peers.
+fn window_depends_on_order(f: &WindowFunction) -> bool {
+    use datafusion::logical_expr::{WindowFrameBound, WindowFrameUnits};
+    match &f.fun {
+        datafusion::logical_expr::WindowFunctionDefinition::WindowUDF(u) => !matches!(
+            u.name(),
+            "rank" | "dense_rank" | "percent_rank" | "cume_dist"
+        ),
+        datafusion::logical_expr::WindowFunctionDefinition::AggregateUDF(a) => {
+            let frame = &f.params.window_frame;
+            let whole = matches!(&frame.start_bound, WindowFrameBound::Preceding(v) if v.is_null())
+                && matches!(&frame.end_bound, WindowFrameBound::Following(v) if v.is_null());
+            let by_rows = match frame.units {
+                WindowFrameUnits::Rows => true,
+                WindowFrameUnits::Range | WindowFrameUnits::Groups => false,
+            };
+            aggregate_depends_on_order(a.name()) || (by_rows && !whole)
+        }
+    }
+}
+
+/// Aggregates whose value depends on the order of their input rows.
+fn aggregate_depends_on_order(name: &str) -> bool {
+    matches!(
+        name,
+        "first_value" | "last_value" | "nth_value" | "array_agg" | "string_agg"
+    )
+}
+
+/// The Sort a LIMIT applies to, under projections and aliases.
+fn sorted_input(plan: &LogicalPlan) -> Option<&datafusion::logical_expr::Sort> {
+    match plan {
+        LogicalPlan::Sort(s) => Some(s),
+        LogicalPlan::Projection(p) => sorted_input(&p.input),
+        LogicalPlan::SubqueryAlias(a) => sorted_input(&a.input),
+        _other => None,
+    }
+}
+
+/// Positions of `plan`'s output columns that together identify a row among its unit's rows:
+/// the data model's row keys (`cdm::TableDef::row_key`, unique within a unit at every node),
+/// carried through projections, filters and joins; a grouping's keys; all columns of a DISTINCT.
+/// `None` when no such key is known.
+fn row_key(plan: &LogicalPlan) -> Option<BTreeSet<usize>> {
+    match plan {
+        LogicalPlan::TableScan(scan) => {
+            let table = scan.table_name.table();
+            let names: Vec<&str> = match cdm::table(table) {
+                Some(def) => def.row_key().to_vec(),
+                None if table == crate::contract::QUARTERS_TABLE => vec!["quarter"],
+                None if table == crate::contract::YEARS_TABLE => vec!["year"],
+                None => return None,
+            };
+            if names.is_empty() {
+                return None;
+            }
+            let fields = scan.projected_schema.fields();
+            names
+                .iter()
+                .map(|n| fields.iter().position(|f| f.name() == n))
+                .collect()
+        }
+        LogicalPlan::SubqueryAlias(a) => row_key(&a.input),
+        LogicalPlan::Subquery(s) => row_key(&s.subquery),
+        LogicalPlan::Filter(f) => row_key(&f.input),
+        LogicalPlan::Sort(s) => row_key(&s.input),
+        LogicalPlan::Limit(l) => row_key(&l.input),
+        LogicalPlan::Window(w) => row_key(&w.input),
+        LogicalPlan::Projection(p) => {
+            let key = row_key(&p.input)?;
+            let input = p.input.schema();
+            key.iter()
+                .map(|k| {
+                    p.expr.iter().position(|e| match strip_alias(e) {
+                        Expr::Column(c) => input.maybe_index_of_column(c) == Some(*k),
+                        _other => false,
+                    })
+                })
+                .collect()
+        }
+        LogicalPlan::Join(j) => {
+            let nl = j.left.schema().fields().len();
+            match j.join_type {
+                JoinType::Inner | JoinType::Left | JoinType::Right | JoinType::Full => {
+                    let mut key = row_key(&j.left)?;
+                    key.extend(row_key(&j.right)?.into_iter().map(|i| i + nl));
+                    Some(key)
+                }
+                JoinType::LeftSemi | JoinType::LeftAnti | JoinType::LeftMark => row_key(&j.left),
+                JoinType::RightSemi | JoinType::RightAnti | JoinType::RightMark => {
+                    row_key(&j.right)
+                }
+            }
+        }
+        LogicalPlan::Aggregate(a) => Some((0..a.group_expr.len()).collect()),
+        LogicalPlan::Distinct(Distinct::All(input)) => {
+            Some((0..input.schema().fields().len()).collect())
+        }
+        LogicalPlan::Distinct(Distinct::On(_))
+        | LogicalPlan::Union(_)
+        | LogicalPlan::Values(_)
+        | LogicalPlan::EmptyRelation(_)
+        | LogicalPlan::Repartition(_)
+        | LogicalPlan::Unnest(_)
+        | LogicalPlan::RecursiveQuery(_)
+        | LogicalPlan::Extension(_)
+        | LogicalPlan::Statement(_)
+        | LogicalPlan::Explain(_)
+        | LogicalPlan::Analyze(_)
+        | LogicalPlan::Dml(_)
+        | LogicalPlan::Ddl(_)
+        | LogicalPlan::Copy(_)
+        | LogicalPlan::DescribeTable(_) => None,
+    }
+}
+
+/// The subquery of a LATERAL join's right side (under any aliases), if it refers outside itself.
+fn lateral_subquery(plan: &LogicalPlan) -> Option<&Subquery> {
+    match plan {
+        LogicalPlan::SubqueryAlias(a) => lateral_subquery(&a.input),
+        LogicalPlan::Subquery(s) if !s.outer_ref_columns.is_empty() => Some(s),
+        _other => None,
+    }
+}
+
 /// Rows of a join where both sides' rows meet (inner join).
 fn combine_rows(a: Rows, b: Rows) -> Rows {
     match (a, b) {
@@ -861,14 +1273,50 @@ fn preserved_rows(preserved: &Rel, other: &Rel) -> Rows {
     }
 }
 
-/// Positions of `exprs` that are bare unit columns of `rel`: the unit labels of their output.
+/// Positions of `exprs` that are unit labels of `rel`: bare unit columns, or COALESCE of a pair
+/// of columns a FULL JOIN equated on the unit.
 fn unit_positions(exprs: &[Expr], schema: &DFSchema, rel: &Rel) -> BTreeSet<usize> {
     exprs
         .iter()
         .enumerate()
-        .filter(|(_, e)| is_unit_column(e, schema, rel))
+        .filter(|(_, e)| is_unit_column(e, schema, rel) || is_coalesced_unit(e, schema, rel))
         .map(|(i, _)| i)
         .collect()
+}
+
+fn is_coalesced_unit(e: &Expr, schema: &DFSchema, rel: &Rel) -> bool {
+    let Expr::ScalarFunction(f) = strip_alias(e) else {
+        return false;
+    };
+    if f.func.name() != "coalesce" || rel.rows == Rows::Public {
+        return false;
+    }
+    let positions: Option<Vec<usize>> = f
+        .args
+        .iter()
+        .map(|a| match strip_alias(a) {
+            Expr::Column(c) => schema.maybe_index_of_column(c),
+            _other => None,
+        })
+        .collect();
+    match positions.as_deref() {
+        Some([a, b]) => rel
+            .either_unit
+            .iter()
+            .any(|p| *p == (*a, *b) || *p == (*b, *a)),
+        _ => false,
+    }
+}
+
+/// Whether a condition refers to columns of both sides of a join.
+fn relates(c: &Expr, ls: &DFSchema, rs: &DFSchema) -> bool {
+    let columns = c.column_refs();
+    let side = |s: &DFSchema| {
+        columns
+            .iter()
+            .any(|col| s.maybe_index_of_column(col).is_some())
+    };
+    side(ls) && side(rs)
 }
 
 /// Whether `e` is a bare (possibly aliased) column holding this relation's unit id.

@@ -42,6 +42,10 @@ pub struct SecureRequest {
     pub bits: u32,
 }
 
+/// The default public bound on the units one node holds (`secure.max_units`, node and
+/// coordinator): secure entry widths are planned from it.
+pub const DEFAULT_MAX_UNITS: u64 = 100_000;
+
 /// The default entry width of a secure report.
 pub const DEFAULT_BITS: u32 = 32;
 
@@ -109,6 +113,10 @@ pub struct SecureShares {
     /// ed25519 over [`ReportBinding`], the public share and the sealed helper share.
     pub signature: String,
     pub measures: Vec<SecureMeasure>,
+    /// The node's public bound on its units (`secure.max_units`): its cells were clamped into
+    /// ± this times each measure's per-unit bound. 0 in answers made before it was stated.
+    #[serde(default)]
+    pub max_units: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -326,6 +334,7 @@ pub mod testing {
             },
             signature: String::new(),
             measures: Vec::new(),
+            max_units: 0,
         });
         answer
     }

@@ -142,6 +142,27 @@ pub fn plan(
     })
 }
 
+/// Standard deviations of headroom kept between a cell's public bound and the end of its entry's
+/// range: a discrete Gaussian draw beyond 40σ has probability below e^−800.
+pub const HEADROOM_SIGMAS: f64 = 40.0;
+
+/// The largest |cell| a node holding at most `max_units` units can report for a measure whose one
+/// unit moves a cell by at most `per_cell`: public, so the entry width depends on no record.
+pub fn cell_bound(per_cell: i64, max_units: u64) -> i64 {
+    per_cell
+        .unsigned_abs()
+        .saturating_mul(max_units)
+        .min(i64::MAX as u64) as i64
+}
+
+/// The narrowest signed entry width, in bits, that holds any cell within ±`cell_bound` scaled by
+/// the plan's granularity plus its noise share with 40σ headroom; `None` when no width up to
+/// `max_bits` does. Every input is public, so nodes, coordinator and helper agree on it.
+pub fn entry_bits(cell_bound: i64, plan: &SharePlan, max_bits: u32) -> Option<u32> {
+    let reach = cell_bound as f64 * plan.granularity as f64 + HEADROOM_SIGMAS * plan.sigma;
+    (2..=max_bits).find(|b| reach < 2f64.powi(*b as i32 - 1))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -255,5 +276,23 @@ mod tests {
             plan(1, 1.0, 1, 0.1, 3, Some(-1.0)),
             Err(PlanError::BadCeiling(_))
         ));
+    }
+
+    #[test]
+    fn entry_width_holds_the_public_bound_and_its_noise_and_no_more() {
+        let p = plan(4, 2.0, 16, 0.01, 10, None).expect("plan");
+        let bound = cell_bound(4, 1000);
+        assert_eq!(bound, 4000);
+        let bits = entry_bits(bound, &p, 64).expect("fits");
+        let reach = 4000.0 * p.granularity as f64 + HEADROOM_SIGMAS * p.sigma;
+        assert!(reach < 2f64.powi(bits as i32 - 1), "{bits} too narrow");
+        assert!(
+            reach >= 2f64.powi(bits as i32 - 2),
+            "{bits} wider than needed"
+        );
+        // A bound no 64-bit entry holds is refused, and a huge one saturates instead of wrapping.
+        assert_eq!(cell_bound(i64::MAX, u64::MAX), i64::MAX);
+        assert_eq!(entry_bits(cell_bound(i64::MAX, 2), &p, 64), None);
+        assert_eq!(entry_bits(bound, &p, bits - 1), None);
     }
 }

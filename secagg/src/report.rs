@@ -79,6 +79,8 @@ pub fn make(
         helper_share: sealed,
         signature,
         measures,
+        // Stated by the node after sharding; not part of the signed binding.
+        max_units: 0,
     })
 }
 

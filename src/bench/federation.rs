@@ -420,7 +420,10 @@ async fn one(
         .map(|b| policies::wire::Answer::decode(&b))
         .collect::<Result<_, _>>()?;
     let t = Instant::now();
-    let combined = match runner.secure_request_for(ind).zip(runner.secure.as_ref()) {
+    let combined = match runner
+        .secure_request_for(ind, &quarter)
+        .zip(runner.secure.as_ref())
+    {
         Some((request, aggregator)) => aggregator.combine(ind, quarter, request, &answers).await?.0,
         None => coordinator::national::combine(&answers, n).await?,
     };
@@ -435,7 +438,7 @@ async fn one(
     );
     let combination_ms = t.elapsed().as_secs_f64() * 1000.0;
     anyhow::ensure!(!records.is_empty(), "combination published nothing");
-    let secure_fresh = match (&helper_cfg, runner.secure_request_for(ind)) {
+    let secure_fresh = match (&helper_cfg, runner.secure_request_for(ind, &quarter)) {
         (Some(helper_cfg), Some(request)) => Some(
             fresh_secure_combinations(
                 &cfg,
@@ -720,7 +723,7 @@ async fn fanout_only(
         period: quarter,
         content_hash: Some(ind.content_hash.clone()),
         catalog_version: None,
-        secure: runner.secure_request_for(ind),
+        secure: runner.secure_request_for(ind, &quarter),
     };
     let t = Instant::now();
     let jobs = runner

@@ -5,6 +5,7 @@
 mod support;
 
 mod audit;
+mod before_the_spend;
 mod bench_cli;
 mod coordinator_api;
 mod coordinator_restart;

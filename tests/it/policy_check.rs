@@ -168,3 +168,65 @@ fn a_closed_output_pipe_ends_the_command_quietly() {
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert_eq!(out.status.signal(), Some(libc::SIGPIPE), "{:?}", out.status);
 }
+
+/// `stroom policy check` reports the refusals of "nothing about the records before the spend" as
+/// the node does: SQL that can fail on some value, and picks that depend on row order, each with
+/// its reason and its place in the SQL.
+#[test]
+fn partial_and_order_dependent_sql_is_reported_with_reason_and_place() {
+    let sql = |id: &str, select: &str| {
+        variant(
+            id,
+            "SELECT youth_pid, 'x' AS quarter FROM youth",
+            &format!("SELECT {select} FROM education e"),
+        )
+    };
+    let files = vec![
+        (
+            "bad.division.toml",
+            sql(
+                "bad.division",
+                "e.youth_pid, CAST(e.attended_hours / e.planned_hours AS VARCHAR) AS quarter",
+            ),
+        ),
+        (
+            "bad.cast.toml",
+            sql(
+                "bad.cast",
+                "e.youth_pid, CAST(CAST(e.stay_id AS BIGINT) AS VARCHAR) AS quarter",
+            ),
+        ),
+        (
+            "bad.order.toml",
+            sql(
+                "bad.order",
+                "e.youth_pid, CAST(row_number() OVER (PARTITION BY e.youth_pid ORDER BY e.month) AS VARCHAR) AS quarter",
+            ),
+        ),
+        (
+            "ok.total.toml",
+            sql(
+                "ok.total",
+                "e.youth_pid, CAST(CAST(e.attended_hours AS DOUBLE) / NULLIF(e.planned_hours, 0) AS VARCHAR) AS quarter",
+            ),
+        ),
+    ];
+    let (ok, text) = check_dir(&files);
+    assert!(!ok, "{text}");
+    for (file, expected) in [
+        ("bad.division", "e.attended_hours / e.planned_hours"),
+        ("bad.division", "NULLIF"),
+        ("bad.cast", "TRY_CAST"),
+        ("bad.order", "row_number"),
+        ("bad.order", "e.stay_id"),
+    ] {
+        let line = text
+            .lines()
+            .find(|l| l.contains(file))
+            .unwrap_or_else(|| panic!("{file} not reported:\n{text}"));
+        assert!(line.contains(expected), "{file}: no '{expected}' in {line}");
+        assert!(line.contains("(in "), "{file}: no place in {line}");
+    }
+    assert!(!text.contains("ok.total"), "{text}");
+    assert!(text.contains("3 problem(s)"), "{text}");
+}

@@ -102,16 +102,29 @@ fn noisy_vector(dir: &Path, meta: &AnswerMeta) -> Vec<i128> {
     shape.decode_sum(&shape.unshard(l, h, 1).expect("unshard"), 1)
 }
 
+/// The request the coordinator sends for a run of `n` nodes: its entry width planned from the
+/// public bound on units, as `coordinator::runs` plans it.
+async fn run_request(indicator: &str, quarter: &str, n: u32) -> serde_json::Value {
+    let catalog = policies::Catalog::load(&catalog_dir())
+        .await
+        .expect("catalog");
+    let base = catalog.get(indicator).expect("indicator");
+    let period: policies::Period = quarter.parse().expect("period");
+    let bits =
+        coordinator::secure::planned_bits(base, &period, n - T, policies::wire::DEFAULT_MAX_UNITS);
+    serde_json::json!({
+        "indicator": indicator,
+        "period": quarter,
+        "secure": { "nodes": n, "max_missing": T, "bits": bits },
+    })
+}
+
 /// The node's stored answer, replayed (a repeat of the run's request: no new noise, no spend).
 async fn replayed(dir: &Path, url: &str, indicator: &str, quarter: &str, n: u32) -> AnswerMeta {
     let c = coordinator_identity_client(dir);
     let r = c
         .post(format!("{url}/v1/evaluate"))
-        .json(&serde_json::json!({
-            "indicator": indicator,
-            "period": quarter,
-            "secure": { "nodes": n, "max_missing": T },
-        }))
+        .json(&run_request(indicator, quarter, n).await)
         .send()
         .await
         .expect("evaluate");
@@ -219,7 +232,7 @@ async fn a_secure_run_sums_the_nodes_noisy_vectors_and_no_party_sees_them() {
         // The answers' public keys, in order: decode one answer again for its batch.
         let answer = coordinator_identity_client(dir)
             .post(format!("{}/v1/evaluate", nodes[0].url))
-            .json(&serde_json::json!({"indicator": indicator, "period": "2024Q2", "secure": {"nodes": n, "max_missing": T}}))
+            .json(&run_request(indicator, "2024Q2", n).await)
             .send()
             .await
             .expect("evaluate")

@@ -71,7 +71,7 @@ fn accepted_forms() {
     // Window partitioned by the unit; GROUP BY the unit with HAVING.
     accepted(&format!(
         "SELECT youth_pid, quarter FROM (SELECT s.youth_pid, q.quarter, \
-         row_number() OVER (PARTITION BY s.youth_pid ORDER BY s.admission_date) AS rn \
+         row_number() OVER (PARTITION BY s.youth_pid ORDER BY s.admission_date, s.stay_id, q.quarter) AS rn \
          FROM {STAY_Q}) t WHERE rn = 1"
     ));
     accepted(&format!(
@@ -456,4 +456,230 @@ fn tables_outside_the_data_model_are_refused() {
             ..
         })
     ));
+}
+
+/// A youth's stays by quarter, with the columns the new forms order by.
+fn by_quarter(select: &str) -> String {
+    format!("SELECT {select} FROM {STAY_Q}")
+}
+
+#[test]
+fn picks_that_depend_on_row_order_within_a_unit_are_refused() {
+    let order_dependent = [
+        // Window functions that count or pick rows, without an order that leaves no ties.
+        format!(
+            "SELECT youth_pid, quarter FROM ({}) t WHERE rn = 1",
+            by_quarter("s.youth_pid, q.quarter, row_number() OVER (PARTITION BY s.youth_pid) AS rn")
+        ),
+        format!(
+            "SELECT youth_pid, quarter FROM ({}) t WHERE rn = 1",
+            by_quarter(
+                "s.youth_pid, q.quarter, row_number() OVER (PARTITION BY s.youth_pid ORDER BY s.admission_date) AS rn"
+            )
+        ),
+        by_quarter(
+            "s.youth_pid, lag(q.quarter) OVER (PARTITION BY s.youth_pid ORDER BY s.admission_date) AS quarter"
+        ),
+        by_quarter(
+            "s.youth_pid, lead(q.quarter) OVER (PARTITION BY s.youth_pid ORDER BY s.stay_id) AS quarter"
+        ),
+        by_quarter("s.youth_pid, first_value(q.quarter) OVER (PARTITION BY s.youth_pid) AS quarter"),
+        by_quarter(
+            "s.youth_pid, last_value(q.quarter) OVER (PARTITION BY s.youth_pid ORDER BY s.stay_id) AS quarter"
+        ),
+        by_quarter(
+            "s.youth_pid, nth_value(q.quarter, 2) OVER (PARTITION BY s.youth_pid ORDER BY q.quarter) AS quarter"
+        ),
+        by_quarter(
+            "s.youth_pid, q.quarter, ntile(2) OVER (PARTITION BY s.youth_pid ORDER BY s.admission_date) AS half"
+        ),
+        by_quarter(
+            "s.youth_pid, q.quarter, sum(1) OVER (PARTITION BY s.youth_pid ORDER BY s.admission_date \
+             ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS running"
+        ),
+        "SELECT m.youth_pid, count(*) OVER (PARTITION BY m.youth_pid ORDER BY m.start_ts \
+         ROWS 1 PRECEDING) AS pair FROM restrictive_measure m"
+            .to_string(),
+        "SELECT m.youth_pid, row_number() OVER (PARTITION BY m.youth_pid ORDER BY m.start_ts) AS n \
+         FROM restrictive_measure m"
+            .to_string(),
+        // Aggregates that keep the order of their input rows.
+        format!(
+            "{} GROUP BY s.youth_pid",
+            by_quarter("s.youth_pid, array_agg(q.quarter) AS quarters")
+        ),
+        format!(
+            "{} GROUP BY s.youth_pid",
+            by_quarter("s.youth_pid, first_value(q.quarter) AS quarter")
+        ),
+        format!(
+            "{} GROUP BY s.youth_pid",
+            by_quarter("s.youth_pid, last_value(q.quarter) AS quarter")
+        ),
+        format!(
+            "{} GROUP BY s.youth_pid",
+            by_quarter("s.youth_pid, string_agg(q.quarter, ',') AS quarters")
+        ),
+        format!(
+            "{} GROUP BY s.youth_pid",
+            by_quarter("s.youth_pid, array_agg(q.quarter ORDER BY s.admission_date) AS quarters")
+        ),
+        format!(
+            "{} GROUP BY s.youth_pid",
+            by_quarter("s.youth_pid, first_value(q.quarter ORDER BY s.admission_date) AS quarter")
+        ),
+        // DISTINCT ON keeps the first row of each value in an order with ties.
+        by_quarter("DISTINCT ON (s.youth_pid) s.youth_pid, q.quarter"),
+        format!(
+            "{} ORDER BY s.youth_pid, s.admission_date",
+            by_quarter("DISTINCT ON (s.youth_pid) s.youth_pid, q.quarter")
+        ),
+        // LIMIT among one youth's rows, in an order with ties.
+        format!(
+            "{} WHERE q.quarter = (SELECT q2.quarter FROM stay s2 JOIN quarters q2 \
+             ON s2.admission_date <= q2.last_day WHERE s2.youth_pid = s.youth_pid LIMIT 1)",
+            by_quarter("s.youth_pid, q.quarter")
+        ),
+        format!(
+            "{} WHERE q.quarter = (SELECT q2.quarter FROM stay s2 JOIN quarters q2 \
+             ON s2.admission_date <= q2.last_day WHERE s2.youth_pid = s.youth_pid \
+             ORDER BY s2.admission_date LIMIT 1)",
+            by_quarter("s.youth_pid, q.quarter")
+        ),
+    ];
+    for sql in &order_dependent {
+        match refused(sql) {
+            Refusal::OrderDependent { .. } => {}
+            other => panic!("refused for another reason ({other}):\n{sql}"),
+        }
+    }
+}
+
+#[test]
+fn scopes_are_resolved_as_datafusion_resolves_them() {
+    // Inside the subquery, `s` is every youth's stay again, and the LATERAL's `s.youth_pid` is
+    // that inner `s`: the subquery counts over all youths. The check once resolved it to the
+    // outer `s` and took the subquery for a per-youth one.
+    let reused_alias = format!(
+        "{} WHERE (SELECT count(*) FROM stay s JOIN LATERAL (SELECT 1 AS one FROM move mv \
+         WHERE mv.youth_pid = s.youth_pid) l ON true) > 5",
+        by_quarter("s.youth_pid, q.quarter")
+    );
+    assert!(
+        matches!(
+            refused(&reused_alias),
+            Refusal::AmbiguousOuterReference { levels: 2, .. }
+        ),
+        "{reused_alias}"
+    );
+    // The same name at two enclosing levels, without LATERAL.
+    let nested = format!(
+        "{} WHERE EXISTS (SELECT 1 FROM stay s WHERE EXISTS \
+         (SELECT 1 FROM move mv WHERE mv.youth_pid = s.youth_pid))",
+        by_quarter("s.youth_pid, q.quarter")
+    );
+    assert!(
+        matches!(
+            refused(&nested),
+            Refusal::AmbiguousOuterReference { .. } | Refusal::UncorrelatedSubquery { .. }
+        ),
+        "{nested}"
+    );
+    // LATERAL correlated on something other than the unit meets other youths' rows.
+    let by_stay = "SELECT s.youth_pid, c.n FROM stay s JOIN LATERAL (SELECT count(*) AS n \
+                   FROM move mv WHERE mv.stay_id = s.stay_id) c ON true";
+    assert!(matches!(
+        refused(by_stay),
+        Refusal::JoinWithoutUnitEquality { .. } | Refusal::AggregateAcrossUnits
+    ));
+    // A comma join keeps its refusals when WHERE does not relate the tables.
+    assert!(matches!(
+        refused(
+            "SELECT m.youth_pid, q.quarter FROM restrictive_measure m, quarters q \
+             WHERE m.route = 'noodsituatie'"
+        ),
+        Refusal::CrossJoinWithPublic { .. }
+    ));
+    assert!(matches!(
+        refused(
+            "SELECT s.youth_pid, mv.move_type FROM stay s, move mv WHERE mv.stay_id = s.stay_id"
+        ),
+        Refusal::JoinWithoutUnitEquality { .. }
+    ));
+    // FULL JOIN: only COALESCE of the equated unit columns labels every row.
+    let full = |on: &str, unit: &str| {
+        format!(
+            "SELECT {unit} AS youth_pid FROM (SELECT youth_pid, stay_id FROM move) a \
+             FULL JOIN (SELECT youth_pid, stay_id FROM incident) b ON {on}"
+        )
+    };
+    assert!(matches!(
+        refused(&full(
+            "a.youth_pid = b.youth_pid",
+            "COALESCE(a.youth_pid, b.stay_id)"
+        )),
+        Refusal::UnitNotCarried { .. }
+    ));
+    assert!(matches!(
+        refused(&full(
+            "a.stay_id = b.stay_id",
+            "COALESCE(a.youth_pid, b.youth_pid)"
+        )),
+        Refusal::JoinWithoutUnitEquality { .. } | Refusal::UnitNotCarried { .. }
+    ));
+    assert!(matches!(
+        refused(&full("a.youth_pid = b.youth_pid", "a.youth_pid")),
+        Refusal::UnitNotCarried { .. }
+    ));
+}
+
+#[test]
+fn safe_forms_researchers_write_are_accepted() {
+    // Comma joins whose relating condition is in WHERE.
+    accepted(
+        "SELECT m.youth_pid, q.quarter FROM restrictive_measure m, quarters q \
+         WHERE CAST(m.start_ts AS DATE) BETWEEN q.first_day AND q.last_day",
+    );
+    accepted(
+        "SELECT s.youth_pid, q.quarter FROM stay s, move mv, quarters q \
+         WHERE mv.youth_pid = s.youth_pid AND mv.move_date BETWEEN q.first_day AND q.last_day",
+    );
+    // FULL JOIN of two per-youth relations on the unit, COALESCE as the unit.
+    accepted(
+        "SELECT COALESCE(a.youth_pid, b.youth_pid) AS youth_pid, COALESCE(a.n, 0) + COALESCE(b.k, 0) AS v \
+         FROM (SELECT youth_pid, count(*) AS n FROM move GROUP BY youth_pid) a \
+         FULL JOIN (SELECT youth_pid, count(*) AS k FROM incident GROUP BY youth_pid) b \
+         ON a.youth_pid = b.youth_pid",
+    );
+    // A top-level JOIN LATERAL correlated on the unit.
+    accepted(&format!(
+        "SELECT s.youth_pid, q.quarter, c.n FROM {STAY_Q} JOIN LATERAL \
+         (SELECT count(*) AS n FROM move mv WHERE mv.youth_pid = s.youth_pid) c ON true"
+    ));
+    // Order-dependent picks in an order without ties, and tie-insensitive ones.
+    accepted(&format!(
+        "SELECT youth_pid, quarter FROM ({}) t WHERE rn = 1",
+        by_quarter(
+            "s.youth_pid, q.quarter, row_number() OVER (PARTITION BY s.youth_pid \
+             ORDER BY s.admission_date, s.stay_id, q.quarter) AS rn"
+        )
+    ));
+    accepted(&by_quarter(
+        "s.youth_pid, q.quarter, rank() OVER (PARTITION BY s.youth_pid ORDER BY s.admission_date) AS r",
+    ));
+    accepted(&by_quarter(
+        "s.youth_pid, q.quarter, count(*) OVER (PARTITION BY s.youth_pid ORDER BY s.admission_date) AS c",
+    ));
+    accepted(&format!(
+        "{} ORDER BY s.youth_pid, s.admission_date, s.stay_id, q.quarter",
+        by_quarter("DISTINCT ON (s.youth_pid) s.youth_pid, q.quarter")
+    ));
+    accepted(&format!(
+        "{} GROUP BY s.youth_pid",
+        by_quarter("s.youth_pid, array_agg(q.quarter ORDER BY q.quarter, s.stay_id) AS quarters")
+    ));
+    accepted(
+        "SELECT m.youth_pid, row_number() OVER (PARTITION BY m.youth_pid ORDER BY m.start_ts, m.measure_id) AS n \
+         FROM restrictive_measure m",
+    );
 }
