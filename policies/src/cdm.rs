@@ -90,9 +90,9 @@ impl TableDef {
     }
 
     /// The columns that identify one row among its unit's rows (its record id, or for the
-    /// education months the stay and month; for a reference table, among all rows). A node
-    /// leaves out rows whose key repeats within their unit, so ordering by this key orders a
-    /// unit's rows completely, whatever order they arrive in.
+    /// education months the stay and month; for a reference table, among all rows; none for the
+    /// panel's responses). A node leaves out rows whose key repeats within their unit, so
+    /// ordering by this key orders a unit's rows completely, whatever order they arrive in.
     pub fn row_key(&self) -> &'static [&'static str] {
         match self.name {
             "youth" => &["youth_pid"],
@@ -103,7 +103,8 @@ impl TableDef {
             "unit" => &["unit_id"],
             "care_plan" => &["plan_id"],
             "education" => &["stay_id", "month"],
-            "panel_response" => &["quarter", "question_id"],
+            // A respondent may answer a question more than once: no key, so nothing over panel
+            // rows may depend on their order.
             _ => &[],
         }
     }

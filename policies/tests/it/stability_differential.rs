@@ -102,7 +102,7 @@ fn youth_rows(rng: &mut ChaCha8Rng, youth: &str, into: &mut Records) {
                     .map(|i| format!("{:?}", row[*i]))
                     .collect::<Vec<_>>()
                     .join("|");
-                if !seen.contains(&id) {
+                if key.is_empty() || !seen.contains(&id) {
                     seen.push(id);
                     break row;
                 }
