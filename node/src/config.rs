@@ -287,6 +287,10 @@ pub struct TestingConfig {
     /// fail verification and be excluded.
     #[serde(default)]
     pub corrupt_secure_report: bool,
+    /// Fail every evaluation after the spend with this engine message (as a division by zero
+    /// would say it): tests that such a failure leaves the node without its detail.
+    #[serde(default)]
+    pub fail_evaluation_with: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]

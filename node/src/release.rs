@@ -328,6 +328,9 @@ async fn evaluate_inner(node: &Arc<Node>, req: &EvaluateRequest) -> Result<Relea
 
     // The records are read only now, after the charge: whatever happens from here on is paid
     // for, and a failure is answered without its detail (see [`ReleaseError::public_message`]).
+    if let Some(message) = &node.config.testing.fail_evaluation_with {
+        return Err(EvalError::Engine(message.clone()).into());
+    }
     let cells = evaluate::cells(&tables, &query, &req.period, Bounding::Bounded).await?;
 
     let stamp = Stamp {

@@ -406,7 +406,7 @@ impl Checker<'_> {
                             .iter()
                             .chain(f.params.order_by.iter().map(|s| &s.expr))
                             .collect();
-                        self.totally_ordered(&w.input, &by, &f.fun.name().to_string(), &at)?;
+                        self.totally_ordered(&w.input, &by, f.fun.name(), &at)?;
                     }
                 }
                 Ok(input)

@@ -448,3 +448,42 @@ async fn no_record_digest_leaves_the_node_yet_equal_data_replays_and_a_changed_r
     assert_ne!(changed.snapshot, first.snapshot);
     assert_ne!(changed.release_key, first.release_key);
 }
+
+/// A failure after the charge (which the totality check leaves to resource exhaustion) reaches
+/// the caller without its detail; the operator finds it in the node's audit log. The spend stays
+/// recorded, and a repeat fails the same way without spending again.
+#[tokio::test]
+async fn a_failure_after_the_charge_names_no_value() {
+    let dir = federation_fixture(1);
+    let detail = "Arrow error: Divide by zero error at row 4711 (youth Y0042)";
+    let cfg = node_config(
+        dir.path(),
+        "P01",
+        5.0,
+        &format!("[testing]\nfail_evaluation_with = \"{detail}\"\n"),
+    );
+    let node = NodeProcess::start(&cfg);
+    let c = client(dir.path());
+    for attempt in 0..2 {
+        let r = evaluate(&c, &node.url, "seclusion.count", "2024Q1").await;
+        assert_eq!(r.status(), 500);
+        let body: serde_json::Value = r.json().await.expect("json");
+        assert_eq!(body["error"], "evaluation_failed");
+        let message = body["message"].as_str().expect("message");
+        assert!(
+            !message.contains("4711") && !message.contains("Y0042") && !message.contains("zero"),
+            "the detail reached the caller: {message}"
+        );
+        assert!(message.contains("log and audit"), "{message}");
+        let b = budget(&c, &node.url).await;
+        assert!(
+            (b["rho_spent"].as_f64().expect("spent") - 0.15).abs() < 1e-9,
+            "attempt {attempt}: charged once: {b}"
+        );
+    }
+    let audit = std::fs::read_to_string(dir.path().join("audit-P01.jsonl")).expect("audit");
+    assert!(
+        audit.contains("4711"),
+        "the operator's audit keeps the detail"
+    );
+}
