@@ -356,3 +356,33 @@ fn the_harness_catches_queries_the_check_refuses() {
         }
     });
 }
+
+/// Order-dependent picks the check refuses. Their breach needs rows to arrive in another order
+/// when a youth is added (a hash join's partitions, several batches); the harness's small
+/// single-batch tables keep the order, so it does not reproduce it (it saw none over these
+/// seeds), and the refusal rests on the argument in DESIGN_NOTES. Their ordered forms are in
+/// [`ACCEPTED_FORMS`] and keep the property.
+#[test]
+fn order_dependent_picks_are_refused() {
+    let ordered_with_ties = [
+        "SELECT youth_pid, quarter FROM (SELECT s.youth_pid, q.quarter, row_number() OVER \
+         (PARTITION BY s.youth_pid ORDER BY s.admission_date) AS rn FROM stay s JOIN move mv \
+         ON mv.youth_pid = s.youth_pid JOIN quarters q ON mv.move_date BETWEEN q.first_day AND q.last_day) t \
+         WHERE rn = 1",
+        "SELECT youth_pid, quarter FROM (SELECT s.youth_pid, q.quarter, row_number() OVER \
+         (PARTITION BY s.youth_pid) AS rn FROM stay s JOIN quarters q ON s.admission_date <= q.last_day \
+         AND COALESCE(s.discharge_date, q.last_day) >= q.first_day) t WHERE rn = 1",
+        "SELECT DISTINCT ON (s.youth_pid) s.youth_pid, q.quarter FROM stay s JOIN quarters q \
+         ON s.admission_date <= q.last_day AND COALESCE(s.discharge_date, q.last_day) >= q.first_day",
+    ];
+    runtime().block_on(async {
+        let ctx = contract::planning_context().expect("context");
+        for sql in ordered_with_ties {
+            let plan = ctx.sql(sql).await.expect("plans");
+            assert!(
+                policies::stability::check(plan.logical_plan(), "youth_pid").is_err(),
+                "the check must refuse {sql}"
+            );
+        }
+    });
+}
