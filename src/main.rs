@@ -315,6 +315,10 @@ enum BenchAction {
         /// t as a share of the nodes in secure runs.
         #[arg(long, default_value_t = 0.1)]
         max_missing_share: f64,
+        /// A fixed entry width for secure reports (the coordinator's `[secure] bits`) instead of
+        /// the one planned from the public bound on units: for a baseline at 32 bits.
+        #[arg(long)]
+        bits: Option<u32>,
     },
     /// Error of the national estimates against the truth and against central DP at the same cost,
     /// per catalog indicator, over many repetitions of the noise.
@@ -575,10 +579,12 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode> {
                     out,
                     secure,
                     max_missing_share,
+                    bits,
                 } => {
                     bench::federation::run(bench::federation::FederationBenchOptions {
                         secure,
                         max_missing_share,
+                        bits,
                         nodes,
                         repeats,
                         indicator,

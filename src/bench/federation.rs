@@ -32,6 +32,8 @@ pub struct FederationBenchOptions {
     pub out: PathBuf,
     pub secure: bool,
     pub max_missing_share: f64,
+    /// A fixed entry width instead of the planned one (baseline).
+    pub bits: Option<u32>,
 }
 
 /// Each node's rho budget per year in the benchmark: ample for the runs it makes.
@@ -362,7 +364,10 @@ async fn one(
     let secure_section = match &helper {
         Some(h) => crate::demo::coordinator_secure_section(
             &h.url,
-            &format!("max_missing_share = {}", opts.max_missing_share),
+            &match opts.bits {
+                Some(b) => format!("max_missing_share = {}\nbits = {b}", opts.max_missing_share),
+                None => format!("max_missing_share = {}", opts.max_missing_share),
+            },
         ),
         None => String::new(),
     };
