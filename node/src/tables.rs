@@ -425,6 +425,26 @@ fn in_date_range(column: &str, ty: &datafusion::arrow::datatypes::DataType) -> O
     ))
 }
 
+/// A coded column's allowed values as a SQL list.
+fn code_list(c: &cdm::ColumnDef) -> String {
+    c.codes
+        .iter()
+        .map(|s| quote_lit(s))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// [`in_date_range`] for column `c` of a table whose column types are `types`.
+fn date_condition(
+    types: &[(String, datafusion::arrow::datatypes::DataType)],
+    c: &cdm::ColumnDef,
+) -> Option<String> {
+    types
+        .iter()
+        .find(|(n, _)| n == c.name)
+        .and_then(|(_, t)| in_date_range(c.name, t))
+}
+
 /// The declared type of each column of a registered table.
 async fn column_types(
     ctx: &SessionContext,
@@ -475,20 +495,11 @@ async fn valid_rows(
         if !c.nullable {
             conditions.push(format!("{id} IS NOT NULL"));
         }
-        if let Some(in_range) = types
-            .iter()
-            .find(|(n, _)| n == c.name)
-            .and_then(|(_, t)| in_date_range(c.name, t))
-        {
+        if let Some(in_range) = date_condition(&types, c) {
             conditions.push(format!("({id} IS NULL OR {in_range})"));
         }
         if !c.codes.is_empty() {
-            let list = c
-                .codes
-                .iter()
-                .map(|s| quote_lit(s))
-                .collect::<Vec<_>>()
-                .join(",");
+            let list = code_list(c);
             conditions.push(format!("({id} IS NULL OR {id} IN ({list}))"));
         }
     }
@@ -538,11 +549,7 @@ async fn check_values(ctx: &SessionContext, def: &TableDef, file: &Path) -> Resu
             ));
             checks.push((c, false));
         }
-        if let Some(in_range) = types
-            .iter()
-            .find(|(n, _)| n == c.name)
-            .and_then(|(_, t)| in_date_range(c.name, t))
-        {
+        if let Some(in_range) = date_condition(&types, c) {
             exprs.push(format!(
                 "SUM(CASE WHEN {id} IS NOT NULL AND NOT {in_range} THEN 1 ELSE 0 END) AS {}",
                 quote_ident(&format!("range_{}", c.name))
@@ -550,12 +557,7 @@ async fn check_values(ctx: &SessionContext, def: &TableDef, file: &Path) -> Resu
             dated.push(c);
         }
         if !c.codes.is_empty() {
-            let list = c
-                .codes
-                .iter()
-                .map(|s| quote_lit(s))
-                .collect::<Vec<_>>()
-                .join(",");
+            let list = code_list(c);
             exprs.push(format!(
                 "SUM(CASE WHEN {id} IS NOT NULL AND {id} NOT IN ({list}) THEN 1 ELSE 0 END) AS {}",
                 quote_ident(&format!("bad_{}", c.name))

@@ -100,19 +100,7 @@ async fn add_busiest_youth_again(data: &Path) -> String {
             .collect()
             .await
             .expect("collect");
-        let schema = def.schema();
-        let tmp = data.join(format!("{}.parquet.new", def.name));
-        let mut writer = ArrowWriter::try_new(
-            std::fs::File::create(&tmp).expect("create"),
-            schema.clone(),
-            None,
-        )
-        .expect("writer");
-        for b in batches {
-            writer.write(&conform(&b, &schema)).expect("write");
-        }
-        writer.close().expect("close");
-        std::fs::rename(&tmp, &file).expect("rename");
+        write_table(data, def.name, batches);
     }
     youth
 }
@@ -354,6 +342,11 @@ async fn rewrite(data: &Path, table: &str, sql: &str) {
         .collect()
         .await
         .expect("collect");
+    write_table(data, table, batches);
+}
+
+/// Replaces `data/TABLE.parquet` with `batches`, in the data model's column types.
+fn write_table(data: &Path, table: &str, batches: Vec<RecordBatch>) {
     let schema = policies::cdm::table(table).expect("table").schema();
     let tmp = data.join(format!("{table}.parquet.new"));
     let mut writer = ArrowWriter::try_new(
@@ -366,7 +359,7 @@ async fn rewrite(data: &Path, table: &str, sql: &str) {
         writer.write(&conform(&b, &schema)).expect("write");
     }
     writer.close().expect("close");
-    std::fs::rename(&tmp, &file).expect("rename");
+    std::fs::rename(&tmp, data.join(format!("{table}.parquet"))).expect("rename");
 }
 
 async fn answer_meta(c: &reqwest::Client, url: &str) -> (policies::wire::AnswerMeta, bool) {
