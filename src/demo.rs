@@ -35,12 +35,20 @@ pub struct DemoOptions {
     pub postgres: Option<String>,
 }
 
-/// t of the demo's secure runs: one of the providers may drop out or cheat (none with two
-/// providers, where a node would refuse a run counting on a single honest node).
+/// t of the demo's secure runs: one of the providers may drop out or cheat (none with fewer
+/// than four providers, where the nodes' default floor of three honest nodes would refuse it).
 pub const DEMO_MAX_MISSING: u32 = 1;
 
 fn demo_max_missing(providers: usize) -> u32 {
-    DEMO_MAX_MISSING.min(providers.saturating_sub(2) as u32)
+    if providers >= 4 { DEMO_MAX_MISSING } else { 0 }
+}
+
+/// The floor on honest nodes the demo's nodes and helper hold: the default, lowered only as far
+/// as a demo of two or three providers needs (a real node keeps its operator's setting).
+pub(crate) fn demo_min_honest(nodes: usize, max_missing: u32) -> u32 {
+    secagg::floors::DEFAULT_MIN_HONEST
+        .min((nodes as u32).saturating_sub(max_missing))
+        .max(1)
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -81,7 +89,7 @@ fn node_config_over(
         .collect::<Vec<_>>()
         .join(", ");
     let text = format!(
-        "node_id = \"{id}\"\nlisten = \"127.0.0.1:0\"\ncatalog_dir = \"{}\"\n\n[data]\ndir = \"../data/{id}\"\ncoverage = \"{}\"\ntables = [{tables}]\n{data_keys}\n[ledger]\npath = \"../ledgers/{id}.sqlite\"\n\n[audit]\npath = \"../audit/{id}.jsonl\"\n\n[budget]\nrho_per_period = {budget}\nperiod = \"year\"\ndelta = 1e-6\n\n[tls]\ncert = \"../certs/{id}.crt\"\nkey = \"../certs/{id}.key\"\nclient_ca = \"../certs/ca.crt\"\n{extra}",
+        "node_id = \"{id}\"\nlisten = \"127.0.0.1:0\"\ncatalog_dir = \"{}\"\n\n[data]\ndir = \"../data/{id}\"\ncoverage = \"{}\"\ntables = [{tables}]\n{data_keys}\n[ledger]\npath = \"../ledgers/{id}.sqlite\"\n\n[audit]\npath = \"../audit/{id}.jsonl\"\n\n[budget]\nrho_per_period = {budget}\nperiod = \"year\"\ndelta = 1e-6\n\n[tls]\ncert = \"../certs/{id}/{id}.crt\"\nkey = \"../certs/{id}/{id}.key\"\nclient_ca = \"../certs/{id}/ca.crt\"\n{extra}",
         catalog.display(),
         crate::synth::COVERAGE
     );
@@ -147,7 +155,7 @@ pub(crate) fn coordinator_config(
 ) -> Result<PathBuf> {
     let path = dir.join("coordinator.toml");
     let mut text = format!(
-        "listen = \"127.0.0.1:0\"\ncatalog_dir = \"{}\"\nquorum = 1.0\n{extra}\n[store]\npath = \"runs.sqlite\"\n\n[audit]\npath = \"audit/coordinator.jsonl\"\n\n[tls]\nca = \"certs/ca.crt\"\ncert = \"certs/coordinator.crt\"\nkey = \"certs/coordinator.key\"\n\n[[researchers]]\nname = \"demo\"\ntoken_sha256 = \"{token_sha256}\"\n",
+        "listen = \"127.0.0.1:0\"\ncatalog_dir = \"{}\"\nquorum = 1.0\n{extra}\n[store]\npath = \"runs.sqlite\"\n\n[audit]\npath = \"audit/coordinator.jsonl\"\n\n[tls]\nca = \"certs/coordinator/ca.crt\"\ncert = \"certs/coordinator/coordinator.crt\"\nkey = \"certs/coordinator/coordinator.key\"\n\n[[researchers]]\nname = \"demo\"\ntoken_sha256 = \"{token_sha256}\"\n",
         catalog.display()
     );
     for (id, url, unit) in nodes {
@@ -161,9 +169,9 @@ pub(crate) fn coordinator_config(
 
 /// A node's `[secure]` section: the helper's public key and the node's signing key, both from
 /// the demo's certificate folder.
-pub(crate) fn node_secure_section(id: &str) -> String {
+pub(crate) fn node_secure_section(id: &str, min_honest: u32) -> String {
     format!(
-        "\n[secure]\nhelper_key = \"../certs/{}\"\nsigning_key = \"../certs/{}\"\n",
+        "\n[secure]\nhelper_key = \"../certs/{id}/{}\"\nsigning_key = \"../certs/{id}/{}\"\nmin_honest = {min_honest}\n",
         crate::certs::HELPER_HPKE_PUB,
         crate::certs::node_signing_key(id)
     )
@@ -173,15 +181,19 @@ pub(crate) fn node_secure_section(id: &str) -> String {
 /// sets t (`max_missing = 1` or `max_missing_share = 0.1`).
 pub(crate) fn coordinator_secure_section(helper_url: &str, t: &str) -> String {
     format!(
-        "\n[secure]\nhelper_url = \"{helper_url}\"\nverify_key = \"certs/{}\"\n{t}\n",
+        "\n[secure]\nhelper_url = \"{helper_url}\"\nverify_key = \"certs/coordinator/{}\"\n{t}\n",
         crate::certs::VERIFY_KEY
     )
 }
 
 /// Writes `dir/helper.toml` (see [`write_helper_config`]) and starts the helper as an HTTPS server
 /// on loopback in this process.
-pub(crate) async fn start_helper(dir: &Path, nodes: &[String]) -> Result<helper::server::Running> {
-    let path = write_helper_config(dir, nodes)?;
+pub(crate) async fn start_helper(
+    dir: &Path,
+    nodes: &[String],
+    min_batch: u32,
+) -> Result<helper::server::Running> {
+    let path = write_helper_config(dir, nodes, min_batch)?;
     let cfg = helper::config::HelperConfig::load(&path)?;
     let h = Arc::new(helper::Helper::open(cfg)?);
     Ok(helper::server::start(h).await?)
@@ -189,14 +201,17 @@ pub(crate) async fn start_helper(dir: &Path, nodes: &[String]) -> Result<helper:
 
 /// `dir/helper.toml` for a helper on a free loopback port; its roster is `nodes` with their
 /// signing keys from `dir/certs`.
-pub(crate) fn write_helper_config(dir: &Path, nodes: &[String]) -> Result<PathBuf> {
+pub(crate) fn write_helper_config(dir: &Path, nodes: &[String], min_batch: u32) -> Result<PathBuf> {
     let mut text = format!(
-        "listen = \"127.0.0.1:0\"\nhpke_key = \"certs/{}\"\nverify_key = \"certs/{}\"\n\n[tls]\ncert = \"certs/helper.crt\"\nkey = \"certs/helper.key\"\nclient_ca = \"certs/ca.crt\"\n\n[store]\npath = \"helper.sqlite\"\n",
+        "listen = \"127.0.0.1:0\"\nhpke_key = \"certs/helper/{}\"\nverify_key = \"certs/helper/{}\"\n\n[tls]\ncert = \"certs/helper/helper.crt\"\nkey = \"certs/helper/helper.key\"\nclient_ca = \"certs/helper/ca.crt\"\n\n[store]\npath = \"helper.sqlite\"\n\n[batches]\nmin_batch = {min_batch}\nmax_missing_share = 0.3333333333333333\n",
         crate::certs::HELPER_HPKE_KEY,
         crate::certs::VERIFY_KEY
     );
     for id in nodes {
-        let key_file = dir.join("certs").join(crate::certs::node_signing_pub(id));
+        let key_file = dir
+            .join("certs")
+            .join(id)
+            .join(crate::certs::node_signing_pub(id));
         let key = std::fs::read_to_string(&key_file)
             .with_context(|| format!("reading {}", key_file.display()))?;
         text.push_str(&format!(
@@ -271,11 +286,16 @@ pub async fn run(opts: DemoOptions) -> Result<()> {
         None => None,
     };
 
-    eprintln!("2/5 federation CA and certificates");
+    eprintln!(
+        "2/5 keys made per party, one folder each under {} (CA, coordinator, helper, nodes; the demo plays every party)",
+        out.join("certs").display()
+    );
     let mut ids = manifest.providers.clone();
     ids.push(manifest.panel_node.clone());
     let secure = !opts.per_node;
-    crate::certs::generate(
+    // The demo's own scratch material: made anew, so no key of an earlier layout stays beside it.
+    let _ = std::fs::remove_dir_all(out.join("certs"));
+    crate::certs::federation(
         &out.join("certs"),
         &ids,
         secure,
@@ -310,7 +330,10 @@ pub async fn run(opts: DemoOptions) -> Result<()> {
         };
         // The panel is the only holder of its records: its indicators run with per-node noise.
         let extra = if secure && !panel {
-            node_secure_section(id)
+            node_secure_section(
+                id,
+                demo_min_honest(opts.providers, demo_max_missing(opts.providers)),
+            )
         } else {
             String::new()
         };
@@ -332,7 +355,14 @@ pub async fn run(opts: DemoOptions) -> Result<()> {
             "4/5 starting the helper and the coordinator (secure aggregation, t = {})",
             demo_max_missing(opts.providers)
         );
-        Some(start_helper(out, &manifest.providers).await?)
+        Some(
+            start_helper(
+                out,
+                &manifest.providers,
+                demo_min_honest(opts.providers, demo_max_missing(opts.providers)),
+            )
+            .await?,
+        )
     } else {
         eprintln!("4/5 starting the coordinator (per-node noise)");
         None
@@ -342,7 +372,10 @@ pub async fn run(opts: DemoOptions) -> Result<()> {
         .map(|h| {
             coordinator_secure_section(
                 &format!("https://{}", h.addr),
-                &format!("max_missing = {}", demo_max_missing(opts.providers)),
+                &format!(
+                    "max_missing = {}\nmax_missing_share = 0.0",
+                    demo_max_missing(opts.providers)
+                ),
             )
         })
         .unwrap_or_default();
@@ -366,7 +399,7 @@ pub async fn run(opts: DemoOptions) -> Result<()> {
     std::fs::write(out.join("reviewer.token"), &reviewer_token)?;
     let coordinator = coordinator::server::start(&ccfg, runner).await?;
     let base_url = format!("https://{}", coordinator.addr);
-    let ca = std::fs::read(out.join("certs/ca.crt"))?;
+    let ca = std::fs::read(out.join("certs/ca/ca.crt"))?;
     let client = reqwest::Client::builder()
         .tls_certs_only([reqwest::Certificate::from_pem(&ca)?])
         .timeout(Duration::from_secs(120))
@@ -486,7 +519,7 @@ pub async fn run(opts: DemoOptions) -> Result<()> {
     if opts.serve {
         println!(
             "\nDashboard: {base_url}/ (certificate from the demo's CA, {}). Ctrl-C stops the federation.",
-            out.join("certs/ca.crt").display()
+            out.join("certs/ca/ca.crt").display()
         );
         tokio::signal::ctrl_c()
             .await

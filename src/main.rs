@@ -81,20 +81,9 @@ enum Command {
         #[arg(long, default_value = "P01", requires = "postgres")]
         postgres_provider: String,
     },
-    /// Make a federation CA and certificates for the coordinator and each node. Never replaces
-    /// certificates or keys already in the folder; keys are readable by their owner only.
-    Certs {
-        #[arg(long)]
-        out: PathBuf,
-        /// Comma-separated provider ids, e.g. P01,P02,P03.
-        #[arg(long, value_delimiter = ',', required = true)]
-        nodes: Vec<String>,
-        /// Also make the secure-aggregation material: the helper's certificate (`helper.stroom`)
-        /// and HPKE key pair, the verification key coordinator and helper share, and a
-        /// report-signing key pair per node.
-        #[arg(long)]
-        helper: bool,
-    },
+    /// Keys made by their owners: the federation CA, each party's keys and signing request, the
+    /// CA's signature, the aggregators' shared key. Never replaces a key; keys are owner-only.
+    Certs(certs::cli::CertsArgs),
     /// Run a provider node (HTTPS), or check its configuration and data with `node check`.
     Node {
         #[command(subcommand)]
@@ -636,20 +625,7 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode> {
             }
             Ok(std::process::ExitCode::SUCCESS)
         }
-        Command::Certs { out, nodes, helper } => {
-            certs::generate(&out, &nodes, helper, certs::Existing::Refuse)?;
-            println!(
-                "wrote ca.crt, coordinator.crt and {} node certificate(s) with keys to {}",
-                nodes.len(),
-                out.display()
-            );
-            if helper {
-                println!(
-                    "and for secure aggregation: helper.crt/.key, helper.hpke.key/.pub, aggregators.verify.key, NODE.sign.key/.pub and helper-roster.toml"
-                );
-            }
-            Ok(std::process::ExitCode::SUCCESS)
-        }
+        Command::Certs(args) => certs::cli::run(args),
         Command::Coordinator { config } => coordinator_serve(config).await,
         Command::Helper { config } => helper_serve(config).await,
         Command::Run {
@@ -936,6 +912,16 @@ async fn node_check(cfg: node::config::NodeConfig) -> Result<std::process::ExitC
     println!("  data snapshot {}", tables.snapshot);
     println!("  answers name it {}", node.snapshot_id(&tables.snapshot));
     println!("  coverage {}", node.config.data.coverage);
+    match &node.secure {
+        // Compare with the helper operator's published fingerprint, out of band.
+        Some(keys) => println!(
+            "  secure aggregation: helper key {}, floors n − t ≥ {}, t ≤ {:.3}·n",
+            keys.helper.fingerprint(),
+            node.config.secure.min_honest,
+            node.config.secure.max_missing_share
+        ),
+        None => println!("  secure aggregation: off (per-node answers only)"),
+    }
     for t in &tables.report {
         match &t.source {
             Some(src) => println!("  {:<22} {:>12} rows  {}", t.table, t.rows, src.display()),

@@ -75,10 +75,14 @@ pub struct SecureConfig {
     #[serde(default)]
     pub verify_key: Option<PathBuf>,
     /// t: nodes of a run that may drop out or cheat. Each node adds 1/(n − t) of the noise.
-    #[serde(default)]
+    /// Default 1: with t = 0 one provider's node down on release day would sink every national
+    /// figure of the round after the others had spent their budget on it.
+    #[serde(default = "default_max_missing")]
     pub max_missing: u32,
-    /// t as a share of the run's nodes (rounded up); the larger of the two counts.
-    #[serde(default)]
+    /// t as a share of the run's nodes (rounded up); the larger of the two counts. Default 0.1:
+    /// a tenth of a large federation may be down, well inside nodes' and the helper's ceilings
+    /// (a third by default), which they enforce whatever this says.
+    #[serde(default = "default_max_missing_share")]
     pub max_missing_share: f64,
     /// A public upper bound on the units (youths) any one node holds. Each run's entry width is
     /// the narrowest that holds this many units' cells plus the noise share, so a cheating node
@@ -96,13 +100,21 @@ fn default_max_units() -> u64 {
     policies::wire::DEFAULT_MAX_UNITS
 }
 
+fn default_max_missing() -> u32 {
+    1
+}
+
+fn default_max_missing_share() -> f64 {
+    0.1
+}
+
 impl Default for SecureConfig {
     fn default() -> Self {
         SecureConfig {
             helper_url: None,
             verify_key: None,
-            max_missing: 0,
-            max_missing_share: 0.0,
+            max_missing: default_max_missing(),
+            max_missing_share: default_max_missing_share(),
             max_units: default_max_units(),
             bits: None,
         }

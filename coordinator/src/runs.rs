@@ -461,6 +461,8 @@ impl Runner {
             Vec::new();
         for base in &bases {
             for q in &quarters {
+                // Once per release, not per node: planning the width is linear in n.
+                let secure = self.secure_request_for(base, q);
                 for t in self.targets_for(base) {
                     let key = (base.id.clone(), q.to_string(), t.client.id.clone());
                     if !collected.contains_key(&key) {
@@ -469,7 +471,7 @@ impl Runner {
                             period: *q,
                             content_hash: Some(base.content_hash.clone()),
                             catalog_version,
-                            secure: self.secure_request_for(base, q),
+                            secure,
                         };
                         jobs.push((t.slots.clone(), (request, t.client.clone())));
                     }

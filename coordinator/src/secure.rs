@@ -50,6 +50,8 @@ fn internal(e: impl std::fmt::Display) -> SecureError {
 /// same public computation each node makes (`node::secure::prepare`), so a node with the same
 /// bound accepts the width, and a cheating node can move a national cell by no more than it.
 /// Falls back to the widest entry when no width holds it (the nodes then refuse, naming why).
+/// Shares are planned at the nodes' default ceiling on their own ρ (which can only widen σ); a
+/// node with a lower ceiling of its own may need a wider entry and says so (`[secure] bits`).
 pub fn planned_bits(base: &Indicator, period: &Period, honest: u32, max_units: u64) -> u32 {
     let Some(query) = base.query() else {
         return secagg::vdaf::MAX_BITS;
@@ -60,13 +62,20 @@ pub fn planned_bits(base: &Indicator, period: &Period, honest: u32, max_units: u
         let MeasureCost::Rho(rho) = m.cost else {
             continue;
         };
-        let needed = accounting::plan(m.l1(), m.l2(), keys.len() as u64, rho, honest as u64, None)
-            .ok()
-            .and_then(|plan| {
-                let bound = accounting::cell_bound(m.per_cell, max_units);
-                accounting::entry_bits(bound, &plan, secagg::vdaf::MAX_BITS)
-            })
-            .unwrap_or(secagg::vdaf::MAX_BITS);
+        let needed = accounting::plan(
+            m.l1(),
+            m.l2(),
+            keys.len() as u64,
+            rho,
+            honest as u64,
+            Some(secagg::floors::DEFAULT_MAX_LOCAL_RHO),
+        )
+        .ok()
+        .and_then(|plan| {
+            let bound = accounting::cell_bound(m.per_cell, max_units);
+            accounting::entry_bits(bound, &plan, secagg::vdaf::MAX_BITS)
+        })
+        .unwrap_or(secagg::vdaf::MAX_BITS);
         bits = bits.max(needed);
     }
     bits

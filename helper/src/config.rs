@@ -16,6 +16,8 @@ pub struct HelperConfig {
     pub verify_key: PathBuf,
     pub store: StoreConfig,
     pub limits: Limits,
+    /// The helper's own floors on the runs it aggregates, whatever the coordinator declares.
+    pub batches: BatchFloors,
     /// The federation's nodes and the ed25519 keys their reports are signed with. A report from
     /// a node not listed here (or in `roster`), or not signed by its key, is rejected.
     #[serde(default)]
@@ -41,6 +43,9 @@ pub struct HelperTls {
     /// The federation CA. Required: only a client certificate from it with `clientAuth` (the
     /// coordinator's; node certificates are server-only) completes the handshake.
     pub client_ca: PathBuf,
+    /// The coordinator's name: a client certificate must be valid for it too, so no other
+    /// certificate of the CA (whatever its usages) reaches the helper.
+    pub client_name: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -53,6 +58,25 @@ pub struct StoreConfig {
 #[serde(deny_unknown_fields)]
 pub struct Limits {
     pub max_body_bytes: usize,
+}
+
+/// A batch is collected over at least `min_batch` reports, and from runs declaring at most
+/// `max_missing_share` of their nodes missing or cheating: a coordinator cannot isolate one
+/// node's report in a small collection, and the helper need not trust nodes to refuse it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchFloors {
+    pub min_batch: u32,
+    pub max_missing_share: f64,
+}
+
+impl BatchFloors {
+    pub fn floors(&self) -> secagg::floors::RunFloors {
+        secagg::floors::RunFloors {
+            min_honest: self.min_batch,
+            max_missing_share: self.max_missing_share,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -70,10 +94,14 @@ verify_key = "aggregators.verify.key"
 cert = "helper.crt"
 key = "helper.key"
 client_ca = "ca.crt"
+client_name = "coordinator.stroom"
 [store]
 path = "helper.sqlite"
 [limits]
 max_body_bytes = 67108864
+[batches]
+min_batch = 3
+max_missing_share = 0.3333333333333333
 "#;
 
 const KEYS: &[&str] = &[
@@ -83,6 +111,7 @@ const KEYS: &[&str] = &[
     "verify_key",
     "store",
     "limits",
+    "batches",
     "nodes",
 ];
 
@@ -146,6 +175,15 @@ impl HelperConfig {
             return Err(invalid(
                 "listen",
                 format!("'{}' is not an address like 127.0.0.1:9443", self.listen),
+            ));
+        }
+        if let Err(e) = service::tls::client_name(&self.tls.client_name) {
+            return Err(invalid("tls.client_name", e.to_string()));
+        }
+        if let Err(message) = self.batches.floors().validate() {
+            return Err(invalid(
+                "batches",
+                message.replace("min_honest", "min_batch"),
             ));
         }
         if self.limits.max_body_bytes < 1024 {

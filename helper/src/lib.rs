@@ -49,6 +49,11 @@ pub enum HelperError {
         max_missing: u32,
         needed: u32,
     },
+    #[error("batch {batch}: {source}")]
+    Floor {
+        batch: String,
+        source: secagg::floors::FloorError,
+    },
     #[error("internal: {0}")]
     Internal(String),
     #[error("server: {0}")]
@@ -65,6 +70,7 @@ impl HelperError {
             HelperError::BadCollect { .. } => "invalid_collect",
             HelperError::AlreadyCollected { .. } => "already_collected",
             HelperError::TooFew { .. } => "too_few_reports",
+            HelperError::Floor { .. } => "below_helper_floor",
             HelperError::Internal(_) => "internal",
             HelperError::Server(_) => "server",
         }
@@ -230,12 +236,12 @@ impl Helper {
             }
         }
         let verified = (|| -> Result<(Vec<u8>, Vec<u8>), String> {
-            if b.nodes == 0 || b.max_missing >= b.nodes {
-                return Err(format!(
-                    "n = {} with t = {} leaves no honest node",
-                    b.nodes, b.max_missing
-                ));
-            }
+            // The helper's own floors, before any share is opened.
+            self.config
+                .batches
+                .floors()
+                .check(b.nodes, b.max_missing)
+                .map_err(|e| e.to_string())?;
             let share = secagg::report::open(
                 b,
                 &r.public_share,
@@ -302,6 +308,15 @@ impl Helper {
             .ok_or_else(|| bad("the helper holds no report of this batch".into()))
             .and_then(|p| {
                 serde_json::from_str(&p).map_err(|e| HelperError::Internal(e.to_string()))
+            })?;
+        // Checked again at collection: the floors may have been raised since the reports came.
+        self.config
+            .batches
+            .floors()
+            .check(params.nodes, params.max_missing)
+            .map_err(|source| HelperError::Floor {
+                batch: req.batch.clone(),
+                source,
             })?;
         let needed = params.nodes - params.max_missing;
         if (set.len() as u32) < needed {

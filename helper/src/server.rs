@@ -28,9 +28,9 @@ impl IntoResponse for HelperError {
     fn into_response(self) -> Response {
         let status = match &self {
             HelperError::BadCollect { .. } => StatusCode::UNPROCESSABLE_ENTITY,
-            HelperError::AlreadyCollected { .. } | HelperError::TooFew { .. } => {
-                StatusCode::CONFLICT
-            }
+            HelperError::AlreadyCollected { .. }
+            | HelperError::TooFew { .. }
+            | HelperError::Floor { .. } => StatusCode::CONFLICT,
             HelperError::Config(_)
             | HelperError::Key { .. }
             | HelperError::Store(_)
@@ -130,10 +130,11 @@ impl Running {
 
 /// Binds the configured address (port 0 picks one) and serves over mutual TLS in the background.
 pub async fn start(helper: Arc<Helper>) -> Result<Running, HelperError> {
-    let tls = service::tls::server_config(
+    let tls = service::tls::server_config_for_client(
         &helper.config.tls.cert,
         &helper.config.tls.key,
-        Some(&helper.config.tls.client_ca),
+        &helper.config.tls.client_ca,
+        &helper.config.tls.client_name,
     )?;
     let addr: SocketAddr = helper
         .config

@@ -43,13 +43,20 @@ pub struct SecureConfig {
     /// public key.
     #[serde(default)]
     pub signing_key: Option<PathBuf>,
-    /// Refuse a run whose n − t (honest nodes counted on) is below this: each share is then at
-    /// least 1/min_honest of the central noise.
+    /// The fewest honest nodes (n − t) a run may count on; a run counting on fewer is refused
+    /// whatever the coordinator declares. Each share is 1/(n − t) of the central noise, so with
+    /// c colluding nodes in a collection this node keeps at least (n − t − c)/(n − t) of its ρ.
     #[serde(default = "default_min_honest")]
     pub min_honest: u32,
+    /// The largest share of a run's n it may declare missing or cheating (t ≤ ⌊share·n⌋): a run
+    /// is collected over as few as n − t reports, so no coordinator may declare most of the
+    /// federation absent and collect over a handful.
+    #[serde(default = "default_max_missing_share")]
+    pub max_missing_share: f64,
     /// Ceiling on the ρ this node's own share gives alone (both aggregators colluding); above it
-    /// the node adds more than its share.
-    #[serde(default)]
+    /// the node adds more than its share. On by default: with n − t honest nodes a share alone
+    /// gives about (n − t)·ρ, which in a large federation would protect little.
+    #[serde(default = "default_max_local_rho")]
     pub max_local_rho: Option<f64>,
     /// A public upper bound on the units (youths) this node may hold. The entry width of a secure
     /// report is decided from it, never from the records; cells are clamped into the range it
@@ -59,11 +66,30 @@ pub struct SecureConfig {
 }
 
 fn default_min_honest() -> u32 {
-    2
+    secagg::floors::DEFAULT_MIN_HONEST
+}
+
+fn default_max_missing_share() -> f64 {
+    secagg::floors::DEFAULT_MAX_MISSING_SHARE
+}
+
+pub use secagg::floors::DEFAULT_MAX_LOCAL_RHO;
+
+fn default_max_local_rho() -> Option<f64> {
+    Some(DEFAULT_MAX_LOCAL_RHO)
 }
 
 fn default_max_units() -> u64 {
     policies::wire::DEFAULT_MAX_UNITS
+}
+
+impl SecureConfig {
+    pub fn floors(&self) -> secagg::floors::RunFloors {
+        secagg::floors::RunFloors {
+            min_honest: self.min_honest,
+            max_missing_share: self.max_missing_share,
+        }
+    }
 }
 
 impl Default for SecureConfig {
@@ -72,7 +98,8 @@ impl Default for SecureConfig {
             helper_key: None,
             signing_key: None,
             min_honest: default_min_honest(),
-            max_local_rho: None,
+            max_missing_share: default_max_missing_share(),
+            max_local_rho: default_max_local_rho(),
             max_units: default_max_units(),
         }
     }
@@ -580,8 +607,8 @@ impl NodeConfig {
             ));
         }
         let sec = &self.secure;
-        if sec.min_honest == 0 {
-            return Err(invalid("secure.min_honest", "must be at least 1".into()));
+        if let Err(message) = sec.floors().validate() {
+            return Err(invalid("secure", message));
         }
         if let Some(r) = sec.max_local_rho
             && !(r.is_finite() && r > 0.0)

@@ -265,14 +265,23 @@ async fn evaluate_inner(node: &Arc<Node>, req: &EvaluateRequest) -> Result<Relea
     let secure = match &req.secure {
         Some(s) => {
             let (_, public_keys) = policies::catalog::public_keys(&query, &req.period);
-            Some(crate::secure::prepare(
-                &ind.id,
-                &node.config.secure,
+            // Planning is CPU work (bounded: the floors refuse an absurd n before it starts):
+            // off the async workers, so no request can stall the node's other connections.
+            let (id, cfg, configured, request, ms, dim) = (
+                ind.id.clone(),
+                node.config.secure.clone(),
                 node.secure.is_some(),
-                s,
-                &measures,
+                *s,
+                measures.clone(),
                 public_keys.len(),
-            )?)
+            );
+            Some(
+                tokio::task::spawn_blocking(move || {
+                    crate::secure::prepare(&id, &cfg, configured, &request, &ms, dim)
+                })
+                .await
+                .map_err(|e| ReleaseError::Internal(e.to_string()))??,
+            )
         }
         None => None,
     };

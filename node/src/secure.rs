@@ -11,6 +11,7 @@ use policies::governance::SigningKey;
 use policies::sensitivity::{Measure, MeasureCost};
 use policies::wire::{MeasureNoise, ReportBinding, SecureMeasure, SecureRequest, SecureShares};
 use secagg::accounting::{self, PlanError, SharePlan};
+use secagg::floors::FloorError;
 use secagg::report::ReportError;
 use secagg::seal::HelperPublicKey;
 use std::path::PathBuf;
@@ -57,22 +58,13 @@ pub enum SecureError {
     )]
     NotConfigured,
     #[error(
-        "a secure run of n = {nodes} nodes with t = {max_missing} missing and {bits}-bit entries is not possible: it needs t < n and 2 to 64 bits"
+        "a secure run with {bits}-bit entries is not possible: entries are 2 to {max} bits",
+        max = secagg::vdaf::MAX_BITS
     )]
-    BadRun {
-        nodes: u32,
-        max_missing: u32,
-        bits: u32,
-    },
-    #[error(
-        "a secure run of n = {nodes} with t = {max_missing} counts on {honest} honest node(s); this node requires at least {floor} (secure.min_honest)"
-    )]
-    TooFewHonest {
-        nodes: u32,
-        max_missing: u32,
-        honest: u32,
-        floor: u32,
-    },
+    BadWidth { bits: u32 },
+    /// The node's floors (`secure.min_honest`, `secure.max_missing_share`), or an impossible n.
+    #[error("{0}")]
+    Floor(#[from] FloorError),
     #[error(
         "indicator '{0}' is priced in pure ε (discrete Laplace); secure aggregation shares discrete Gaussian noise under ρ only"
     )]
@@ -105,8 +97,10 @@ impl SecureError {
     pub fn code(&self) -> &'static str {
         match self {
             SecureError::NotConfigured => "secure_not_configured",
-            SecureError::BadRun { .. } => "invalid_request",
-            SecureError::TooFewHonest { .. } => "too_few_honest_nodes",
+            SecureError::BadWidth { .. } => "invalid_request",
+            SecureError::Floor(FloorError::Impossible { .. }) => "invalid_request",
+            SecureError::Floor(FloorError::TooManyMissing { .. }) => "too_many_missing",
+            SecureError::Floor(FloorError::TooFewHonest { .. }) => "too_few_honest_nodes",
             SecureError::PureDp(_) => "secure_needs_rho",
             SecureError::Plan(_) => "noise_failed",
             SecureError::TooWide { .. } => "report_too_wide",
@@ -119,8 +113,8 @@ impl SecureError {
     pub fn is_refusal(&self) -> bool {
         match self {
             SecureError::NotConfigured
-            | SecureError::BadRun { .. }
-            | SecureError::TooFewHonest { .. }
+            | SecureError::BadWidth { .. }
+            | SecureError::Floor(_)
             | SecureError::PureDp(_)
             | SecureError::TooWide { .. } => true,
             SecureError::Plan(_) | SecureError::Noise(_) | SecureError::Report(_) => false,
@@ -159,22 +153,12 @@ pub fn prepare(
         max_missing,
         bits,
     } = *request;
-    if nodes == 0 || max_missing >= nodes || !(2..=secagg::vdaf::MAX_BITS).contains(&bits) {
-        return Err(SecureError::BadRun {
-            nodes,
-            max_missing,
-            bits,
-        });
+    // The floors first: an absurd n is refused before any planning (linear in n) starts.
+    cfg.floors().check(nodes, max_missing)?;
+    if !(2..=secagg::vdaf::MAX_BITS).contains(&bits) {
+        return Err(SecureError::BadWidth { bits });
     }
     let honest = request.honest();
-    if honest < cfg.min_honest {
-        return Err(SecureError::TooFewHonest {
-            nodes,
-            max_missing,
-            honest,
-            floor: cfg.min_honest,
-        });
-    }
     let mut plans = Vec::with_capacity(measures.len());
     for m in measures {
         let rho = match m.cost {
@@ -403,15 +387,28 @@ mod tests {
         ));
         assert!(matches!(
             prepare("x", &cfg(), true, &req(3, 3), ms, 4),
-            Err(SecureError::BadRun { .. })
+            Err(SecureError::Floor(FloorError::Impossible { .. }))
         ));
+        // The floors hold whatever the coordinator declares: too few honest nodes, t above the
+        // ceiling (t = n − 2 with one colluder would expose this node at 2ρ), an absurd n.
         assert!(matches!(
-            prepare("x", &cfg(), true, &req(3, 2), ms, 4),
-            Err(SecureError::TooFewHonest {
-                honest: 1,
-                floor: 2,
+            prepare("x", &cfg(), true, &req(3, 1), ms, 4),
+            Err(SecureError::Floor(FloorError::TooFewHonest {
+                honest: 2,
+                floor: 3,
                 ..
-            })
+            }))
+        ));
+        let refused = prepare("x", &cfg(), true, &req(12, 10), ms, 4).expect_err("ceiling");
+        assert!(matches!(
+            refused,
+            SecureError::Floor(FloorError::TooManyMissing { ceiling: 4, .. })
+        ));
+        assert_eq!(refused.code(), "too_many_missing");
+        assert!(refused.is_refusal());
+        assert!(matches!(
+            prepare("x", &cfg(), true, &req(u32::MAX, 1), ms, 4),
+            Err(SecureError::Floor(FloorError::Impossible { .. }))
         ));
         let laplace = Measure {
             cost: MeasureCost::Epsilon(1.0),
@@ -438,7 +435,7 @@ mod tests {
         };
         assert!(matches!(
             prepare("x", &cfg(), true, &too_wide, ms, 4),
-            Err(SecureError::BadRun { bits: 65, .. })
+            Err(SecureError::BadWidth { bits: 65 })
         ));
         assert!(prepare("x", &cfg(), true, &req(11, 1), ms, 4).is_ok());
     }

@@ -103,6 +103,43 @@ pub fn plan(
     honest: u64,
     max_local_rho: Option<f64>,
 ) -> Result<SharePlan, PlanError> {
+    // A pure function of public numbers, linear in `honest` (τ) times the search: remembered, so
+    // a node asked the same release again, or a coordinator planning a round, computes it once.
+    type Key = (i64, u64, u64, u64, u64, Option<u64>);
+    static PLANS: std::sync::Mutex<Option<std::collections::HashMap<Key, SharePlan>>> =
+        std::sync::Mutex::new(None);
+    let key: Key = (
+        l1,
+        l2.to_bits(),
+        dim,
+        rho.to_bits(),
+        honest,
+        max_local_rho.map(f64::to_bits),
+    );
+    if let Ok(guard) = PLANS.lock()
+        && let Some(hit) = guard.as_ref().and_then(|m| m.get(&key))
+    {
+        return Ok(*hit);
+    }
+    let planned = plan_uncached(l1, l2, dim, rho, honest, max_local_rho)?;
+    if let Ok(mut guard) = PLANS.lock() {
+        let map = guard.get_or_insert_with(std::collections::HashMap::new);
+        if map.len() >= 4096 {
+            map.clear();
+        }
+        map.insert(key, planned);
+    }
+    Ok(planned)
+}
+
+fn plan_uncached(
+    l1: i64,
+    l2: f64,
+    dim: u64,
+    rho: f64,
+    honest: u64,
+    max_local_rho: Option<f64>,
+) -> Result<SharePlan, PlanError> {
     if honest == 0 {
         return Err(PlanError::NoHonestNodes(honest));
     }
@@ -169,6 +206,22 @@ mod tests {
 
     fn close(a: f64, b: f64, rel: f64) -> bool {
         (a - b).abs() <= rel * b.abs().max(1e-300)
+    }
+
+    #[test]
+    fn a_remembered_plan_is_the_plan() {
+        for (honest, ceiling) in [(1, None), (10, None), (900, Some(1.0)), (900, None)] {
+            let fresh = plan_uncached(2, 2.0, 14, 0.05, honest, ceiling).expect("plan");
+            assert_eq!(
+                plan(2, 2.0, 14, 0.05, honest, ceiling).expect("plan"),
+                fresh
+            );
+            assert_eq!(
+                plan(2, 2.0, 14, 0.05, honest, ceiling).expect("plan"),
+                fresh
+            );
+        }
+        assert!(plan(2, 2.0, 14, 0.05, 0, None).is_err());
     }
 
     #[test]

@@ -5,6 +5,7 @@
 
 pub mod accounting;
 pub mod api;
+pub mod floors;
 pub mod parallel;
 pub mod report;
 pub mod seal;

@@ -8,9 +8,13 @@ use hpke::aead::ChaCha20Poly1305;
 use hpke::kdf::HkdfSha256;
 use hpke::kem::X25519HkdfSha256;
 use hpke::{Deserializable, Kem as _, OpModeR, OpModeS, Serializable};
+use policies::wire::SealedShare;
 
-/// HPKE's `info`: which protocol and message this is.
+/// HPKE's `info`: which protocol and message this is. Each kind of message sealed to the helper
+/// has its own, so one can never be opened as the other.
 const INFO: &[u8] = b"stroom helper input share v1";
+const VERIFY_KEY_INFO: &[u8] = b"stroom aggregators verification key v1";
+const VERIFY_KEY_AAD: &[u8] = b"stroom aggregators verification key";
 
 type KemPublic = <X25519HkdfSha256 as hpke::Kem>::PublicKey;
 type KemPrivate = <X25519HkdfSha256 as hpke::Kem>::PrivateKey;
@@ -54,12 +58,41 @@ impl HelperPublicKey {
         hex::encode(self.0.to_bytes())
     }
 
+    /// `sha256:` and the hex SHA-256 of the key's bytes: what the helper's operator publishes and
+    /// each node's operator compares out of band before trusting a key file.
+    pub fn fingerprint(&self) -> String {
+        use sha2::Digest;
+        format!(
+            "sha256:{}",
+            hex::encode(sha2::Sha256::digest(self.0.to_bytes()))
+        )
+    }
+
     /// (encapsulated key, ciphertext) of `plaintext` with `aad` bound to it.
     pub fn seal(&self, plaintext: &[u8], aad: &[u8]) -> Result<(Vec<u8>, Vec<u8>), SealError> {
+        self.seal_with(INFO, plaintext, aad)
+    }
+
+    /// The aggregators' shared verification key, sealed by the coordinator to the helper: it
+    /// travels over any channel, since only the helper's private key opens it.
+    pub fn seal_verify_key(&self, key: &[u8]) -> Result<SealedShare, SealError> {
+        let (enc, ct) = self.seal_with(VERIFY_KEY_INFO, key, VERIFY_KEY_AAD)?;
+        Ok(SealedShare {
+            encapsulated_key: hex::encode(enc),
+            ciphertext: hex::encode(ct),
+        })
+    }
+
+    fn seal_with(
+        &self,
+        info: &[u8],
+        plaintext: &[u8],
+        aad: &[u8],
+    ) -> Result<(Vec<u8>, Vec<u8>), SealError> {
         let (enc, ct) = hpke::single_shot_seal::<ChaCha20Poly1305, HkdfSha256, X25519HkdfSha256>(
             &OpModeS::Base,
             &self.0,
-            INFO,
+            info,
             plaintext,
             aad,
         )
@@ -98,12 +131,29 @@ impl HelperPrivateKey {
         ciphertext: &[u8],
         aad: &[u8],
     ) -> Result<Vec<u8>, SealError> {
+        self.open_with(INFO, encapsulated, ciphertext, aad)
+    }
+
+    /// The verification key the coordinator sealed with [`HelperPublicKey::seal_verify_key`].
+    pub fn open_verify_key(&self, sealed: &SealedShare) -> Result<Vec<u8>, SealError> {
+        let enc = key_bytes("encapsulated", &sealed.encapsulated_key)?;
+        let ct = hex::decode(sealed.ciphertext.trim()).map_err(|_| SealError::Open)?;
+        self.open_with(VERIFY_KEY_INFO, &enc, &ct, VERIFY_KEY_AAD)
+    }
+
+    fn open_with(
+        &self,
+        info: &[u8],
+        encapsulated: &[u8],
+        ciphertext: &[u8],
+        aad: &[u8],
+    ) -> Result<Vec<u8>, SealError> {
         let enc = Encapped::from_bytes(encapsulated).map_err(|_| SealError::Open)?;
         hpke::single_shot_open::<ChaCha20Poly1305, HkdfSha256, X25519HkdfSha256>(
             &OpModeR::Base,
             &self.0,
             &enc,
-            INFO,
+            info,
             ciphertext,
             aad,
         )
@@ -143,6 +193,39 @@ mod tests {
             sk.open(&enc, &bent, b"binding A"),
             Err(SealError::Open)
         ));
+    }
+
+    #[test]
+    fn a_sealed_verification_key_opens_only_at_its_helper_and_never_as_a_share() {
+        let (sk, pk) = HelperPrivateKey::generate();
+        let sk = HelperPrivateKey::from_hex(&sk).expect("private key");
+        let pk = HelperPublicKey::from_hex(&pk).expect("public key");
+        let sealed = pk.seal_verify_key(&[7u8; 32]).expect("seal");
+        assert_eq!(sk.open_verify_key(&sealed).expect("open"), vec![7u8; 32]);
+        let (other, _) = HelperPrivateKey::generate();
+        let other = HelperPrivateKey::from_hex(&other).expect("key");
+        assert!(matches!(
+            other.open_verify_key(&sealed),
+            Err(SealError::Open)
+        ));
+        // Another purpose's `info`: a sealed key is not a helper share, nor the reverse.
+        let enc = hex::decode(&sealed.encapsulated_key).expect("hex");
+        let ct = hex::decode(&sealed.ciphertext).expect("hex");
+        assert!(matches!(
+            sk.open(&enc, &ct, VERIFY_KEY_AAD),
+            Err(SealError::Open)
+        ));
+        let (enc, ct) = pk.seal(&[7u8; 32], VERIFY_KEY_AAD).expect("seal");
+        let as_share = SealedShare {
+            encapsulated_key: hex::encode(enc),
+            ciphertext: hex::encode(ct),
+        };
+        assert!(matches!(
+            sk.open_verify_key(&as_share),
+            Err(SealError::Open)
+        ));
+        assert!(pk.fingerprint().starts_with("sha256:"));
+        assert_eq!(pk.fingerprint().len(), 7 + 64);
     }
 
     #[test]

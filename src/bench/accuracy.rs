@@ -120,7 +120,7 @@ pub async fn run(opts: AccuracyBenchOptions) -> Result<AccuracyReport> {
     .await?;
     let mut ids = manifest.providers.clone();
     ids.push(manifest.panel_node.clone());
-    crate::certs::generate(
+    crate::certs::federation(
         &work.path().join("certs"),
         &ids,
         false,
@@ -460,7 +460,15 @@ fn secure_base(
         let policies::sensitivity::MeasureCost::Rho(rho) = m.cost else {
             anyhow::bail!("{}: secure aggregation needs a ρ cost", k.0);
         };
-        let plan = secagg::accounting::plan(m.l1(), m.l2(), dim, rho, (n - t) as u64, None)?;
+        // The nodes' default ceiling on a share's own ρ, as a release applies it.
+        let plan = secagg::accounting::plan(
+            m.l1(),
+            m.l2(),
+            dim,
+            rho,
+            (n - t) as u64,
+            Some(node::config::DEFAULT_MAX_LOCAL_RHO),
+        )?;
         let mut national = vec![0i64; r.cells.len()];
         for c in cells {
             let scaled: Vec<i64> = c

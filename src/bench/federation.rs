@@ -154,7 +154,7 @@ pub async fn run(opts: FederationBenchOptions) -> Result<FederationReport> {
         scale: 1.0,
     })
     .await?;
-    crate::certs::generate(
+    crate::certs::federation(
         &work.path().join("certs"),
         &manifest.providers,
         opts.secure,
@@ -353,7 +353,11 @@ async fn one(
         .collect();
     let ids: Vec<String> = served.nodes.iter().map(|(id, _)| id.clone()).collect();
     let helper_cfg = if opts.secure {
-        Some(crate::demo::write_helper_config(&dir, &ids)?)
+        Some(crate::demo::write_helper_config(
+            &dir,
+            &ids,
+            crate::demo::demo_min_honest(ids.len(), 1),
+        )?)
     } else {
         None
     };
@@ -782,7 +786,7 @@ pub async fn serve_nodes(opts: ServeNodesOptions) -> Result<()> {
             node::config::DEFAULT_TABLES,
             NODE_BUDGET,
             &if opts.secure {
-                crate::demo::node_secure_section(&id)
+                crate::demo::node_secure_section(&id, crate::demo::demo_min_honest(opts.nodes, 1))
             } else {
                 String::new()
             },

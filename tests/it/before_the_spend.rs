@@ -170,7 +170,19 @@ fn sweep(indicators: &[String]) -> Vec<serde_json::Value> {
             out.push(json!({ "indicator": id, "period": "2024Q2", "secure": secure(12, 1, bits) }));
         }
     }
-    for (n, t) in [(3, 2), (2, 1), (40, 39), (0, 0), (5, 5), (1000, 2), (7, 0)] {
+    for (n, t) in [
+        (3, 2),
+        (3, 1),
+        (2, 1),
+        (40, 39),
+        (0, 0),
+        (5, 5),
+        (1000, 2),
+        (7, 0),
+        (12, 10),
+        (10_001, 2),
+        (u32::MAX, 1),
+    ] {
         for bits in [2, 20, 40, 65] {
             out.push(json!({ "indicator": "seclusion.count", "period": "2023Q1", "secure": secure(n, t, bits) }));
         }
@@ -217,8 +229,7 @@ async fn ask(c: &reqwest::Client, url: &str, request: &serde_json::Value) -> Sai
 }
 
 fn secure_node(dir: &Path) -> ServerProcess {
-    let extra =
-        "[secure]\nhelper_key = \"certs/helper.hpke.pub\"\nsigning_key = \"certs/P01.sign.key\"\n";
+    let extra = "[secure]\nhelper_key = \"certs/helper/helper.hpke.pub\"\nsigning_key = \"certs/P01/P01.sign.key\"\n";
     ServerProcess::start(&node_config(dir, "P01", BUDGET, extra))
 }
 
@@ -257,6 +268,9 @@ async fn neighbouring_datasets_get_identical_refusals_before_the_spend() {
         }
     }
     allowed.extend((0..=64).map(|b| b.to_string()));
+    // The floors' defaults (configuration the node was not given explicitly) and the largest n.
+    allowed.insert(format!("{:.3}", secagg::floors::DEFAULT_MAX_MISSING_SHARE));
+    allowed.insert(secagg::floors::MAX_RUN_NODES.to_string());
     // The fixed example in the period parser's message (and JSON positions, within 0..=64).
     allowed.extend(numbers("e.g. 2023Q1:2024Q4"));
 
@@ -303,6 +317,7 @@ async fn neighbouring_datasets_get_identical_refusals_before_the_spend() {
         "period_outside_data",
         "report_too_wide",
         "too_few_honest_nodes",
+        "too_many_missing",
         "invalid_request",
         "content_hash_mismatch",
     ] {

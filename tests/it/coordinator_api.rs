@@ -5,7 +5,7 @@
 use crate::support::*;
 use policies::wire::Answer;
 
-const MTLS: &str = "client_ca = \"certs/ca.crt\"";
+const MTLS: &str = "client_ca = \"certs/ca/ca.crt\"";
 
 fn dead_url() -> String {
     let port = std::net::TcpListener::bind("127.0.0.1:0")

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 async fn killed_coordinator_resumes_the_run_without_double_spend() {
     let dir = federation_fixture(2);
     // Each node pauses after recording its spend, so the kill lands while answers are in flight.
-    let slow = "client_ca = \"certs/ca.crt\"\n[testing]\npause_after_spend_ms = 1500";
+    let slow = "client_ca = \"certs/ca/ca.crt\"\n[testing]\npause_after_spend_ms = 1500";
     let p1 = NodeProcess::start(&node_config(dir.path(), "P01", 5.0, slow));
     let p2 = NodeProcess::start(&node_config(dir.path(), "P02", 5.0, slow));
     let cfg = coordinator_config(

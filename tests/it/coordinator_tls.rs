@@ -9,9 +9,9 @@ use std::time::Duration;
 fn coordinator_tls(dir: &std::path::Path) -> TlsMaterial {
     let certs = dir.join("certs");
     TlsMaterial::load(&FederationTls {
-        ca: certs.join("ca.crt"),
-        cert: certs.join("coordinator.crt"),
-        key: certs.join("coordinator.key"),
+        ca: certs.join("coordinator/ca.crt"),
+        cert: certs.join("coordinator/coordinator.crt"),
+        key: certs.join("coordinator/coordinator.key"),
     })
     .expect("coordinator TLS material")
 }
@@ -30,12 +30,12 @@ async fn coordinator_accepts_only_the_provider_it_expects() {
     let tls = coordinator_tls(dir.path());
 
     // P01's data and id, but P02's certificate.
-    let cfg = node_config(dir.path(), "P01", 5.0, "client_ca = \"certs/ca.crt\"");
+    let cfg = node_config(dir.path(), "P01", 5.0, "client_ca = \"certs/ca/ca.crt\"");
     let text = std::fs::read_to_string(&cfg).unwrap();
     std::fs::write(
         &cfg,
-        text.replace("certs/P01.crt", "certs/P02.crt")
-            .replace("certs/P01.key", "certs/P02.key"),
+        text.replace("certs/P01/P01.crt", "certs/P02/P02.crt")
+            .replace("certs/P01/P01.key", "certs/P02/P02.key"),
     )
     .unwrap();
     let impostor = NodeProcess::start(&cfg);
@@ -52,7 +52,7 @@ async fn coordinator_accepts_only_the_provider_it_expects() {
     }
     drop(impostor);
 
-    let cfg = node_config(dir.path(), "P02", 5.0, "client_ca = \"certs/ca.crt\"");
+    let cfg = node_config(dir.path(), "P02", 5.0, "client_ca = \"certs/ca/ca.crt\"");
     let genuine = NodeProcess::start(&cfg);
     let client = NodeClient::new("P02", &genuine.url, &tls, quick()).unwrap();
     let status = client

@@ -41,7 +41,7 @@ fn demo_writes_national_records_with_intervals_and_truth() {
     };
     let page = tokio::runtime::Runtime::new().unwrap().block_on(async {
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let ca = std::fs::read(out.join("certs/ca.crt")).unwrap();
+        let ca = std::fs::read(out.join("certs/ca/ca.crt")).unwrap();
         let c = reqwest::Client::builder()
             .tls_certs_only([reqwest::Certificate::from_pem(&ca).unwrap()])
             .build()

@@ -35,7 +35,7 @@ fn cli(dir: &Path, url: &str, token: &str, args: &[&str]) -> std::process::Outpu
         .args(args)
         .env("STROOM_TOKEN", token)
         .env("STROOM_COORDINATOR", url)
-        .env("STROOM_CA", dir.join("certs/ca.crt"))
+        .env("STROOM_CA", dir.join("certs/ca/ca.crt"))
         .output()
         .expect("run stroom")
 }
@@ -141,14 +141,14 @@ async fn propose_dry_run_approve_verify_run_publish_and_every_refusal() {
         "P01",
         12.0,
         &format!(
-            "client_ca = \"certs/ca.crt\"\n{trusted}require_acceptance = true\ncaps = [{{ indicator = \"research.aggression\", max_rho = 0.01 }}]\n"
+            "client_ca = \"certs/ca/ca.crt\"\n{trusted}require_acceptance = true\ncaps = [{{ indicator = \"research.aggression\", max_rho = 0.01 }}]\n"
         ),
     ));
     let p02 = ServerProcess::start(&node_config(
         dir,
         "P02",
         12.0,
-        &format!("client_ca = \"certs/ca.crt\"\n{trusted}deny = [\"research.aggression\"]\n"),
+        &format!("client_ca = \"certs/ca/ca.crt\"\n{trusted}deny = [\"research.aggression\"]\n"),
     ));
     let cfg = coordinator_config(
         dir,
@@ -715,7 +715,7 @@ async fn approval_is_refused_when_a_year_of_rounds_would_overrun_a_node_budget()
         dir,
         "P01",
         budget,
-        "client_ca = \"certs/ca.crt\"",
+        "client_ca = \"certs/ca/ca.crt\"",
     ));
     let cfg = coordinator_config(dir, "coordinator", &[("P01", &p01.url)], "");
     let alice_pub = keygen(dir, "alice");

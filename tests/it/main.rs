@@ -22,6 +22,7 @@ mod node_startup;
 mod node_tls;
 mod policy_check;
 mod postgres;
+mod provisioning;
 mod publication_round;
 mod researcher_cli;
 mod secure_aggregation;

@@ -11,13 +11,13 @@ fn client_with(
     identity: Option<(&str, &std::path::Path)>,
 ) -> reqwest::Client {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let ca = std::fs::read(dir.join("certs/ca.crt")).unwrap();
+    let ca = std::fs::read(dir.join("certs/ca/ca.crt")).unwrap();
     let mut b = reqwest::Client::builder()
         .tls_certs_only([reqwest::Certificate::from_pem(&ca).unwrap()])
         .timeout(Duration::from_secs(30));
     if let Some((name, certs)) = identity {
-        let mut pem = std::fs::read(certs.join(format!("{name}.crt"))).unwrap();
-        pem.extend(std::fs::read(certs.join(format!("{name}.key"))).unwrap());
+        let mut pem = std::fs::read(certs.join(name).join(format!("{name}.crt"))).unwrap();
+        pem.extend(std::fs::read(certs.join(name).join(format!("{name}.key"))).unwrap());
         b = b.identity(reqwest::Identity::from_pem(&pem).unwrap());
     }
     b.build().unwrap()
@@ -31,8 +31,8 @@ async fn mutual_tls_admits_only_federation_certificates() {
     std::fs::write(
         &cfg,
         text.replace(
-            "key = \"certs/P01.key\"",
-            "key = \"certs/P01.key\"\nclient_ca = \"certs/ca.crt\"",
+            "key = \"certs/P01/P01.key\"",
+            "key = \"certs/P01/P01.key\"\nclient_ca = \"certs/ca/ca.crt\"",
         ),
     )
     .unwrap();
@@ -89,7 +89,7 @@ async fn ops_listener_serves_health_and_metrics_only() {
         dir.path(),
         "P01",
         5.0,
-        "client_ca = \"certs/ca.crt\"\n[ops]\nlisten = \"127.0.0.1:0\"\n",
+        "client_ca = \"certs/ca/ca.crt\"\n[ops]\nlisten = \"127.0.0.1:0\"\n",
     );
     let cfg = node::config::NodeConfig::load(&cfg).expect("config");
     let listen = cfg.ops.listen.clone().expect("ops listen");
@@ -129,7 +129,13 @@ fn certs_keeps_keys_private_and_never_replaces_them() {
             .status
             .success()
     );
-    for key in ["ca.key", "coordinator.key", "P01.key"] {
+    let keys = [
+        "ca/ca.key",
+        "coordinator/coordinator.key",
+        "P01/P01.key",
+        "P01/P01.sign.key",
+    ];
+    for key in keys {
         let mode = std::fs::metadata(out.join(key))
             .unwrap()
             .permissions()
@@ -137,7 +143,8 @@ fn certs_keeps_keys_private_and_never_replaces_them() {
         assert_eq!(mode & 0o077, 0, "{key} has mode {:o}", mode & 0o777);
     }
 
-    let before: Vec<Vec<u8>> = ["ca.key", "ca.crt", "P01.key"]
+    let kept = ["ca/ca.key", "ca/ca.crt", "P01/P01.key", "P01/P01.crt"];
+    let before: Vec<Vec<u8>> = kept
         .iter()
         .map(|f| std::fs::read(out.join(f)).unwrap())
         .collect();
@@ -145,14 +152,16 @@ fn certs_keeps_keys_private_and_never_replaces_them() {
     let again = run(&["certs", "--out", out_arg, "--nodes", "P01,P02"]);
     assert!(!again.status.success());
     let err = String::from_utf8_lossy(&again.stderr);
-    assert!(err.contains("already holds ca.crt, ca.key"), "{err}");
-    assert!(err.contains("P01.key"), "{err}");
-    let after: Vec<Vec<u8>> = ["ca.key", "ca.crt", "P01.key"]
+    assert!(
+        err.contains("already holds the folder(s) ca, coordinator, P01"),
+        "{err}"
+    );
+    let after: Vec<Vec<u8>> = kept
         .iter()
         .map(|f| std::fs::read(out.join(f)).unwrap())
         .collect();
     assert_eq!(before, after, "a refused run must change nothing");
-    assert!(!out.join("P02.key").exists());
+    assert!(!out.join("P02").exists());
 
     let bad = run(&[
         "certs",

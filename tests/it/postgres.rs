@@ -53,8 +53,8 @@ rho_per_period = 5.0
 period = "year"
 delta = 1e-6
 [tls]
-cert = "certs/P01.crt"
-key = "certs/P01.key"
+cert = "certs/P01/P01.crt"
+key = "certs/P01/P01.key"
 "#,
         catalog = catalog_dir().display(),
         secret_file = secret_file.display(),
@@ -429,7 +429,7 @@ async fn the_database_is_reached_over_verified_tls() {
     };
     // `stroom certs` leaves name localhost and 127.0.0.1: good enough for a database server.
     let (ours, theirs) = (certs("ours"), certs("theirs"));
-    let pg = PgCluster::start_with_tls(&ours.join("db.crt"), &ours.join("db.key"));
+    let pg = PgCluster::start_with_tls(&ours.join("db/db.crt"), &ours.join("db/db.key"));
     pg.execute(&format!(
         "CREATE ROLE stroom_reader LOGIN PASSWORD '{READER_PASSWORD}';
          CREATE SCHEMA p01;
@@ -461,7 +461,7 @@ async fn the_database_is_reached_over_verified_tls() {
         std::fs::write(&cfg, text).unwrap();
         cfg
     };
-    let node = open(&verified("tls-good", &ours.join("ca.crt")))
+    let node = open(&verified("tls-good", &ours.join("ca/ca.crt")))
         .await
         .expect("a node over verified TLS");
     let tables = node.tables().await.expect("read over TLS");
@@ -472,7 +472,7 @@ async fn the_database_is_reached_over_verified_tls() {
             .any(|r| r.table == "stay" && r.rows > 0)
     );
 
-    let err = open(&verified("tls-bad", &theirs.join("ca.crt")))
+    let err = open(&verified("tls-bad", &theirs.join("ca/ca.crt")))
         .await
         .err()
         .expect("another CA is refused");

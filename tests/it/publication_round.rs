@@ -97,7 +97,7 @@ async fn a_round_is_embargoed_until_enough_reviewers_release_it() {
         dir.path(),
         "P01",
         5.0,
-        "client_ca = \"certs/ca.crt\"",
+        "client_ca = \"certs/ca/ca.crt\"",
     ));
     let cfg = round_coordinator_config(
         dir.path(),
@@ -410,7 +410,7 @@ async fn a_round_interrupted_by_a_coordinator_crash_finishes_without_spending_tw
     let dir = federation_fixture(2);
     let catalog = round_catalog(dir.path());
     // Each node pauses after recording its spend, so the kill lands while answers are in flight.
-    let slow = "client_ca = \"certs/ca.crt\"\n[testing]\npause_after_spend_ms = 1500";
+    let slow = "client_ca = \"certs/ca/ca.crt\"\n[testing]\npause_after_spend_ms = 1500";
     let p1 = NodeProcess::start(&node_config(dir.path(), "P01", 5.0, slow));
     let p2 = NodeProcess::start(&node_config(dir.path(), "P02", 5.0, slow));
     let cfg = round_coordinator_config(

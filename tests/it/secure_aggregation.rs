@@ -9,27 +9,32 @@ use std::path::{Path, PathBuf};
 
 const T: u32 = 1;
 
-fn read(dir: &Path, file: &str) -> String {
-    std::fs::read_to_string(dir.join("certs").join(file)).expect(file)
+/// A file of one party's folder (`stroom certs --helper` makes one folder per party).
+pub(crate) fn read(dir: &Path, party: &str, file: &str) -> String {
+    std::fs::read_to_string(dir.join("certs").join(party).join(file)).expect(file)
 }
 
-fn helper_config(dir: &Path, nodes: &[&str]) -> PathBuf {
+pub(crate) fn helper_config(dir: &Path, nodes: &[&str]) -> PathBuf {
     let mut text = String::from(
         r#"listen = "127.0.0.1:0"
-hpke_key = "certs/helper.hpke.key"
-verify_key = "certs/aggregators.verify.key"
+hpke_key = "certs/helper/helper.hpke.key"
+verify_key = "certs/helper/aggregators.verify.key"
 [tls]
-cert = "certs/helper.crt"
-key = "certs/helper.key"
-client_ca = "certs/ca.crt"
+cert = "certs/helper/helper.crt"
+key = "certs/helper/helper.key"
+client_ca = "certs/helper/ca.crt"
 [store]
 path = "helper.sqlite"
+[batches]
+# The test federations are small: collections of two reports (the default floor is three).
+min_batch = 2
+max_missing_share = 0.34
 "#,
     );
     for n in nodes {
         text.push_str(&format!(
             "[[nodes]]\nid = \"{n}\"\npublic_key = \"{}\"\n",
-            read(dir, &format!("{n}.sign.pub")).trim()
+            read(dir, n, &format!("{n}.sign.pub")).trim()
         ));
     }
     let path = dir.join("helper.toml");
@@ -37,19 +42,41 @@ path = "helper.sqlite"
     path
 }
 
-fn secure_node(dir: &Path, id: &str, testing: &str) -> ServerProcess {
+pub(crate) fn secure_node(dir: &Path, id: &str, testing: &str) -> ServerProcess {
     let extra = format!(
-        "client_ca = \"certs/ca.crt\"\n[secure]\nhelper_key = \"certs/helper.hpke.pub\"\nsigning_key = \"certs/{id}.sign.key\"\n{testing}"
+        "client_ca = \"certs/{id}/ca.crt\"\n[secure]\nhelper_key = \"certs/{id}/helper.hpke.pub\"\nsigning_key = \"certs/{id}/{id}.sign.key\"\nmin_honest = 2\n{testing}"
     );
     ServerProcess::start(&node_config(dir, id, 5.0, &extra))
 }
 
-fn secure_coordinator(dir: &Path, name: &str, helper: &str, nodes: &[(&str, &str)]) -> PathBuf {
+/// Secure nodes for `ids` and a coordinator that fans out to them through the helper at `helper`.
+pub(crate) fn secure_federation(
+    dir: &Path,
+    ids: &[&str],
+    helper: &str,
+) -> (Vec<ServerProcess>, ServerProcess) {
+    let nodes: Vec<ServerProcess> = ids.iter().map(|id| secure_node(dir, id, "")).collect();
+    let pairs: Vec<(&str, &str)> = ids
+        .iter()
+        .zip(&nodes)
+        .map(|(id, n)| (*id, n.url.as_str()))
+        .collect();
+    let coordinator =
+        ServerProcess::start_coordinator(&secure_coordinator(dir, "coordinator", helper, &pairs));
+    (nodes, coordinator)
+}
+
+pub(crate) fn secure_coordinator(
+    dir: &Path,
+    name: &str,
+    helper: &str,
+    nodes: &[(&str, &str)],
+) -> PathBuf {
     secure_coordinator_with(dir, name, helper, nodes, "")
 }
 
 /// With `top` (top-level keys such as `quorum`) before the `[secure]` table.
-fn secure_coordinator_with(
+pub(crate) fn secure_coordinator_with(
     dir: &Path,
     name: &str,
     helper: &str,
@@ -61,7 +88,7 @@ fn secure_coordinator_with(
         name,
         nodes,
         &format!(
-            "{top}\n[secure]\nhelper_url = \"{helper}\"\nverify_key = \"certs/aggregators.verify.key\"\nmax_missing = {T}\n"
+            "{top}\n[secure]\nhelper_url = \"{helper}\"\nverify_key = \"certs/coordinator/aggregators.verify.key\"\nmax_missing = {T}\n"
         ),
     )
 }
@@ -72,8 +99,8 @@ fn noisy_vector(dir: &Path, meta: &AnswerMeta) -> Vec<i128> {
     let s = meta.secure.as_ref().expect("a secure answer");
     let b = &s.binding;
     let shape = Shape::new(b.bits, b.length as usize).expect("shape");
-    let sk = HelperPrivateKey::from_hex(&read(dir, "helper.hpke.key")).expect("hpke key");
-    let node_key = read(dir, &format!("{}.sign.pub", b.node_id));
+    let sk = HelperPrivateKey::from_hex(&read(dir, "helper", "helper.hpke.key")).expect("hpke key");
+    let node_key = read(dir, &b.node_id, &format!("{}.sign.pub", b.node_id));
     let helper_share = secagg::report::open(
         b,
         &s.public_share,
@@ -83,7 +110,8 @@ fn noisy_vector(dir: &Path, meta: &AnswerMeta) -> Vec<i128> {
         &sk,
     )
     .expect("report opens");
-    let vk = parse_verify_key(&read(dir, "aggregators.verify.key")).expect("verify key");
+    let vk =
+        parse_verify_key(&read(dir, "coordinator", "aggregators.verify.key")).expect("verify key");
     let nonce = parse_nonce(&b.nonce).expect("nonce");
     let public = hex::decode(&s.public_share).expect("hex");
     let leader = hex::decode(&s.leader_share).expect("hex");
@@ -104,7 +132,7 @@ fn noisy_vector(dir: &Path, meta: &AnswerMeta) -> Vec<i128> {
 
 /// The request the coordinator sends for a run of `n` nodes: its entry width planned from the
 /// public bound on units, as `coordinator::runs` plans it.
-async fn run_request(indicator: &str, quarter: &str, n: u32) -> serde_json::Value {
+pub(crate) async fn run_request(indicator: &str, quarter: &str, n: u32) -> serde_json::Value {
     let catalog = policies::Catalog::load(&catalog_dir())
         .await
         .expect("catalog");
@@ -459,18 +487,7 @@ async fn helper_down_or_restarted_draws_no_new_noise_and_counts_no_report_twice(
         .replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
     std::fs::write(&helper_cfg, text).expect("cfg");
     let helper_url = format!("https://127.0.0.1:{port}");
-    let nodes: Vec<ServerProcess> = ids.iter().map(|id| secure_node(dir, id, "")).collect();
-    let pairs: Vec<(&str, &str)> = ids
-        .iter()
-        .zip(&nodes)
-        .map(|(id, n)| (*id, n.url.as_str()))
-        .collect();
-    let coordinator = ServerProcess::start_coordinator(&secure_coordinator(
-        dir,
-        "coordinator",
-        &helper_url,
-        &pairs,
-    ));
+    let (nodes, coordinator) = secure_federation(dir, &ids, &helper_url);
     let c = client(dir);
     let spent = |url: String| {
         let dir = dir.to_path_buf();
@@ -519,7 +536,7 @@ async fn the_helper_accepts_the_coordinator_only() {
     let dir = fed.path();
     let helper = ServerProcess::start_helper(&helper_config(dir, &["P01", "P02"]));
     let url = format!("{}/healthz", helper.url);
-    let ca = std::fs::read(dir.join("certs/ca.crt")).expect("ca");
+    let ca = std::fs::read(dir.join("certs/ca/ca.crt")).expect("ca");
     let with_identity = |cert: &Path, key: &Path| {
         let mut pem = std::fs::read(cert).expect("cert");
         pem.extend(std::fs::read(key).expect("key"));
@@ -542,7 +559,7 @@ async fn the_helper_accepts_the_coordinator_only() {
         client(dir).get(&url).send().await.is_err(),
         "no client certificate"
     );
-    let node = with_identity(&certs.join("P01.crt"), &certs.join("P01.key"));
+    let node = with_identity(&certs.join("P01/P01.crt"), &certs.join("P01/P01.key"));
     assert!(node.get(&url).send().await.is_err(), "a node's certificate");
     let other = tempfile::tempdir().expect("tempdir");
     let out = run(&[
@@ -554,10 +571,42 @@ async fn the_helper_accepts_the_coordinator_only() {
     ]);
     assert!(out.status.success());
     let foreign = with_identity(
-        &other.path().join("coordinator.crt"),
-        &other.path().join("coordinator.key"),
+        &other.path().join("coordinator/coordinator.crt"),
+        &other.path().join("coordinator/coordinator.key"),
     );
     assert!(foreign.get(&url).send().await.is_err(), "another CA");
+    // A client certificate of the same CA, but for another name than the coordinator's (what
+    // the CA's holder could mint): refused by the helper's pinned client name. The same made
+    // for the coordinator's name gets in, so the name is what decides.
+    let minted = |name: &str| {
+        let ca_key = rcgen::KeyPair::from_pem(&read(dir, "ca", "ca.key")).expect("ca key");
+        let issuer =
+            rcgen::Issuer::from_ca_cert_pem(&read(dir, "ca", "ca.crt"), ca_key).expect("issuer");
+        let mut params = rcgen::CertificateParams::new(vec![name.to_string()]).expect("params");
+        params.extended_key_usages = vec![
+            rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+            rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+        ];
+        params.use_authority_key_identifier_extension = true;
+        let key = rcgen::KeyPair::generate().expect("key");
+        let cert = params.signed_by(&key, &issuer).expect("sign");
+        let (c, k) = (
+            other.path().join(format!("{name}.crt")),
+            other.path().join(format!("{name}.key")),
+        );
+        std::fs::write(&c, cert.pem()).expect("cert");
+        std::fs::write(&k, key.serialize_pem()).expect("key");
+        with_identity(&c, &k)
+    };
+    assert!(
+        minted("p01.node.stroom").get(&url).send().await.is_err(),
+        "a same-CA client certificate for another name"
+    );
+    let pinned = minted("coordinator.stroom").get(&url).send().await;
+    assert_eq!(
+        pinned.expect("the coordinator's name gets in").status(),
+        200
+    );
 }
 
 #[tokio::test]
@@ -605,4 +654,73 @@ async fn a_coordinator_killed_mid_run_resumes_without_counting_or_spending_twice
     assert_eq!(count("SELECT count(DISTINCT nonce) FROM reports"), 12);
     assert_eq!(count("SELECT count(*) FROM collections"), 4);
     assert_eq!(count("SELECT min(count) FROM collections"), 3);
+}
+
+/// The nodes' and the helper's floors hold whatever the coordinator declares: a node refuses a
+/// run declaring t above its ceiling, counting on fewer honest nodes than it requires, or an
+/// absurd n, before it spends anything; the helper refuses reports of a run whose n − t is below
+/// its minimum batch, even from nodes that accepted the run.
+#[tokio::test]
+async fn floors_hold_whatever_the_coordinator_declares() {
+    let ids = ["P01", "P02", "P03"];
+    let fed = secure_federation_fixture(ids.len());
+    let dir = fed.path();
+
+    // P01 at the defaults: at least three honest nodes, at most a third of n missing.
+    let defaults = "client_ca = \"certs/P01/ca.crt\"\n[secure]\nhelper_key = \"certs/P01/helper.hpke.pub\"\nsigning_key = \"certs/P01/P01.sign.key\"\n";
+    let strict = ServerProcess::start(&node_config(dir, "P01", 5.0, defaults));
+    let c = coordinator_identity_client(dir);
+    let spent_before = budget(&c, &strict.url).await;
+    for (n, t, code) in [
+        (12u32, 10u32, "too_many_missing"),
+        (12, 5, "too_many_missing"),
+        (3, 1, "too_few_honest_nodes"),
+        (u32::MAX, 1, "invalid_request"),
+        (10_001, 2, "invalid_request"),
+    ] {
+        let r = c
+            .post(format!("{}/v1/evaluate", strict.url))
+            .json(&serde_json::json!({
+                "indicator": "care.youth_days",
+                "period": "2024Q2",
+                "secure": { "nodes": n, "max_missing": t, "bits": 40 },
+            }))
+            .send()
+            .await
+            .expect("evaluate");
+        assert_eq!(r.status(), 422, "n = {n}, t = {t}");
+        let body: serde_json::Value = r.json().await.expect("json");
+        assert_eq!(body["error"], code, "n = {n}, t = {t}: {body}");
+    }
+    // Within its floors the same node answers (the control).
+    let ok = c
+        .post(format!("{}/v1/evaluate", strict.url))
+        .json(&serde_json::json!({
+            "indicator": "care.youth_days",
+            "period": "2024Q2",
+            "secure": { "nodes": 12, "max_missing": 4, "bits": 40 },
+        }))
+        .send()
+        .await
+        .expect("evaluate");
+    assert_eq!(ok.status(), 200);
+    let spent_after = budget(&c, &strict.url).await;
+    assert_eq!(spent_before["releases"], 0, "{spent_before}");
+    assert_eq!(
+        spent_after["releases"], 1,
+        "only the accepted request spent: {spent_after}"
+    );
+    drop(strict);
+
+    // Nodes that accept n = 3, t = 1 (min_honest 2), a helper at its default minimum batch of 3:
+    // the helper rejects every report, and nothing is published.
+    let cfg = helper_config(dir, &ids);
+    let text = std::fs::read_to_string(&cfg).expect("helper config");
+    std::fs::write(&cfg, text.replace("min_batch = 2", "min_batch = 3")).expect("write");
+    let helper = ServerProcess::start_helper(&cfg);
+    let (_nodes, coordinator) = secure_federation(dir, &ids, &helper.url);
+    let run = run_to_completion(&client(dir), &coordinator.url, "care.youth_days", "2024Q3").await;
+    assert_eq!(run["status"], "failed", "{run}");
+    let error = run["error"].as_str().unwrap_or_default();
+    assert!(error.contains("requires at least 3"), "{error}");
 }

@@ -33,6 +33,23 @@ pub fn secure_federation_fixture(providers: usize) -> tempfile::TempDir {
 }
 
 fn fixture(providers: usize, cert_args: &[&str]) -> tempfile::TempDir {
+    let dir = synth_fixture(providers);
+    let ids: Vec<String> = (1..=providers).map(|i| format!("P{i:02}")).collect();
+    let certs = dir.path().join("certs");
+    let ids = ids.join(",");
+    let mut args = vec!["certs", "--out", certs.to_str().unwrap(), "--nodes", &ids];
+    args.extend_from_slice(cert_args);
+    let out = run(&args);
+    assert!(
+        out.status.success(),
+        "certs: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    dir
+}
+
+/// Synthetic data for `providers` providers (P01, P02, …) in a fresh temp dir, no certificates.
+pub fn synth_fixture(providers: usize) -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("tempdir");
     let d = dir.path().to_str().expect("utf8 path");
     let out = run(&[
@@ -47,17 +64,6 @@ fn fixture(providers: usize, cert_args: &[&str]) -> tempfile::TempDir {
     assert!(
         out.status.success(),
         "synth: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let ids: Vec<String> = (1..=providers).map(|i| format!("P{i:02}")).collect();
-    let certs = dir.path().join("certs");
-    let ids = ids.join(",");
-    let mut args = vec!["certs", "--out", certs.to_str().unwrap(), "--nodes", &ids];
-    args.extend_from_slice(cert_args);
-    let out = run(&args);
-    assert!(
-        out.status.success(),
-        "certs: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     dir
@@ -82,8 +88,8 @@ rho_per_period = {budget}
 period = "year"
 delta = 1e-6
 [tls]
-cert = "certs/{id}.crt"
-key = "certs/{id}.key"
+cert = "certs/{id}/{id}.crt"
+key = "certs/{id}/{id}.key"
 {extra}
 "#,
         catalog = catalog_dir().display()
@@ -170,7 +176,7 @@ impl Drop for ServerProcess {
 
 pub fn client(dir: &Path) -> reqwest::Client {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let ca = std::fs::read(dir.join("certs/ca.crt")).expect("ca");
+    let ca = std::fs::read(dir.join("certs/ca/ca.crt")).expect("ca");
     reqwest::Client::builder()
         .tls_certs_only([reqwest::Certificate::from_pem(&ca).expect("pem")])
         .timeout(Duration::from_secs(120))
@@ -204,9 +210,9 @@ pub async fn budget(c: &reqwest::Client, url: &str) -> serde_json::Value {
 /// A client holding the coordinator's certificate: what nodes with `client_ca` accept.
 pub fn coordinator_identity_client(dir: &Path) -> reqwest::Client {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let ca = std::fs::read(dir.join("certs/ca.crt")).expect("ca");
-    let mut pem = std::fs::read(dir.join("certs/coordinator.crt")).expect("cert");
-    pem.extend(std::fs::read(dir.join("certs/coordinator.key")).expect("key"));
+    let ca = std::fs::read(dir.join("certs/ca/ca.crt")).expect("ca");
+    let mut pem = std::fs::read(dir.join("certs/coordinator/coordinator.crt")).expect("cert");
+    pem.extend(std::fs::read(dir.join("certs/coordinator/coordinator.key")).expect("key"));
     reqwest::Client::builder()
         .tls_certs_only([reqwest::Certificate::from_pem(&ca).expect("pem")])
         .identity(reqwest::Identity::from_pem(&pem).expect("identity"))
@@ -230,9 +236,9 @@ path = "{name}.sqlite"
 [audit]
 path = "{name}-audit.jsonl"
 [tls]
-ca = "certs/ca.crt"
-cert = "certs/coordinator.crt"
-key = "certs/coordinator.key"
+ca = "certs/coordinator/ca.crt"
+cert = "certs/coordinator/coordinator.crt"
+key = "certs/coordinator/coordinator.key"
 [fanout]
 timeout_seconds = 30
 attempts = 2
@@ -327,7 +333,7 @@ pub fn cli(
     let mut cmd = stroom();
     cmd.args(args)
         .env("STROOM_COORDINATOR", url)
-        .env("STROOM_CA", dir.join("certs/ca.crt"))
+        .env("STROOM_CA", dir.join("certs/ca/ca.crt"))
         .env_remove("STROOM_TOKEN");
     if let Some(t) = token {
         cmd.env("STROOM_TOKEN", t);
@@ -371,7 +377,7 @@ pub fn mtls_node_and_coordinator_config(dir: &Path) -> (ServerProcess, PathBuf) 
         dir,
         "P01",
         5.0,
-        "client_ca = \"certs/ca.crt\"",
+        "client_ca = \"certs/ca/ca.crt\"",
     ));
     let cfg = coordinator_config(dir, "coordinator", &[("P01", &node.url)], "");
     (node, cfg)
