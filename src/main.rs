@@ -914,12 +914,15 @@ async fn node_check(cfg: node::config::NodeConfig) -> Result<std::process::ExitC
     println!("  coverage {}", node.config.data.coverage);
     match &node.secure {
         // Compare with the helper operator's published fingerprint, out of band.
-        Some(keys) => println!(
-            "  secure aggregation: helper key {}, floors n − t ≥ {}, t ≤ {:.3}·n",
-            keys.helper.fingerprint(),
-            node.config.secure.min_honest,
-            node.config.secure.max_missing_share
-        ),
+        Some(keys) => {
+            for (role, (id, key)) in ["helper key", "next helper key"].iter().zip(&keys.helpers) {
+                println!("  {role} {id} ({})", key.fingerprint());
+            }
+            println!(
+                "  secure aggregation floors: n − t ≥ {}, t ≤ {:.3}·n",
+                node.config.secure.min_honest, node.config.secure.max_missing_share
+            );
+        }
         None => println!("  secure aggregation: off (per-node answers only)"),
     }
     for t in &tables.report {

@@ -94,6 +94,21 @@ pub struct SecureConfig {
     /// width cannot hold their own public bound.
     #[serde(default)]
     pub bits: Option<u32>,
+    /// Reports made longer ago than this are excluded from a run (`24h`, `90m`): an old report
+    /// kept back, or one from a restored store, never joins a batch. The helper has its own.
+    #[serde(default = "default_report_max_age")]
+    pub report_max_age: String,
+    /// How far ahead of the coordinator's clock a report may be dated.
+    #[serde(default = "default_report_max_skew")]
+    pub report_max_skew: String,
+}
+
+fn default_report_max_age() -> String {
+    secagg::window::DEFAULT_MAX_AGE.into()
+}
+
+fn default_report_max_skew() -> String {
+    secagg::window::DEFAULT_MAX_SKEW.into()
 }
 
 fn default_max_units() -> u64 {
@@ -117,11 +132,17 @@ impl Default for SecureConfig {
             max_missing_share: default_max_missing_share(),
             max_units: default_max_units(),
             bits: None,
+            report_max_age: default_report_max_age(),
+            report_max_skew: default_report_max_skew(),
         }
     }
 }
 
 impl SecureConfig {
+    pub fn window(&self) -> Result<secagg::window::ReportWindow, String> {
+        secagg::window::ReportWindow::parse(&self.report_max_age, &self.report_max_skew)
+    }
+
     /// t for a run asking `n` nodes (never all of them).
     pub fn max_missing_for(&self, n: usize) -> u32 {
         let by_share = (self.max_missing_share * n as f64).ceil() as u32;
@@ -438,6 +459,9 @@ impl CoordinatorConfig {
                 "secure.max_missing_share",
                 format!("must lie in [0, 1), found {}", sec.max_missing_share),
             ));
+        }
+        if let Err(message) = sec.window() {
+            return Err(invalid("secure", message));
         }
         for (i, r) in self.researchers.iter().enumerate() {
             if r.token_sha256.len() != 64 || !r.token_sha256.chars().all(|c| c.is_ascii_hexdigit())

@@ -7,7 +7,7 @@ use crate::node_client::{RetryPolicy, TlsMaterial};
 use policies::wire::ErrorBody;
 use secagg::api::{
     AGGREGATE_PATH, AggregateRequest, AggregateResponse, COLLECT_PATH, CollectRequest,
-    CollectResponse,
+    CollectResponse, HPKE_KEYS_PATH, HpkeKeys,
 };
 
 /// The DNS name the helper's certificate must carry.
@@ -32,6 +32,7 @@ pub struct HelperClient {
     pub url: String,
     aggregate_url: reqwest::Url,
     collect_url: reqwest::Url,
+    keys_url: reqwest::Url,
     http: reqwest::Client,
     retry: RetryPolicy,
 }
@@ -54,21 +55,27 @@ impl HelperClient {
             url: url.to_string(),
             aggregate_url: endpoint(AGGREGATE_PATH)?,
             collect_url: endpoint(COLLECT_PATH)?,
+            keys_url: endpoint(HPKE_KEYS_PATH)?,
             http,
             retry,
         })
     }
 
+    /// A POST with `body`, or a GET without.
     async fn post<Q: serde::Serialize, A: serde::de::DeserializeOwned>(
         &self,
         url: &reqwest::Url,
-        body: &Q,
+        body: Option<&Q>,
     ) -> Result<A, HelperError> {
         let mut backoff = self.retry.initial_backoff;
         let mut tries = 0;
         loop {
             tries += 1;
-            let sent = self.http.post(url.clone()).json(body).send().await;
+            let request = match body {
+                Some(body) => self.http.post(url.clone()).json(body),
+                None => self.http.get(url.clone()),
+            };
+            let sent = request.send().await;
             let response = match sent {
                 Ok(r) => r,
                 Err(e) if tries < self.retry.attempts => {
@@ -108,10 +115,15 @@ impl HelperClient {
         &self,
         req: &AggregateRequest,
     ) -> Result<AggregateResponse, HelperError> {
-        self.post(&self.aggregate_url, req).await
+        self.post(&self.aggregate_url, Some(req)).await
     }
 
     pub async fn collect(&self, req: &CollectRequest) -> Result<CollectResponse, HelperError> {
-        self.post(&self.collect_url, req).await
+        self.post(&self.collect_url, Some(req)).await
+    }
+
+    /// The helper's keys: nodes are asked to seal to the current one.
+    pub async fn hpke_keys(&self) -> Result<HpkeKeys, HelperError> {
+        self.post(&self.keys_url, None::<&()>).await
     }
 }

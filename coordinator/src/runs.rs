@@ -15,7 +15,7 @@ use crate::store::{NewAnswer, RunStatus, RunStore, StoreError};
 use futures::StreamExt;
 use policies::audit::{AuditEvent, AuditLog, digest};
 use policies::governance::CatalogVersion;
-use policies::wire::{Answer, EvaluateRequest};
+use policies::wire::{Answer, EvaluateRequest, KeyId};
 use policies::{Catalog, Indicator, Period};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -124,7 +124,12 @@ impl Runner {
                     .map_err(|e| RunError::Secure(format!("{}: {e}", key_file.display())))?;
                 let helper = crate::helper_client::HelperClient::new(url, &tls, cfg.retry())
                     .map_err(|e| RunError::Secure(e.to_string()))?;
-                Some(crate::secure::SecureAggregator { helper, verify_key })
+                let window = cfg.secure.window().map_err(RunError::Secure)?;
+                Some(crate::secure::SecureAggregator {
+                    helper,
+                    verify_key,
+                    window,
+                })
             }
             _ => None,
         };
@@ -294,6 +299,7 @@ impl Runner {
         &self,
         base: &Indicator,
         period: &Period,
+        helper_key_id: Option<KeyId>,
     ) -> Option<policies::wire::SecureRequest> {
         self.secure.as_ref()?;
         let n = self.targets_for(base).len();
@@ -314,6 +320,7 @@ impl Runner {
             nodes,
             max_missing,
             bits,
+            helper_key_id,
         })
     }
 
@@ -456,13 +463,26 @@ impl Runner {
                 collected.insert((a.base, a.quarter, a.node), Ok(decoded));
             }
         }
+        // The helper's current key, asked before any node is: with the helper unreachable no
+        // node spends anything on the run.
+        let helper_key_id = match &self.secure {
+            Some(aggregator) if bases.iter().any(|b| self.targets_for(b).len() > 1) => Some(
+                aggregator
+                    .helper
+                    .hpke_keys()
+                    .await
+                    .map_err(|e| RunError::Secure(e.to_string()))?
+                    .current,
+            ),
+            Some(_) | None => None,
+        };
         // Nodes vary fastest, so that the first requests in flight go to different nodes.
         let mut jobs: Vec<(Arc<tokio::sync::Semaphore>, (EvaluateRequest, NodeClient))> =
             Vec::new();
         for base in &bases {
             for q in &quarters {
                 // Once per release, not per node: planning the width is linear in n.
-                let secure = self.secure_request_for(base, q);
+                let secure = self.secure_request_for(base, q, helper_key_id);
                 for t in self.targets_for(base) {
                     let key = (base.id.clone(), q.to_string(), t.client.id.clone());
                     if !collected.contains_key(&key) {
@@ -509,10 +529,13 @@ impl Runner {
             }
             let answers: Vec<NewAnswer<'_>> = rows
                 .iter()
-                .map(|((base, quarter, node), stored, _)| NewAnswer {
+                .map(|((base, quarter, node), stored, decoded)| NewAnswer {
                     base,
                     quarter,
                     node,
+                    secure: decoded
+                        .as_ref()
+                        .is_ok_and(|a: &Answer| a.meta.secure.is_some()),
                     answer: match stored {
                         Ok(b) => Ok(b.as_slice()),
                         Err(e) => Err(e.as_str()),
@@ -567,10 +590,15 @@ impl Runner {
                 if answers.is_empty() {
                     continue;
                 }
-                let secure = self.secure_request_for(base, q).zip(self.secure.as_ref());
+                // The run's n, t and width; which helper key a report is sealed to is the
+                // helper's to check (a resumed run's reports may predate a rotation).
+                let secure = self
+                    .secure_request_for(base, q, None)
+                    .zip(self.secure.as_ref());
+                let now = self.store.clock().now().timestamp();
                 let combined = match secure {
                     Some((request, aggregator)) => aggregator
-                        .combine(base, *q, request, &answers)
+                        .combine(base, *q, request, &answers, now)
                         .await
                         .map(|(r, excluded)| {
                             for e in excluded {
@@ -660,7 +688,7 @@ impl Runner {
                 "run": run_id,
                 "quarters": quarters.iter().map(|q| q.to_string()).collect::<Vec<_>>(),
                 "published": published.is_some(),
-                "mode": bases.iter().map(|b| match quarters.first().and_then(|q| self.secure_request_for(b, q)) {
+                "mode": bases.iter().map(|b| match quarters.first().and_then(|q| self.secure_request_for(b, q, None)) {
                     Some(s) => format!("{}: secure (n = {}, t = {}, {} bits)", b.id, s.nodes, s.max_missing, s.bits),
                     None => format!("{}: per-node noise", b.id),
                 }).collect::<Vec<_>>(),

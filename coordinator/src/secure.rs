@@ -97,6 +97,8 @@ impl std::fmt::Display for Excluded {
 pub struct SecureAggregator {
     pub helper: HelperClient,
     pub verify_key: [u8; VERIFY_KEY_LEN],
+    /// Reports made outside it are excluded before the helper sees them.
+    pub window: secagg::window::ReportWindow,
 }
 
 /// What every report of the batch must agree on, from the run and the first valid report.
@@ -105,6 +107,8 @@ struct Expected<'a> {
     content_hash: &'a str,
     quarter: &'a str,
     request: SecureRequest,
+    /// Now, by the coordinator's clock (Unix seconds).
+    now: i64,
 }
 
 /// What the first valid report fixes for the batch: report shape, granularities, measure names
@@ -218,13 +222,14 @@ impl SecureAggregator {
     }
 
     /// National sums of one base indicator for one quarter from the nodes' secure answers; the
-    /// nodes were asked with `request`.
+    /// nodes were asked with `request`. `now` (Unix seconds) judges the reports' age.
     pub async fn combine(
         &self,
         base: &Indicator,
         quarter: Period,
         request: SecureRequest,
         answers: &[Answer],
+        now: i64,
     ) -> Result<(BaseResult, Vec<Excluded>), SecureError> {
         let quarter_text = quarter.to_string();
         let (indicator, content_hash, quarter) = (
@@ -237,6 +242,7 @@ impl SecureAggregator {
             content_hash,
             quarter,
             request,
+            now,
         };
         let batch_shape =
             Self::expected_shape(base, &quarter_text.parse().map_err(internal)?, &request)?;
@@ -455,6 +461,9 @@ impl SecureAggregator {
                 b.nodes, b.max_missing, expected.request.nodes, expected.request.max_missing
             ));
         }
+        self.window
+            .check(b.created_at, expected.now)
+            .map_err(|e| e.to_string())?;
         if meta.measures.len() != shares.measures.len()
             || b.granularity.len() != meta.measures.len()
         {

@@ -5,6 +5,7 @@
 use crate::publish::{Published, Record};
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
+use sha2::{Digest, Sha256};
 use std::path::Path;
 use std::sync::Mutex;
 
@@ -23,7 +24,13 @@ pub enum StoreError {
 }
 
 /// Schema version this build writes; a store from a newer build is refused.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
+
+/// Version 3: a secure answer's report material is erased once its run is finished; its row
+/// keeps the audit trail (node, release, times, the SHA-256 of the answer as it arrived).
+const V3: &str = "ALTER TABLE answers ADD COLUMN secure INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE answers ADD COLUMN answer_sha256 TEXT;
+    ALTER TABLE answers ADD COLUMN erased_at TEXT;";
 
 const V1: &str = "CREATE TABLE IF NOT EXISTS runs (
         id TEXT PRIMARY KEY,
@@ -188,6 +195,8 @@ pub struct NewAnswer<'a> {
     pub quarter: &'a str,
     pub node: &'a str,
     pub answer: Result<&'a [u8], &'a str>,
+    /// A secret-shared answer (a report): erased once the run is finished.
+    pub secure: bool,
 }
 
 /// One node request of a run: a base indicator for one quarter at one node.
@@ -231,6 +240,8 @@ impl RunStore {
         clock: std::sync::Arc<dyn service::clock::Clock>,
     ) -> Result<RunStore, StoreError> {
         let mut conn = service::sqlite::open(path)?;
+        // Erased report material is overwritten on disk, not merely unlinked.
+        conn.pragma_update(None, "secure_delete", "ON")?;
         let version = match service::sqlite::schema(&conn, SCHEMA_VERSION)? {
             service::sqlite::Schema::At(v) => v,
             service::sqlite::Schema::Newer(found) => return Err(StoreError::Newer { found }),
@@ -247,12 +258,49 @@ impl RunStore {
             tx.execute_batch(crate::release::SCHEMA_V2)?;
             crate::release::carry_over_public(&tx, &stamp(clock.now()))?;
         }
+        if version < 3 {
+            tx.execute_batch(V3)?;
+            mark_stored_reports(&tx)?;
+        }
         tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         tx.commit()?;
-        Ok(RunStore {
+        let store = RunStore {
             conn: Mutex::new(conn),
             clock,
-        })
+        };
+        if version < 3 {
+            store.erase_finished_reports()?;
+        }
+        Ok(store)
+    }
+
+    /// Erases the report material of every finished run (after an upgrade, and as a sweep).
+    fn erase_finished_reports(&self) -> Result<usize, StoreError> {
+        let conn = self.conn()?;
+        let erased = conn.execute(
+            "UPDATE answers SET answer = NULL, erased_at = ?1
+             WHERE secure = 1 AND answer IS NOT NULL
+               AND run_id IN (SELECT id FROM runs WHERE status IN ('done', 'partial', 'failed'))",
+            params![self.now()],
+        )?;
+        if erased > 0 {
+            checkpoint(&conn)?;
+        }
+        Ok(erased)
+    }
+
+    /// Erases a finished run's report material: its secure answers' bytes (leader shares,
+    /// sealed helper shares). The rows stay, with the hash of each answer as it arrived.
+    fn erase_reports(&self, conn: &Connection, run_id: &str) -> Result<usize, StoreError> {
+        let erased = conn.execute(
+            "UPDATE answers SET answer = NULL, erased_at = ?2
+             WHERE run_id = ?1 AND secure = 1 AND answer IS NOT NULL",
+            params![run_id, self.now()],
+        )?;
+        if erased > 0 {
+            checkpoint(conn)?;
+        }
+        Ok(erased)
     }
 
     /// The store's clock (the coordinator's): what "now" is for runs, tokens and publication.
@@ -291,10 +339,14 @@ impl RunStore {
         status: RunStatus,
         error: Option<&str>,
     ) -> Result<(), StoreError> {
-        self.conn()?.execute(
+        let conn = self.conn()?;
+        conn.execute(
             "UPDATE runs SET status = ?2, error = ?3, updated_at = ?4 WHERE id = ?1",
             params![id, status.as_str(), error, self.now()],
         )?;
+        if status.is_finished() {
+            self.erase_reports(&conn, id)?;
+        }
         Ok(())
     }
 
@@ -381,6 +433,9 @@ impl RunStore {
             )?;
         }
         tx.commit()?;
+        if status.is_finished() {
+            self.erase_reports(&conn, run_id)?;
+        }
         Ok(())
     }
 
@@ -592,6 +647,33 @@ impl RunStore {
     }
 }
 
+/// Moves the write-ahead log into the database and empties it, so erased material survives in
+/// neither file.
+fn checkpoint(conn: &Connection) -> Result<(), StoreError> {
+    conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+    Ok(())
+}
+
+/// Marks the secret-shared answers stored before version 3 (read from each answer's metadata),
+/// with the hash of every stored answer.
+fn mark_stored_reports(tx: &rusqlite::Transaction<'_>) -> Result<(), StoreError> {
+    let rows: Vec<(i64, Vec<u8>)> = {
+        let mut stmt = tx.prepare("SELECT rowid, answer FROM answers WHERE answer IS NOT NULL")?;
+        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<_, _>>()?
+    };
+    for (rowid, bytes) in rows {
+        // An answer that does not decode was never usable; it is marked as a report to be safe.
+        let secure =
+            policies::wire::Answer::decode(&bytes).map_or(true, |a| a.meta.secure.is_some());
+        tx.execute(
+            "UPDATE answers SET secure = ?2, answer_sha256 = ?3 WHERE rowid = ?1",
+            params![rowid, secure, hex::encode(Sha256::digest(&bytes))],
+        )?;
+    }
+    Ok(())
+}
+
 /// Upserts a run's answers (or errors) in one transaction.
 fn insert_answers(
     conn: &mut Connection,
@@ -602,18 +684,23 @@ fn insert_answers(
     let tx = conn.transaction()?;
     {
         let mut stmt = tx.prepare_cached(
-            "INSERT INTO answers (run_id, base, quarter, node, answer, error, updated_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+            "INSERT INTO answers (run_id, base, quarter, node, answer, error, updated_at,
+                                  secure, answer_sha256)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
              ON CONFLICT (run_id, base, quarter, node)
              DO UPDATE SET answer = excluded.answer, error = excluded.error,
-                           updated_at = excluded.updated_at",
+                           updated_at = excluded.updated_at, secure = excluded.secure,
+                           answer_sha256 = excluded.answer_sha256",
         )?;
         for a in answers {
             let (bytes, error) = match a.answer {
                 Ok(b) => (Some(b), None),
                 Err(e) => (None, Some(e)),
             };
-            stmt.execute(params![run_id, a.base, a.quarter, a.node, bytes, error, at])?;
+            let hash = bytes.map(|b| hex::encode(Sha256::digest(b)));
+            stmt.execute(params![
+                run_id, a.base, a.quarter, a.node, bytes, error, at, a.secure, hash
+            ])?;
         }
     }
     tx.commit()?;
@@ -723,10 +810,22 @@ mod tests {
         assert_eq!(before["proposals"].len(), 3);
         let store = RunStore::open(&path).unwrap();
         let after = dump(&store.conn().unwrap());
+        // Old tables keep every row; a table that gained columns keeps its old columns' values
+        // (the answers here are per-node ones, which version 3 keeps).
         let old_tables = |d: &BTreeMap<String, Vec<String>>| {
             d.iter()
                 .filter(|(t, _)| before.contains_key(*t))
-                .map(|(t, r)| (t.clone(), r.clone()))
+                .map(|(t, rows)| {
+                    let width = before[t]
+                        .first()
+                        .map_or(usize::MAX, |r| r.split('|').count());
+                    let mut rows: Vec<String> = rows
+                        .iter()
+                        .map(|r| r.split('|').take(width).collect::<Vec<_>>().join("|"))
+                        .collect();
+                    rows.sort();
+                    (t.clone(), rows)
+                })
                 .collect::<BTreeMap<_, _>>()
         };
         assert_eq!(old_tables(&after), before);
@@ -859,6 +958,68 @@ mod tests {
     }
 
     #[test]
+    fn a_finished_runs_reports_are_erased_from_disk_and_other_answers_kept() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("runs.sqlite");
+        let store = RunStore::open(&path).expect("open");
+        let run = store.create_run("x", "2024Q1", "t").expect("run");
+        let report = [b"REPORT-MATERIAL-".as_slice(), &[7u8; 5_000]].concat();
+        let noisy = [b"NOISY-ANSWER-".as_slice(), &[9u8; 100]].concat();
+        store
+            .record_answers(
+                &run,
+                &[
+                    NewAnswer {
+                        base: "x",
+                        quarter: "2024Q1",
+                        node: "P01",
+                        answer: Ok(&report),
+                        secure: true,
+                    },
+                    NewAnswer {
+                        base: "x",
+                        quarter: "2024Q1",
+                        node: "P02",
+                        answer: Ok(&noisy),
+                        secure: false,
+                    },
+                ],
+            )
+            .expect("record");
+        let on_disk = |needle: &[u8]| {
+            [path.clone(), dir.path().join("runs.sqlite-wal")]
+                .iter()
+                .any(|f| {
+                    std::fs::read(f).is_ok_and(|b| b.windows(needle.len()).any(|w| w == needle))
+                })
+        };
+        assert!(
+            on_disk(b"REPORT-MATERIAL-"),
+            "the test must see the stored report"
+        );
+        store
+            .finish(&run, RunStatus::Done, None, &[], None)
+            .expect("finish");
+        assert!(
+            !on_disk(b"REPORT-MATERIAL-"),
+            "report material left on disk"
+        );
+        let answers = store.answers(&run).expect("answers");
+        assert_eq!(answers[0].answer, None);
+        assert_eq!(answers[1].answer.as_deref(), Some(noisy.as_slice()));
+        let hash: String = store
+            .conn()
+            .expect("conn")
+            .query_row(
+                "SELECT answer_sha256 FROM answers WHERE node = 'P01' AND erased_at IS NOT NULL",
+                [],
+                |r| r.get(0),
+            )
+            .expect("audit row");
+        assert_eq!(hash, hex::encode(Sha256::digest(&report)));
+    }
+
+    #[test]
     fn answers_replace_earlier_ones_and_leave_the_connection_fully_synced() {
         let dir = tempfile::tempdir().unwrap();
         let store = RunStore::open(&dir.path().join("runs.sqlite")).unwrap();
@@ -866,6 +1027,7 @@ mod tests {
             .create_run("care.unique_youths", "2024Q1", "t")
             .unwrap();
         let answer = |node, answer| NewAnswer {
+            secure: false,
             base: "care.unique_youths",
             quarter: "2024Q1",
             node,

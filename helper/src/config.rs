@@ -10,8 +10,13 @@ pub struct HelperConfig {
     /// `host:port`; port 0 picks a free port.
     pub listen: String,
     pub tls: HelperTls,
-    /// The helper's HPKE private key (hex); nodes seal the helper's input shares to its public key.
+    /// The helper's current HPKE private key (hex): the key it tells the coordinator to have
+    /// nodes seal to (`GET /v1/hpke_keys`).
     pub hpke_key: PathBuf,
+    /// Further HPKE private keys it still opens reports with during a rotation: the next key
+    /// before it becomes current, the previous one until its reports are out of the window.
+    #[serde(default)]
+    pub hpke_other_keys: Vec<PathBuf>,
     /// The verification key the helper shares with the coordinator alone (hex, 32 bytes).
     pub verify_key: PathBuf,
     pub store: StoreConfig,
@@ -52,6 +57,10 @@ pub struct HelperTls {
 #[serde(deny_unknown_fields)]
 pub struct StoreConfig {
     pub path: PathBuf,
+    /// The highest collection number the helper has given out, kept apart from the store (and
+    /// from its backups): a store found behind it was restored, and no report made before that
+    /// moment is counted again.
+    pub watermark: PathBuf,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -68,9 +77,17 @@ pub struct Limits {
 pub struct BatchFloors {
     pub min_batch: u32,
     pub max_missing_share: f64,
+    /// Reports made longer ago than this are refused and their material erased (`24h`, `90m`).
+    pub report_max_age: String,
+    /// How far ahead of the helper's clock a report may be dated.
+    pub report_max_skew: String,
 }
 
 impl BatchFloors {
+    pub fn window(&self) -> Result<secagg::window::ReportWindow, String> {
+        secagg::window::ReportWindow::parse(&self.report_max_age, &self.report_max_skew)
+    }
+
     pub fn floors(&self) -> secagg::floors::RunFloors {
         secagg::floors::RunFloors {
             min_honest: self.min_batch,
@@ -97,17 +114,21 @@ client_ca = "ca.crt"
 client_name = "coordinator.stroom"
 [store]
 path = "helper.sqlite"
+watermark = "helper.watermark"
 [limits]
 max_body_bytes = 67108864
 [batches]
 min_batch = 3
 max_missing_share = 0.3333333333333333
+report_max_age = "24h"
+report_max_skew = "5m"
 "#;
 
 const KEYS: &[&str] = &[
     "listen",
     "tls",
     "hpke_key",
+    "hpke_other_keys",
     "verify_key",
     "store",
     "limits",
@@ -140,8 +161,10 @@ impl HelperConfig {
             &mut cfg.hpke_key,
             &mut cfg.verify_key,
             &mut cfg.store.path,
+            &mut cfg.store.watermark,
         ]
         .into_iter()
+        .chain(cfg.hpke_other_keys.iter_mut())
         .chain(cfg.roster.as_mut())
         {
             if p.is_relative() {
@@ -184,6 +207,15 @@ impl HelperConfig {
             return Err(invalid(
                 "batches",
                 message.replace("min_honest", "min_batch"),
+            ));
+        }
+        if let Err(message) = self.batches.window() {
+            return Err(invalid("batches", message));
+        }
+        if self.store.watermark == self.store.path {
+            return Err(invalid(
+                "store.watermark",
+                "must be another file than store.path".into(),
             ));
         }
         if self.limits.max_body_bytes < 1024 {

@@ -1,5 +1,5 @@
 //! The helper's HTTPS API (axum over rustls, mutual TLS against the federation CA):
-//! `POST /v1/aggregate`, `POST /v1/collect`, `GET /healthz`. Errors are JSON with a stable code.
+//! `POST /v1/aggregate`, `POST /v1/collect`, `GET /v1/hpke_keys`, `GET /healthz`. Errors are JSON with a stable code.
 
 use crate::{Helper, HelperError};
 use axum::extract::rejection::JsonRejection;
@@ -9,7 +9,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use policies::wire::ErrorBody;
-use secagg::api::{AGGREGATE_PATH, AggregateRequest, COLLECT_PATH, CollectRequest};
+use secagg::api::{AGGREGATE_PATH, AggregateRequest, COLLECT_PATH, CollectRequest, HPKE_KEYS_PATH};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -30,7 +30,9 @@ impl IntoResponse for HelperError {
             HelperError::BadCollect { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             HelperError::AlreadyCollected { .. }
             | HelperError::TooFew { .. }
-            | HelperError::Floor { .. } => StatusCode::CONFLICT,
+            | HelperError::Floor { .. }
+            | HelperError::Expired { .. }
+            | HelperError::Restored { .. } => StatusCode::CONFLICT,
             HelperError::Config(_)
             | HelperError::Key { .. }
             | HelperError::Store(_)
@@ -89,6 +91,10 @@ async fn collect(
     }
 }
 
+async fn hpke_keys(State(helper): State<Arc<Helper>>) -> Json<secagg::api::HpkeKeys> {
+    Json(helper.hpke_keys())
+}
+
 async fn healthz() -> &'static str {
     "ok\n"
 }
@@ -106,6 +112,7 @@ pub fn router(helper: Arc<Helper>) -> Router {
     Router::new()
         .route(AGGREGATE_PATH, post(aggregate))
         .route(COLLECT_PATH, post(collect))
+        .route(HPKE_KEYS_PATH, get(hpke_keys))
         .route("/healthz", get(healthz))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(limit))

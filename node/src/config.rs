@@ -39,6 +39,11 @@ pub struct SecureConfig {
     /// from the coordinator.
     #[serde(default)]
     pub helper_key: Option<PathBuf>,
+    /// During a helper key rotation: the helper's next public key, from the helper's operator
+    /// (fingerprint compared out of band). The node seals to whichever of the two the request
+    /// names, and to no other.
+    #[serde(default)]
+    pub helper_next_key: Option<PathBuf>,
     /// File with this node's ed25519 report-signing key (`stroom keygen`); the helper lists its
     /// public key.
     #[serde(default)]
@@ -96,6 +101,7 @@ impl Default for SecureConfig {
     fn default() -> Self {
         SecureConfig {
             helper_key: None,
+            helper_next_key: None,
             signing_key: None,
             min_honest: default_min_honest(),
             max_missing_share: default_max_missing_share(),
@@ -318,6 +324,10 @@ pub struct TestingConfig {
     /// would say it): tests that such a failure leaves the node without its detail.
     #[serde(default)]
     pub fail_evaluation_with: Option<String>,
+    /// Run the node's clock this many seconds off the system's (negative: behind), as a node
+    /// with a wrong clock or a report kept back would look to the aggregators.
+    #[serde(default)]
+    pub clock_offset_secs: Option<i64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -416,9 +426,13 @@ impl NodeConfig {
         if let Some(ca) = &mut self.tls.client_ca {
             fix(ca);
         }
-        for p in [&mut self.secure.helper_key, &mut self.secure.signing_key]
-            .into_iter()
-            .flatten()
+        for p in [
+            &mut self.secure.helper_key,
+            &mut self.secure.helper_next_key,
+            &mut self.secure.signing_key,
+        ]
+        .into_iter()
+        .flatten()
         {
             fix(p);
         }
@@ -628,6 +642,13 @@ impl NodeConfig {
             return Err(invalid(
                 "secure.helper_key",
                 "secure aggregation needs both secure.helper_key and secure.signing_key".into(),
+            ));
+        }
+        if sec.helper_next_key.is_some() && sec.helper_key.is_none() {
+            return Err(invalid(
+                "secure.helper_next_key",
+                "a next helper key is for a rotation: set secure.helper_key (the current one) too"
+                    .into(),
             ));
         }
         if self.listen.parse::<std::net::SocketAddr>().is_err() {

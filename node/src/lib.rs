@@ -125,6 +125,13 @@ impl Node {
         config: NodeConfig,
         clock: Arc<dyn Clock>,
     ) -> Result<Node, NodeError> {
+        let clock: Arc<dyn Clock> = match config.testing.clock_offset_secs {
+            Some(secs) => Arc::new(service::clock::OffsetClock {
+                inner: clock,
+                offset: chrono::TimeDelta::seconds(secs),
+            }),
+            None => clock,
+        };
         let catalog =
             Catalog::load(&config.catalog_dir)
                 .await

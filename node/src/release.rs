@@ -116,8 +116,18 @@ pub fn release_key(
     secure: Option<&SecureRequest>,
 ) -> String {
     let mut h = Sha256::new();
-    let secure_part =
-        secure.map(|s| format!("secure n={} t={} bits={}", s.nodes, s.max_missing, s.bits));
+    // A named helper key is part of the release (the report is sealed to it); requests naming
+    // none keep the key they always had.
+    let secure_part = secure.map(|s| {
+        let key = s
+            .helper_key_id
+            .map(|id| format!(" key={id}"))
+            .unwrap_or_default();
+        format!(
+            "secure n={} t={} bits={}{key}",
+            s.nodes, s.max_missing, s.bits
+        )
+    });
     for part in [
         ind.id.as_str(),
         ind.content_hash.as_str(),
@@ -270,14 +280,14 @@ async fn evaluate_inner(node: &Arc<Node>, req: &EvaluateRequest) -> Result<Relea
             let (id, cfg, configured, request, ms, dim) = (
                 ind.id.clone(),
                 node.config.secure.clone(),
-                node.secure.is_some(),
+                node.secure.as_ref().map(|k| k.helper_key_ids()),
                 *s,
                 measures.clone(),
                 public_keys.len(),
             );
             Some(
                 tokio::task::spawn_blocking(move || {
-                    crate::secure::prepare(&id, &cfg, configured, &request, &ms, dim)
+                    crate::secure::prepare(&id, &cfg, configured.as_deref(), &request, &ms, dim)
                 })
                 .await
                 .map_err(|e| ReleaseError::Internal(e.to_string()))??,
@@ -443,6 +453,8 @@ async fn secure_answer(
         length: 0,
         granularity: Vec::new(),
         nonce: hex::encode(nonce),
+        created_at: node.clock.now().timestamp(),
+        helper_key_id: None,
     };
     let (n, c) = (node.clone(), cells.clone());
     let answer = tokio::task::spawn_blocking(move || {

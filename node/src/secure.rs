@@ -9,7 +9,9 @@ use crate::evaluate::Cells;
 use crate::noise::{self, NoiseError};
 use policies::governance::SigningKey;
 use policies::sensitivity::{Measure, MeasureCost};
-use policies::wire::{MeasureNoise, ReportBinding, SecureMeasure, SecureRequest, SecureShares};
+use policies::wire::{
+    KeyId, MeasureNoise, ReportBinding, SecureMeasure, SecureRequest, SecureShares,
+};
 use secagg::accounting::{self, PlanError, SharePlan};
 use secagg::floors::FloorError;
 use secagg::report::ReportError;
@@ -23,9 +25,10 @@ pub struct KeyError {
     pub message: String,
 }
 
-/// The helper's public key (from this node's own configuration) and the node's signing key.
+/// The helper's public keys (from this node's own configuration: the current one, and during a
+/// rotation the next) and the node's signing key.
 pub struct SecureKeys {
-    pub helper: HelperPublicKey,
+    pub helpers: Vec<(KeyId, HelperPublicKey)>,
     pub signer: SigningKey,
 }
 
@@ -44,11 +47,39 @@ impl SecureKeys {
             file: file.clone(),
             message: e.to_string(),
         };
+        let mut helpers = Vec::new();
+        for file in std::iter::once(helper).chain(&cfg.helper_next_key) {
+            let key = HelperPublicKey::from_hex(&read(file)?).map_err(|e| bad(file, &e))?;
+            helpers.push((key.key_id(), key));
+        }
         Ok(Some(SecureKeys {
-            helper: HelperPublicKey::from_hex(&read(helper)?).map_err(|e| bad(helper, &e))?,
+            helpers,
             signer: SigningKey::from_text(&read(signer)?).map_err(|e| bad(signer, &e))?,
         }))
     }
+
+    /// The ids of the helper keys this node seals to, current first.
+    pub fn helper_key_ids(&self) -> Vec<KeyId> {
+        self.helpers.iter().map(|(id, _)| *id).collect()
+    }
+
+    fn helper(&self, id: KeyId) -> Result<&HelperPublicKey, SecureError> {
+        self.helpers
+            .iter()
+            .find(|(k, _)| *k == id)
+            .map(|(_, key)| key)
+            .ok_or_else(|| SecureError::UnknownHelperKey {
+                requested: id,
+                known: self.helper_key_ids(),
+            })
+    }
+}
+
+fn key_list(ids: &[KeyId]) -> String {
+    ids.iter()
+        .map(KeyId::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +88,12 @@ pub enum SecureError {
         "this node is not configured for secure aggregation (secure.helper_key and secure.signing_key); it answers per-node requests only"
     )]
     NotConfigured,
+    /// Only this node's configuration decides which helper keys it trusts.
+    #[error(
+        "the request names helper key {requested}, which is not in this node's configuration (secure.helper_key, secure.helper_next_key: {}); a rotated helper key reaches a node from the helper's operator, never from the coordinator",
+        key_list(known)
+    )]
+    UnknownHelperKey { requested: KeyId, known: Vec<KeyId> },
     #[error(
         "a secure run with {bits}-bit entries is not possible: entries are 2 to {max} bits",
         max = secagg::vdaf::MAX_BITS
@@ -97,6 +134,7 @@ impl SecureError {
     pub fn code(&self) -> &'static str {
         match self {
             SecureError::NotConfigured => "secure_not_configured",
+            SecureError::UnknownHelperKey { .. } => "unknown_helper_key",
             SecureError::BadWidth { .. } => "invalid_request",
             SecureError::Floor(FloorError::Impossible { .. }) => "invalid_request",
             SecureError::Floor(FloorError::TooManyMissing { .. }) => "too_many_missing",
@@ -113,6 +151,7 @@ impl SecureError {
     pub fn is_refusal(&self) -> bool {
         match self {
             SecureError::NotConfigured
+            | SecureError::UnknownHelperKey { .. }
             | SecureError::BadWidth { .. }
             | SecureError::Floor(_)
             | SecureError::PureDp(_)
@@ -126,6 +165,8 @@ impl SecureError {
 #[derive(Debug, Clone)]
 pub struct Prepared {
     pub request: SecureRequest,
+    /// The helper key the report is sealed to: the one the request names, or the current one.
+    pub helper_key_id: KeyId,
     pub bits: u32,
     /// The public bound on this node's units the widths were planned for.
     pub max_units: u64,
@@ -137,22 +178,36 @@ pub struct Prepared {
 /// the public bound of every cell (`secure.max_units` × the measure's per-unit bound) with its
 /// noise fits the entry width. All before the spend, and from public facts alone: `dim` is the
 /// size of the public key set, never the number of cells the records fill.
+/// `helper_keys` are the ids of the helper keys this node is configured with, current first
+/// (`None`: not configured for secure aggregation).
 pub fn prepare(
     indicator: &str,
     cfg: &SecureConfig,
-    configured: bool,
+    helper_keys: Option<&[KeyId]>,
     request: &SecureRequest,
     measures: &[Measure],
     dim: usize,
 ) -> Result<Prepared, SecureError> {
-    if !configured {
+    let Some(helper_keys) = helper_keys else {
         return Err(SecureError::NotConfigured);
-    }
+    };
     let SecureRequest {
         nodes,
         max_missing,
         bits,
+        helper_key_id,
     } = *request;
+    let helper_key_id = match (helper_key_id, helper_keys.first()) {
+        (Some(asked), _) if helper_keys.contains(&asked) => asked,
+        (None, Some(current)) => *current,
+        (Some(asked), _) => {
+            return Err(SecureError::UnknownHelperKey {
+                requested: asked,
+                known: helper_keys.to_vec(),
+            });
+        }
+        (None, None) => return Err(SecureError::NotConfigured),
+    };
     // The floors first: an absurd n is refused before any planning (linear in n) starts.
     cfg.floors().check(nodes, max_missing)?;
     if !(2..=secagg::vdaf::MAX_BITS).contains(&bits) {
@@ -194,6 +249,7 @@ pub fn prepare(
     }
     Ok(Prepared {
         request: *request,
+        helper_key_id,
         bits,
         max_units: cfg.max_units,
         plans,
@@ -271,11 +327,12 @@ pub fn answer(
         .collect();
     binding.nodes = prepared.request.nodes;
     binding.max_missing = prepared.request.max_missing;
+    binding.helper_key_id = Some(prepared.helper_key_id);
     let mut shares = secagg::report::make(
         binding,
         &values,
         secure_measures,
-        &keys.helper,
+        keys.helper(prepared.helper_key_id)?,
         &keys.signer,
     )?;
     shares.max_units = prepared.max_units;
@@ -304,6 +361,8 @@ mod tests {
         SecureConfig::default()
     }
 
+    const KEYS: Option<&[KeyId]> = Some(&[KeyId([1; 8]), KeyId([2; 8])]);
+
     #[test]
     fn the_shares_of_n_minus_t_nodes_carry_the_declared_national_variance() {
         // Ten honest nodes, ρ = 0.01, L2 = 2: the central discrete Gaussian has σ² = 200.
@@ -312,8 +371,9 @@ mod tests {
             nodes: 11,
             max_missing: 1,
             bits: 32,
+            helper_key_id: None,
         };
-        let p = prepare("x", &cfg(), true, &req, std::slice::from_ref(&m), 4).expect("plan");
+        let p = prepare("x", &cfg(), KEYS, &req, std::slice::from_ref(&m), 4).expect("plan");
         let plan = p.plans[0].1;
         assert_eq!(plan.granularity, 1);
         let declared = 10.0 * plan.share_variance;
@@ -352,12 +412,13 @@ mod tests {
             nodes: 1,
             max_missing: 0,
             bits: 32,
+            helper_key_id: None,
         };
         let single = SecureConfig {
             min_honest: 1,
             ..cfg()
         };
-        let p = prepare("x", &single, true, &req, std::slice::from_ref(&m), 4).expect("plan");
+        let p = prepare("x", &single, KEYS, &req, std::slice::from_ref(&m), 4).expect("plan");
         let plan = p.plans[0].1;
         let (_, opendp) = noise::gaussian_share(plan.sigma, m.l2(), &[0; 4]).expect("share");
         assert!(
@@ -379,27 +440,28 @@ mod tests {
             nodes,
             max_missing,
             bits: 32,
+            helper_key_id: None,
         };
         let ms = std::slice::from_ref(&m);
         assert!(matches!(
-            prepare("x", &cfg(), false, &req(11, 1), ms, 4),
+            prepare("x", &cfg(), None, &req(11, 1), ms, 4),
             Err(SecureError::NotConfigured)
         ));
         assert!(matches!(
-            prepare("x", &cfg(), true, &req(3, 3), ms, 4),
+            prepare("x", &cfg(), KEYS, &req(3, 3), ms, 4),
             Err(SecureError::Floor(FloorError::Impossible { .. }))
         ));
         // The floors hold whatever the coordinator declares: too few honest nodes, t above the
         // ceiling (t = n − 2 with one colluder would expose this node at 2ρ), an absurd n.
         assert!(matches!(
-            prepare("x", &cfg(), true, &req(3, 1), ms, 4),
+            prepare("x", &cfg(), KEYS, &req(3, 1), ms, 4),
             Err(SecureError::Floor(FloorError::TooFewHonest {
                 honest: 2,
                 floor: 3,
                 ..
             }))
         ));
-        let refused = prepare("x", &cfg(), true, &req(12, 10), ms, 4).expect_err("ceiling");
+        let refused = prepare("x", &cfg(), KEYS, &req(12, 10), ms, 4).expect_err("ceiling");
         assert!(matches!(
             refused,
             SecureError::Floor(FloorError::TooManyMissing { ceiling: 4, .. })
@@ -407,7 +469,7 @@ mod tests {
         assert_eq!(refused.code(), "too_many_missing");
         assert!(refused.is_refusal());
         assert!(matches!(
-            prepare("x", &cfg(), true, &req(u32::MAX, 1), ms, 4),
+            prepare("x", &cfg(), KEYS, &req(u32::MAX, 1), ms, 4),
             Err(SecureError::Floor(FloorError::Impossible { .. }))
         ));
         let laplace = Measure {
@@ -415,14 +477,14 @@ mod tests {
             ..m.clone()
         };
         assert!(matches!(
-            prepare("x", &cfg(), true, &req(11, 1), &[laplace], 4),
+            prepare("x", &cfg(), KEYS, &req(11, 1), &[laplace], 4),
             Err(SecureError::PureDp(_))
         ));
         let narrow = SecureRequest {
             bits: 8,
             ..req(11, 1)
         };
-        let refused = prepare("x", &cfg(), true, &narrow, ms, 4).expect_err("too narrow");
+        let refused = prepare("x", &cfg(), KEYS, &narrow, ms, 4).expect_err("too narrow");
         assert!(matches!(refused, SecureError::TooWide { bits: 8, .. }));
         // Only public figures: the configured unit bound, the per-unit bound, their product.
         let text = refused.to_string();
@@ -434,10 +496,27 @@ mod tests {
             ..req(11, 1)
         };
         assert!(matches!(
-            prepare("x", &cfg(), true, &too_wide, ms, 4),
+            prepare("x", &cfg(), KEYS, &too_wide, ms, 4),
             Err(SecureError::BadWidth { bits: 65 })
         ));
-        assert!(prepare("x", &cfg(), true, &req(11, 1), ms, 4).is_ok());
+        assert!(prepare("x", &cfg(), KEYS, &req(11, 1), ms, 4).is_ok());
+        // Sealed to the key the request names if this node holds it, else to its current key;
+        // a key the node was not given by the helper's operator is refused.
+        let named = |id| SecureRequest {
+            helper_key_id: Some(KeyId(id)),
+            ..req(11, 1)
+        };
+        let next = prepare("x", &cfg(), KEYS, &named([2; 8]), ms, 4).expect("next key");
+        assert_eq!(next.helper_key_id, KeyId([2; 8]));
+        let current = prepare("x", &cfg(), KEYS, &req(11, 1), ms, 4).expect("current key");
+        assert_eq!(current.helper_key_id, KeyId([1; 8]));
+        let refused = prepare("x", &cfg(), KEYS, &named([3; 8]), ms, 4).expect_err("unknown");
+        assert_eq!(refused.code(), "unknown_helper_key");
+        assert!(refused.is_refusal());
+        assert!(
+            refused.to_string().contains("0303030303030303"),
+            "{refused}"
+        );
     }
 
     #[test]
@@ -447,13 +526,14 @@ mod tests {
             nodes: 11,
             max_missing: 1,
             bits: 32,
+            helper_key_id: None,
         };
         let capped = SecureConfig {
             max_local_rho: Some(0.02),
             ..cfg()
         };
-        let free = prepare("x", &cfg(), true, &req, std::slice::from_ref(&m), 4).expect("plan");
-        let p = prepare("x", &capped, true, &req, std::slice::from_ref(&m), 4).expect("plan");
+        let free = prepare("x", &cfg(), KEYS, &req, std::slice::from_ref(&m), 4).expect("plan");
+        let p = prepare("x", &capped, KEYS, &req, std::slice::from_ref(&m), 4).expect("plan");
         let (free, plan) = (free.plans[0].1, p.plans[0].1);
         assert!((free.local_rho - 0.1).abs() < 1e-3, "{free:?}");
         assert!(plan.local_rho <= 0.02 * (1.0 + 1e-6), "{plan:?}");

@@ -40,6 +40,53 @@ pub struct SecureRequest {
     /// Width of an encoded entry (public; out-of-range reports fail verification).
     #[serde(default = "default_bits")]
     pub bits: u32,
+    /// The helper key the node seals its helper share to (the helper's current key, which the
+    /// coordinator reads from the helper). A node seals only to a key of its own configuration
+    /// (`secure.helper_key`, `secure.helper_next_key`); without one it uses `helper_key`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub helper_key_id: Option<KeyId>,
+}
+
+/// A helper HPKE key's id: the first 8 bytes of the SHA-256 of its public key, as 16 hex digits.
+/// Public, and derived from the key alone, so every party computes it from the key file it holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct KeyId(pub [u8; 8]);
+
+impl std::fmt::Display for KeyId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for b in self.0 {
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::str::FromStr for KeyId {
+    type Err = String;
+    fn from_str(s: &str) -> Result<KeyId, String> {
+        let bad = || format!("helper key id '{s}' is not 16 hex digits");
+        if s.len() != 16 || !s.is_ascii() {
+            return Err(bad());
+        }
+        let mut id = [0u8; 8];
+        for (i, b) in id.iter_mut().enumerate() {
+            *b = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).map_err(|_| bad())?;
+        }
+        Ok(KeyId(id))
+    }
+}
+
+impl Serialize for KeyId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for KeyId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<KeyId, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
 }
 
 /// The default public bound on the units one node holds (`secure.max_units`, node and
@@ -80,6 +127,14 @@ pub struct ReportBinding {
     pub granularity: Vec<i64>,
     /// The Prio3 report nonce (hex, 16 bytes).
     pub nonce: String,
+    /// When the node made the report (Unix seconds, the node's clock): both aggregators refuse
+    /// a report older than their window, so an old report (or a restored store holding one)
+    /// cannot be brought into a new batch. 0 in reports made before it was bound.
+    #[serde(default)]
+    pub created_at: i64,
+    /// The helper key the helper's share is sealed to; `None` in reports made before key ids.
+    #[serde(default)]
+    pub helper_key_id: Option<KeyId>,
 }
 
 /// One measure of a secure answer: the node's noise share and what it guarantees.
@@ -325,6 +380,8 @@ pub mod testing {
                 length: 1,
                 granularity: vec![1],
                 nonce: "00".repeat(16),
+                created_at: 0,
+                helper_key_id: None,
             },
             public_share: String::new(),
             leader_share: String::new(),

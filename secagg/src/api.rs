@@ -3,11 +3,20 @@
 //! share and the leader's verifier share, and returns verifier messages and, once per batch, its
 //! aggregate share.
 
-use policies::wire::{ReportBinding, SealedShare};
+use policies::wire::{KeyId, ReportBinding, SealedShare};
 use serde::{Deserialize, Serialize};
 
 pub const AGGREGATE_PATH: &str = "/v1/aggregate";
 pub const COLLECT_PATH: &str = "/v1/collect";
+pub const HPKE_KEYS_PATH: &str = "/v1/hpke_keys";
+
+/// The helper's HPKE keys by id: nodes seal to `current`; reports sealed to any of `keys` open.
+/// Ids only: which public key an id stands for, a node learns from the helper's operator.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HpkeKeys {
+    pub current: KeyId,
+    pub keys: Vec<KeyId>,
+}
 
 /// One node's report as the helper receives it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -125,6 +125,8 @@ mod tests {
             length: 3,
             granularity: vec![1],
             nonce: hex::encode(random_bytes::<NONCE_LEN>().expect("nonce")),
+            created_at: 0,
+            helper_key_id: None,
         }
     }
 

@@ -68,6 +68,15 @@ impl HelperPublicKey {
         )
     }
 
+    /// The key's id (the fingerprint's first 8 bytes): what a request names and a report binds.
+    pub fn key_id(&self) -> policies::wire::KeyId {
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(self.0.to_bytes());
+        let mut id = [0u8; 8];
+        id.copy_from_slice(&digest[..8]);
+        policies::wire::KeyId(id)
+    }
+
     /// (encapsulated key, ciphertext) of `plaintext` with `aad` bound to it.
     pub fn seal(&self, plaintext: &[u8], aad: &[u8]) -> Result<(Vec<u8>, Vec<u8>), SealError> {
         self.seal_with(INFO, plaintext, aad)

@@ -50,3 +50,15 @@ impl Clock for ManualClock {
         }
     }
 }
+
+/// Another clock shifted by a fixed offset: a machine whose clock is off (tests only).
+pub struct OffsetClock {
+    pub inner: std::sync::Arc<dyn Clock>,
+    pub offset: chrono::TimeDelta,
+}
+
+impl Clock for OffsetClock {
+    fn now(&self) -> DateTime<Utc> {
+        self.inner.now() + self.offset
+    }
+}

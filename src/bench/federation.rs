@@ -420,20 +420,26 @@ async fn one(
         &timed,
     )
     .await?;
-    // Combination alone over the N stored answers of the last run.
-    let answers: Vec<_> = runner
-        .store
-        .answers(&warm.last_run)?
-        .into_iter()
-        .filter_map(|a| a.answer)
-        .map(|b| policies::wire::Answer::decode(&b))
-        .collect::<Result<_, _>>()?;
+    // Combination alone over the N answers of the last run. The coordinator erased its reports
+    // when the run finished, so they are asked again: each node replays its stored release.
+    let helper_key = match &runner.secure {
+        Some(aggregator) => Some(aggregator.helper.hpke_keys().await?.current),
+        None => None,
+    };
+    let raw = run_answers(&runner, ind, quarter, helper_key).await?;
+    let answers: Vec<policies::wire::Answer> = raw.iter().map(|(_, a)| a.clone()).collect();
+    let now = chrono::Utc::now().timestamp();
     let t = Instant::now();
     let combined = match runner
-        .secure_request_for(ind, &quarter)
+        .secure_request_for(ind, &quarter, helper_key)
         .zip(runner.secure.as_ref())
     {
-        Some((request, aggregator)) => aggregator.combine(ind, quarter, request, &answers).await?.0,
+        Some((request, aggregator)) => {
+            aggregator
+                .combine(ind, quarter, request, &answers, now)
+                .await?
+                .0
+        }
         None => coordinator::national::combine(&answers, n).await?,
     };
     let mut base = std::collections::BTreeMap::new();
@@ -447,7 +453,10 @@ async fn one(
     );
     let combination_ms = t.elapsed().as_secs_f64() * 1000.0;
     anyhow::ensure!(!records.is_empty(), "combination published nothing");
-    let secure_fresh = match (&helper_cfg, runner.secure_request_for(ind, &quarter)) {
+    let secure_fresh = match (
+        &helper_cfg,
+        runner.secure_request_for(ind, &quarter, helper_key),
+    ) {
         (Some(helper_cfg), Some(request)) => Some(
             fresh_secure_combinations(
                 &cfg,
@@ -457,7 +466,7 @@ async fn one(
                 ind,
                 request,
                 &answers,
-                runner.store.answers(&warm.last_run)?,
+                raw.iter().map(|(bytes, _)| bytes.len()).collect(),
             )
             .await?,
         ),
@@ -555,6 +564,7 @@ impl HelperProcess {
             .arg(config)
             .env("STROOM_LOG", "warn")
             .env("STROOM_STORE__PATH", store)
+            .env("STROOM_STORE__WATERMARK", store.with_extension("watermark"))
             .stdout(Stdio::piped())
             .spawn()
             .context("starting the helper")?;
@@ -587,12 +597,8 @@ async fn fresh_secure_combinations(
     ind: &policies::Indicator,
     request: policies::wire::SecureRequest,
     answers: &[policies::wire::Answer],
-    stored: Vec<coordinator::store::StoredAnswer>,
+    bytes: Vec<usize>,
 ) -> Result<SecureFigures> {
-    let bytes: Vec<usize> = stored
-        .iter()
-        .filter_map(|a| a.answer.as_ref().map(Vec::len))
-        .collect();
     let mut times = Vec::new();
     let (mut helper_cpu, mut helper_peak, mut coordinator_cpu) = (0.0, 0.0f64, 0.0);
     for i in 0..opts.repeats {
@@ -611,7 +617,10 @@ async fn fresh_secure_combinations(
         let cpu = cpu_seconds();
         let t = Instant::now();
         let quarter: policies::Period = opts.quarter.parse()?;
-        let (result, excluded) = aggregator.combine(ind, quarter, request, answers).await?;
+        let now = chrono::Utc::now().timestamp();
+        let (result, excluded) = aggregator
+            .combine(ind, quarter, request, answers, now)
+            .await?;
         times.push(t.elapsed().as_secs_f64());
         coordinator_cpu += cpu_seconds() - cpu;
         anyhow::ensure!(
@@ -719,6 +728,55 @@ impl NodeProcess {
     }
 }
 
+/// The run's request to every node, as the runner sends it (a node replays a release it made).
+fn run_request(
+    runner: &Runner,
+    ind: &policies::Indicator,
+    quarter: policies::Period,
+    helper_key: Option<policies::wire::KeyId>,
+) -> policies::wire::EvaluateRequest {
+    policies::wire::EvaluateRequest {
+        indicator: ind.id.clone(),
+        period: quarter,
+        content_hash: Some(ind.content_hash.clone()),
+        catalog_version: None,
+        secure: runner.secure_request_for(ind, &quarter, helper_key),
+    }
+}
+
+/// One job per node of the indicator, with the node's request slots, as the runner fans out.
+fn node_jobs<'a>(
+    runner: &'a Runner,
+    ind: &policies::Indicator,
+) -> Vec<(
+    Arc<tokio::sync::Semaphore>,
+    &'a coordinator::node_client::NodeClient,
+)> {
+    runner
+        .targets_for(ind)
+        .into_iter()
+        .map(|target| (target.slots.clone(), &target.client))
+        .collect()
+}
+
+/// Every node's answer to the run's request, with its size on the wire.
+async fn run_answers(
+    runner: &Runner,
+    ind: &policies::Indicator,
+    quarter: policies::Period,
+    helper_key: Option<policies::wire::KeyId>,
+) -> Result<Vec<(Vec<u8>, policies::wire::Answer)>> {
+    use futures::StreamExt;
+    let request = run_request(runner, ind, quarter, helper_key);
+    let jobs = node_jobs(runner, ind);
+    let answers: Vec<_> = coordinator::runs::fan_out(jobs, runner.concurrency, |client| {
+        client.evaluate_raw(&request)
+    })
+    .collect()
+    .await;
+    Ok(answers.into_iter().collect::<Result<_, _>>()?)
+}
+
 /// The run's requests to every node, concurrently as the runner sends them, each answer received
 /// whole and dropped: the seconds until the last one arrived.
 async fn fanout_only(
@@ -727,19 +785,14 @@ async fn fanout_only(
     quarter: policies::Period,
 ) -> Result<f64> {
     use futures::StreamExt;
-    let request = policies::wire::EvaluateRequest {
-        indicator: ind.id.clone(),
-        period: quarter,
-        content_hash: Some(ind.content_hash.clone()),
-        catalog_version: None,
-        secure: runner.secure_request_for(ind, &quarter),
-    };
     let t = Instant::now();
-    let jobs = runner
-        .targets_for(ind)
-        .into_iter()
-        .map(|target| (target.slots.clone(), &target.client))
-        .collect();
+    // As a run does: the helper's current key first.
+    let helper_key = match &runner.secure {
+        Some(aggregator) => Some(aggregator.helper.hpke_keys().await?.current),
+        None => None,
+    };
+    let request = run_request(runner, ind, quarter, helper_key);
+    let jobs = node_jobs(runner, ind);
     let answers: Vec<_> = coordinator::runs::fan_out(jobs, runner.concurrency, |client| {
         client.fetch_answer(&request)
     })

@@ -24,5 +24,6 @@ mod policy_check;
 mod postgres;
 mod provisioning;
 mod publication_round;
+mod report_lifecycle;
 mod researcher_cli;
 mod secure_aggregation;

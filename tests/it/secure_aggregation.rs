@@ -49,6 +49,21 @@ pub(crate) fn secure_node(dir: &Path, id: &str, testing: &str) -> ServerProcess 
     ServerProcess::start(&node_config(dir, id, 5.0, &extra))
 }
 
+/// A helper configuration on a port chosen now, so that a restarted helper is found where it was;
+/// with the helper's URL.
+pub(crate) fn helper_config_on_a_fixed_port(dir: &Path, nodes: &[&str]) -> (PathBuf, String) {
+    let cfg = helper_config(dir, nodes);
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("port");
+        l.local_addr().expect("addr").port()
+    };
+    let text = std::fs::read_to_string(&cfg)
+        .expect("cfg")
+        .replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
+    std::fs::write(&cfg, text).expect("cfg");
+    (cfg, format!("https://127.0.0.1:{port}"))
+}
+
 /// Secure nodes for `ids` and a coordinator that fans out to them through the helper at `helper`.
 pub(crate) fn secure_federation(
     dir: &Path,
@@ -132,7 +147,21 @@ fn noisy_vector(dir: &Path, meta: &AnswerMeta) -> Vec<i128> {
 
 /// The request the coordinator sends for a run of `n` nodes: its entry width planned from the
 /// public bound on units, as `coordinator::runs` plans it.
-pub(crate) async fn run_request(indicator: &str, quarter: &str, n: u32) -> serde_json::Value {
+/// The id of the helper's key as a node holds it (the key the coordinator asks nodes to seal to).
+pub(crate) fn helper_key_id(dir: &Path) -> String {
+    let text = read(dir, "P01", "helper.hpke.pub");
+    secagg::seal::HelperPublicKey::from_hex(text.trim())
+        .expect("helper key")
+        .key_id()
+        .to_string()
+}
+
+pub(crate) async fn run_request(
+    dir: &Path,
+    indicator: &str,
+    quarter: &str,
+    n: u32,
+) -> serde_json::Value {
     let catalog = policies::Catalog::load(&catalog_dir())
         .await
         .expect("catalog");
@@ -143,7 +172,12 @@ pub(crate) async fn run_request(indicator: &str, quarter: &str, n: u32) -> serde
     serde_json::json!({
         "indicator": indicator,
         "period": quarter,
-        "secure": { "nodes": n, "max_missing": T, "bits": bits },
+        "secure": {
+            "nodes": n,
+            "max_missing": T,
+            "bits": bits,
+            "helper_key_id": helper_key_id(dir),
+        },
     })
 }
 
@@ -152,7 +186,7 @@ async fn replayed(dir: &Path, url: &str, indicator: &str, quarter: &str, n: u32)
     let c = coordinator_identity_client(dir);
     let r = c
         .post(format!("{url}/v1/evaluate"))
-        .json(&run_request(indicator, quarter, n).await)
+        .json(&run_request(dir, indicator, quarter, n).await)
         .send()
         .await
         .expect("evaluate");
@@ -260,7 +294,7 @@ async fn a_secure_run_sums_the_nodes_noisy_vectors_and_no_party_sees_them() {
         // The answers' public keys, in order: decode one answer again for its batch.
         let answer = coordinator_identity_client(dir)
             .post(format!("{}/v1/evaluate", nodes[0].url))
-            .json(&run_request(indicator, "2024Q2", n).await)
+            .json(&run_request(dir, indicator, "2024Q2", n).await)
             .send()
             .await
             .expect("evaluate")
@@ -336,6 +370,61 @@ async fn a_secure_run_sums_the_nodes_noisy_vectors_and_no_party_sees_them() {
             }
         }
     }
+
+    // Report material is gone from both stores once the runs are finished: no leader share or
+    // sealed helper share in the coordinator's files, no output share in the helper's; the
+    // audit trail (node, batch, times, hashes) stays.
+    let coordinator_files = contents(&[
+        dir.join("coordinator.sqlite"),
+        dir.join("coordinator.sqlite-wal"),
+    ]);
+    for node in &nodes {
+        for indicator in ["care.youth_days", "measures.youths_by_type"] {
+            let shares = replayed(dir, &node.url, indicator, "2024Q2", n)
+                .await
+                .secure
+                .expect("secure");
+            for material in [
+                &shares.leader_share[..64],
+                &shares.helper_share.ciphertext[..64],
+            ] {
+                for (path, bytes) in &coordinator_files {
+                    assert!(
+                        !bytes
+                            .windows(material.len())
+                            .any(|w| w == material.as_bytes()),
+                        "report material of {} still in {}",
+                        node.url,
+                        path.display()
+                    );
+                }
+            }
+        }
+    }
+    let coordinator_store =
+        rusqlite::Connection::open(dir.join("coordinator.sqlite")).expect("coordinator store");
+    let (answers, erased, hashed): (i64, i64, i64) = coordinator_store
+        .query_row(
+            "SELECT count(*), count(erased_at), count(answer_sha256) FROM answers WHERE secure = 1 AND answer IS NULL",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .expect("answers");
+    assert_eq!(
+        (answers, erased, hashed),
+        (8, 8, 8),
+        "two runs of four reports"
+    );
+    let helper_store = rusqlite::Connection::open(dir.join("helper.sqlite")).expect("helper store");
+    let (reports, live, audited): (i64, i64, i64) = helper_store
+        .query_row(
+            "SELECT count(*), count(*) FILTER (WHERE length(output_share) > 0 OR erased_at IS NULL),
+                    count(share_sha256) FROM reports",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .expect("reports");
+    assert_eq!((reports, live, audited), (8, 0, 8));
 
     // Each node spent each release once: ρ 0.05 for care.youth_days and 0.05 for the other.
     for node in &nodes {
@@ -476,17 +565,7 @@ async fn helper_down_or_restarted_draws_no_new_noise_and_counts_no_report_twice(
     let ids = ["P01", "P02", "P03"];
     let fed = secure_federation_fixture(ids.len());
     let dir = fed.path();
-    let helper_cfg = helper_config(dir, &ids);
-    // The helper's address, fixed so that a restarted helper is found where it was.
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("port");
-        l.local_addr().expect("addr").port()
-    };
-    let text = std::fs::read_to_string(&helper_cfg)
-        .expect("cfg")
-        .replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
-    std::fs::write(&helper_cfg, text).expect("cfg");
-    let helper_url = format!("https://127.0.0.1:{port}");
+    let (helper_cfg, helper_url) = helper_config_on_a_fixed_port(dir, &ids);
     let (nodes, coordinator) = secure_federation(dir, &ids, &helper_url);
     let c = client(dir);
     let spent = |url: String| {
@@ -498,7 +577,8 @@ async fn helper_down_or_restarted_draws_no_new_noise_and_counts_no_report_twice(
         }
     };
 
-    // Helper down: the run fails explicitly; it never falls back to per-node noise.
+    // Helper down: the run fails explicitly, before any node is asked (the helper's key is
+    // asked first), so nothing is spent; it never falls back to per-node noise.
     let run = run_to_completion(&c, &coordinator.url, "care.unique_youths", "2024Q1").await;
     assert_eq!(run["status"], "failed", "{run}");
     assert!(
@@ -507,18 +587,20 @@ async fn helper_down_or_restarted_draws_no_new_noise_and_counts_no_report_twice(
     );
     let after_first: Vec<f64> =
         futures::future::join_all(nodes.iter().map(|n| spent(n.url.clone()))).await;
+    assert!(after_first.iter().all(|s| *s == 0.0), "{after_first:?}");
 
-    // Helper up: the same run again uses the nodes' stored reports (no new spend).
+    // Helper up: the run goes through.
     let mut helper = ServerProcess::start_helper(&helper_cfg);
     let run = run_to_completion(&c, &coordinator.url, "care.unique_youths", "2024Q1").await;
     assert_eq!(run["status"], "done", "{run}");
     let first = run["results"].clone();
     let after_second: Vec<f64> =
         futures::future::join_all(nodes.iter().map(|n| spent(n.url.clone()))).await;
-    assert_eq!(after_first, after_second, "no second spend");
+    assert!(after_second.iter().all(|s| *s > 0.0), "{after_second:?}");
 
     // Helper restarted: its store keeps the verified reports and the collection, so the same
-    // run gives the same sums, counted once.
+    // run (the nodes replay their stored reports: no new noise) gives the same sums, counted
+    // once.
     helper.kill();
     let _helper = ServerProcess::start_helper(&helper_cfg);
     let run = run_to_completion(&c, &coordinator.url, "care.unique_youths", "2024Q1").await;
@@ -526,7 +608,7 @@ async fn helper_down_or_restarted_draws_no_new_noise_and_counts_no_report_twice(
     assert_eq!(run["results"], first, "same reports, same national sums");
     let after_third: Vec<f64> =
         futures::future::join_all(nodes.iter().map(|n| spent(n.url.clone()))).await;
-    assert_eq!(after_first, after_third);
+    assert_eq!(after_second, after_third, "no second spend");
     drop(coordinator);
 }
 
